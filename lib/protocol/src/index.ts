@@ -1,0 +1,2 @@
+// Public surface of @kvmesh/protocol: branded identifiers and (generated) wire types.
+export * from './ids.ts';
