@@ -30,6 +30,10 @@ if (files.length === 0) {
 const result = spawnSync(
   process.execPath,
   ['--import', 'tsx', '--test', '--test-reporter=spec', '--test-concurrency=2', ...files],
-  { cwd: root, stdio: 'inherit', env: { ...process.env, KVMESH_REQUIRE_NATIVE: process.env.KVMESH_REQUIRE_NATIVE ?? '1' } },
+  {
+    cwd: root,
+    stdio: 'inherit',
+    env: { ...process.env, KVMESH_REQUIRE_NATIVE: process.env.KVMESH_REQUIRE_NATIVE ?? '1' },
+  },
 );
 process.exit(result.status ?? 1);

@@ -36,7 +36,10 @@ async function main(): Promise<void> {
     process.exit(name === undefined ? 0 : 2);
   }
   const mod = (await import(new URL(`${name}.ts`, suitesDir).href)) as { suite: BenchSuite };
-  const result = await mod.suite.run({ args: rest.slice(1), log: (line) => console.error(`[bench:${name}] ${line}`) });
+  const result = await mod.suite.run({
+    args: rest.slice(1),
+    log: (line) => console.error(`[bench:${name}] ${line}`),
+  });
   const out = { suite: mod.suite.name, ...result };
   console.log(json ? JSON.stringify(out) : JSON.stringify(out, null, 2));
 }

@@ -19,7 +19,9 @@ const addonPath = fileURLToPath(new URL('../build/Release/kvmesh_kernels.node', 
 
 export class NativeUnavailableError extends KvmeshError {
   constructor(reason: string) {
-    super('NATIVE_UNAVAILABLE', 'failed-precondition', `native kernels unavailable: ${reason}`, { addonPath });
+    super('NATIVE_UNAVAILABLE', 'failed-precondition', `native kernels unavailable: ${reason}`, {
+      addonPath,
+    });
   }
 }
 
@@ -74,7 +76,11 @@ export function describeKernels(): { backend: string; isa: string; detail: strin
  * Instruction-set control of the native build, for tests and benchmarks that check every path:
  * `set` returns false when the CPU lacks the set. Null without a native build.
  */
-export function nativeIsaControl(): { detected: string; active: () => string; set: (isa: string) => boolean } | null {
+export function nativeIsaControl(): {
+  detected: string;
+  active: () => string;
+  set: (isa: string) => boolean;
+} | null {
   const { addon } = loadAddon();
   if (!addon) return null;
   return { detected: addon.detectedIsa(), active: () => addon.isa(), set: (isa) => addon.setIsa(isa) };

@@ -22,13 +22,15 @@ const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 const NAMESPACE_BYTES_MAX = 256;
 
 function hex16(bytes: Uint8Array, what: string): string {
-  if (bytes.length !== 16) throw new InvalidArgumentError(`${what} must be 16 bytes, got ${bytes.length}`, { length: bytes.length });
+  if (bytes.length !== 16)
+    throw new InvalidArgumentError(`${what} must be 16 bytes, got ${bytes.length}`, { length: bytes.length });
   return Buffer.from(bytes.buffer, bytes.byteOffset, 16).toString('hex');
 }
 
 function parseHex16(text: string, what: string): string {
   const lower = text.toLowerCase();
-  if (!HEX32.test(lower)) throw new InvalidArgumentError(`${what} must be 32 hex characters, got '${text}'`, { value: text });
+  if (!HEX32.test(lower))
+    throw new InvalidArgumentError(`${what} must be 32 hex characters, got '${text}'`, { value: text });
   return lower;
 }
 
@@ -53,19 +55,24 @@ export function modelFingerprintToBytes(fp: ModelFingerprint): Uint8Array {
 }
 
 export function parseNodeId(text: string): NodeId {
-  if (!NODE_ID.test(text)) throw new InvalidArgumentError(`node id must match ${NODE_ID}, got '${text}'`, { value: text });
+  if (!NODE_ID.test(text))
+    throw new InvalidArgumentError(`node id must match ${NODE_ID}, got '${text}'`, { value: text });
   return text as NodeId;
 }
 
 export function parseRequestId(text: string): RequestId {
-  if (!REQUEST_ID.test(text)) throw new InvalidArgumentError(`request id must match ${REQUEST_ID}, got '${text}'`, { value: text });
+  if (!REQUEST_ID.test(text))
+    throw new InvalidArgumentError(`request id must match ${REQUEST_ID}, got '${text}'`, { value: text });
   return text as RequestId;
 }
 
 export function parseNamespace(text: string): Namespace {
   const bytes = Buffer.byteLength(text, 'utf8');
   if (bytes > NAMESPACE_BYTES_MAX) {
-    throw new InvalidArgumentError(`namespace is ${bytes} bytes, limit is ${NAMESPACE_BYTES_MAX}`, { bytes, limit: NAMESPACE_BYTES_MAX });
+    throw new InvalidArgumentError(`namespace is ${bytes} bytes, limit is ${NAMESPACE_BYTES_MAX}`, {
+      bytes,
+      limit: NAMESPACE_BYTES_MAX,
+    });
   }
   return text as Namespace;
 }

@@ -1,0 +1,41 @@
+// `kvmesh <command>`: dispatches subcommands. Each command is a module exporting a run function
+// that returns the process exit code; later issues add `model`, `generate`, `up` and services.
+import { runDoctor } from './doctor.ts';
+
+const HELP = `usage: kvmesh <command> [options]
+
+commands:
+  doctor [--json]   check this machine: Node, compiler, OpenBLAS, xxhash, nats-server, redis,
+                    native kernels, nvcc/GPU, CXL far memory, disk; says what is missing and how to get it
+  up                run the local mesh (for now: checks the machine and lists what is not built yet)
+  help              this text
+`;
+
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case 'doctor':
+      return runDoctor(rest);
+    case 'up':
+      return runUp();
+    case undefined:
+    case 'help':
+    case '--help':
+    case '-h':
+      process.stdout.write(HELP);
+      return 0;
+    default:
+      process.stderr.write(`kvmesh: unknown command '${command}'\n\n${HELP}`);
+      return 2;
+  }
+}
+
+async function runUp(): Promise<number> {
+  const code = await runDoctor([]);
+  process.stdout.write(
+    '\nkvmesh up: the serving services (router, prefill, decode, kvstore, tiering) are not built yet;\n' +
+      'what exists today is the foundation: block identity, payload format and the native KV kernels.\n' +
+      'Try: npm run bench -- codec   |   npm run bench -- hash   |   npm test\n',
+  );
+  return code;
+}
