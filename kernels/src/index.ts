@@ -13,6 +13,13 @@ import { referenceKernels } from './reference/index.ts';
 import type { Kernels } from './types.ts';
 
 export * from './types.ts';
+export {
+  BLOCK_TOKENS_MAX,
+  BLOCK_TOKENS_MIN,
+  BLOCK_TOKENS_MULTIPLE,
+  HASH_BYTES,
+  checkBlockTokens,
+} from './hash-args.ts';
 export { referenceKernels };
 
 const addonPath = fileURLToPath(new URL('../build/Release/kvmesh_kernels.node', import.meta.url));
