@@ -30,7 +30,9 @@ fi
 # 2. npm packages: install when node_modules is missing or older than the lockfile.
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   log "installing npm packages"
-  npm ci --no-audit --no-fund --loglevel=error
+  # NOTE: `npm install`, not `npm ci`: the registry mirror here lacks some other-platform optional
+  # packages (e.g. @bufbuild/buf-darwin-*), which npm ci treats as a lockfile mismatch.
+  npm install --no-audit --no-fund --loglevel=error
 fi
 
 # 3. Native kernels (rebuilds only when a source is newer than the module).
