@@ -1,0 +1,236 @@
+// KV codec cost and accuracy on a model-sized shape (default: 8 kv heads, head dim 128, 64-token
+// blocks, 4096 tokens of context = 64 blocks, GQA 4; payload sizes for 32 layers). Per codec:
+// encode / decode / attention throughput on one core in f32-equivalent GB/s (2·KVH·B·D·4 bytes per
+// block layer) next to memcpy (Buffer.copy of the same f32 volume) measured in the same run, the
+// payload ratio against f32, and the attention error against f32 on a synthetic KV set with
+// real-model statistics:
+//   keys   k[t][d] = offset_d + σ_d·N(0,1), offset_d = 2·N(0,1)·σ_d, σ_d = 10 on 4 outlier channels
+//          (of 128, scaled with D), 1 elsewhere: per-channel means and outlier channels, as in
+//          post-RoPE keys of Llama-family models (KIVI, KVQuant);
+//   values N(0,1), no outliers; queries N(0,1).
+// attnRelErrPerTokenKeys is the same error when keys are quantized per token over groups of G
+// channels instead (the layout KIVI argues against); it is computed here only, by quantizing K with
+// the value path of the codec (encode with V := K, decode V) and attending over f32 blocks.
+// Throughput is timed on a subset of the layers (--layers-timed, default 2): every layer has the
+// same shape, so more layers only repeat the same work. Options: --context N, --layers L,
+// --layers-timed N, --seconds S (per measurement), --isa scalar|avx2|avx512.
+import { performance } from 'node:perf_hooks';
+
+import {
+  CODEC_NAMES,
+  describeKernels,
+  nativeIsaControl,
+  nativeKernels,
+  type AttentionBlock,
+  type CodecName,
+  type Kernels,
+  type LayerDims,
+  type PartialAttention,
+} from '@kvmesh/kernels';
+
+import type { BenchContext, BenchSuite } from '../main.ts';
+
+// Payload v1 framing (lib/block/spec/payload-v1.md): 40 fixed bytes + 24 per layer + 8-byte header
+// checksum, and every section starts on a 64-byte boundary.
+const HEADER_FIXED_BYTES = 40;
+const TABLE_ENTRY_BYTES = 24;
+const HEADER_CHECKSUM_BYTES = 8;
+const SECTION_ALIGN_BYTES = 64;
+const OUTLIER_CHANNELS_PER_128 = 4;
+const OUTLIER_SCALE = 10;
+const GQA = 4;
+
+function option(args: string[], name: string, fallback: number): number {
+  const i = args.indexOf(`--${name}`);
+  if (i < 0) return fallback;
+  const value = Number(args[i + 1]);
+  if (!Number.isFinite(value) || value <= 0) throw new Error(`--${name} needs a positive number`);
+  return value;
+}
+
+function stringOption(args: string[], name: string): string | undefined {
+  const i = args.indexOf(`--${name}`);
+  return i < 0 ? undefined : args[i + 1];
+}
+
+const round = (v: number, digits = 4): number => Number(v.toPrecision(digits));
+const alignUp = (n: number, align: number): number => Math.ceil(n / align) * align;
+
+function payloadBytes(kernels: Kernels, codec: CodecName, dims: LayerDims, layers: number): number {
+  const header = HEADER_FIXED_BYTES + TABLE_ENTRY_BYTES * layers + HEADER_CHECKSUM_BYTES;
+  return (
+    alignUp(header, SECTION_ALIGN_BYTES) +
+    layers * alignUp(kernels.sectionBytes(codec, dims), SECTION_ALIGN_BYTES)
+  );
+}
+
+function gaussian(): number {
+  const u = 1 - Math.random();
+  return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * Math.random());
+}
+
+interface BlockKv {
+  k: Float32Array;
+  v: Float32Array;
+}
+
+/** One layer's blocks of the synthetic set; channel statistics are shared by the layer's blocks and heads' own. */
+function syntheticLayer(dims: LayerDims, blocks: number): BlockKv[] {
+  const { kvHeads, blockTokens: B, headDim: D } = dims;
+  const outliers = Math.max(1, Math.round((OUTLIER_CHANNELS_PER_128 * D) / 128));
+  const sigma = new Float32Array(kvHeads * D).fill(1);
+  const offset = new Float32Array(kvHeads * D);
+  for (let h = 0; h < kvHeads; h++) {
+    for (let i = 0; i < outliers; i++) sigma[h * D + Math.floor(Math.random() * D)] = OUTLIER_SCALE;
+    for (let d = 0; d < D; d++) offset[h * D + d] = 2 * gaussian() * (sigma[h * D + d] as number);
+  }
+  return Array.from({ length: blocks }, () => {
+    const k = new Float32Array(kvHeads * B * D);
+    const v = new Float32Array(kvHeads * B * D);
+    for (let i = 0; i < k.length; i++) {
+      const c = Math.floor(i / (B * D)) * D + (i % D);
+      k[i] = (offset[c] as number) + (sigma[c] as number) * gaussian();
+      v[i] = gaussian();
+    }
+    return { k, v };
+  });
+}
+
+/** Bytes per second of `body` over `bytes`, repeated for at least `seconds`, in GB/s (10^9). */
+function throughputGBps(bytes: number, seconds: number, body: () => void): number {
+  body(); // warm
+  let iterations = 0;
+  const start = performance.now();
+  let elapsed = 0;
+  do {
+    body();
+    iterations++;
+    elapsed = (performance.now() - start) / 1000;
+  } while (elapsed < seconds);
+  return (bytes * iterations) / elapsed / 1e9;
+}
+
+function relL2(a: Float32Array, b: Float32Array): number {
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < b.length; i++) {
+    num += ((a[i] as number) - (b[i] as number)) ** 2;
+    den += (b[i] as number) ** 2;
+  }
+  return Math.sqrt(num / den);
+}
+
+async function run(ctx: BenchContext): Promise<Record<string, unknown>> {
+  const native = nativeKernels();
+  if (!native) throw new Error(`codec bench needs the native kernels: ${describeKernels().detail}`);
+  const isaWanted = stringOption(ctx.args, 'isa');
+  if (isaWanted !== undefined && !nativeIsaControl()?.set(isaWanted)) {
+    throw new Error(`--isa ${isaWanted} is not supported on this CPU`);
+  }
+  const dims: LayerDims = { kvHeads: 8, blockTokens: 64, headDim: 128, groupSize: 32 };
+  const layers = option(ctx.args, 'layers', 32);
+  const contextTokens = option(ctx.args, 'context', 4096);
+  const layersTimed = option(ctx.args, 'layers-timed', 2);
+  const seconds = option(ctx.args, 'seconds', 1);
+  const blocks = Math.ceil(contextTokens / dims.blockTokens);
+  const queryHeads = GQA * dims.kvHeads;
+  const blockLayerBytes = 2 * dims.kvHeads * dims.blockTokens * dims.headDim * 4;
+  const timedBytes = layersTimed * blocks * blockLayerBytes;
+
+  ctx.log(
+    `synthetic KV: ${layersTimed} layers x ${blocks} blocks (${(timedBytes / 2 ** 20).toFixed(0)} MiB f32)`,
+  );
+  const data = Array.from({ length: layersTimed }, () => syntheticLayer(dims, blocks));
+  const queries = data.map(() => Float32Array.from({ length: queryHeads * dims.headDim }, gaussian));
+
+  const src = Buffer.alloc(timedBytes, 1);
+  const dst = Buffer.alloc(timedBytes);
+  const memcpyGBps = throughputGBps(timedBytes, seconds, () => src.copy(dst));
+  ctx.log(`memcpy ${memcpyGBps.toFixed(2)} GB/s`);
+
+  const attendAll = (sections: { codec: CodecName; section: Uint8Array }[][]): PartialAttention[] =>
+    sections.map((layer, l) =>
+      native.attention({
+        dims,
+        queryHeads,
+        query: queries[l] as Float32Array,
+        blocks: layer as AttentionBlock[],
+      }),
+    );
+  const reference = attendAll(
+    data.map((layer) =>
+      layer.map(({ k, v }) => ({ codec: 'f32', section: native.encodeLayer('f32', dims, k, v) })),
+    ),
+  );
+  const attnError = (got: PartialAttention[]): number => {
+    const errs = got.map((g, l) => relL2(g.o, (reference[l] as PartialAttention).o));
+    return Math.sqrt(errs.reduce((s, e) => s + e * e, 0) / errs.length);
+  };
+  const f32Payload = payloadBytes(native, 'f32', dims, layers);
+
+  const codecs: Record<string, unknown> = {};
+  for (const codec of CODEC_NAMES) {
+    ctx.log(`${codec}: encode / decode / attention`);
+    const encodeAll = (): { codec: CodecName; section: Uint8Array }[][] =>
+      data.map((layer) =>
+        layer.map(({ k, v }) => ({ codec, section: native.encodeLayer(codec, dims, k, v) })),
+      );
+    const sections = encodeAll();
+    const encodeGBps = throughputGBps(timedBytes, seconds, encodeAll);
+    const decodeGBps = throughputGBps(timedBytes, seconds, () => {
+      for (const layer of sections) for (const b of layer) native.decodeLayer(codec, dims, b.section);
+    });
+    const attnGBps = throughputGBps(timedBytes, seconds, () => attendAll(sections));
+    const attnRelErr = attnError(attendAll(sections));
+    let attnRelErrPerTokenKeys: number | null = null;
+    if (codec.startsWith('kivi')) {
+      // Keys through the per-token (value) quantizer, values as the codec stores them.
+      const perToken = data.map((layer) =>
+        layer.map(({ k, v }) => {
+          const kHat = native.decodeLayer(codec, dims, native.encodeLayer(codec, dims, k, k)).v;
+          const vHat = native.decodeLayer(codec, dims, native.encodeLayer(codec, dims, v, v)).v;
+          return { codec: 'f32' as CodecName, section: native.encodeLayer('f32', dims, kHat, vHat) };
+        }),
+      );
+      attnRelErrPerTokenKeys = round(attnError(attendAll(perToken)));
+    }
+    codecs[codec] = {
+      ratioVsF32: round(f32Payload / payloadBytes(native, codec, dims, layers)),
+      encodeGBps: round(encodeGBps),
+      decodeGBps: round(decodeGBps),
+      attnGBps: round(attnGBps),
+      attnRelErr: round(attnRelErr),
+      attnRelErrPerTokenKeys,
+    };
+    ctx.log(`${codec}: ${JSON.stringify(codecs[codec])}`);
+  }
+
+  return {
+    isa: native.isa(),
+    memcpyGBps: round(memcpyGBps),
+    shape: {
+      layers,
+      layersTimed,
+      kvHeads: dims.kvHeads,
+      queryHeads,
+      headDim: dims.headDim,
+      blockTokens: dims.blockTokens,
+      groupSize: dims.groupSize,
+      contextTokens: blocks * dims.blockTokens,
+      blocks,
+      f32PayloadBytes: f32Payload,
+    },
+    synthetic: {
+      keys: `offset_d + sigma_d*N(0,1), offset_d = 2*N(0,1)*sigma_d, sigma_d = ${OUTLIER_SCALE} on ${OUTLIER_CHANNELS_PER_128}/128 channels else 1`,
+      values: 'N(0,1)',
+      queries: 'N(0,1)',
+    },
+    codecs,
+  };
+}
+
+export const suite: BenchSuite = {
+  name: 'codec',
+  description: 'KV codecs: encode/decode/attention GB/s vs memcpy, payload ratio and attention error vs f32',
+  run,
+};
