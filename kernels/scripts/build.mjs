@@ -15,7 +15,8 @@ const force = process.argv.includes('--force');
 function newestSourceMs() {
   let newest = statSync(join(dir, 'binding.gyp')).mtimeMs;
   for (const sub of ['cpu', 'scripts']) {
-    for (const f of readdirSync(join(dir, sub))) newest = Math.max(newest, statSync(join(dir, sub, f)).mtimeMs);
+    for (const f of readdirSync(join(dir, sub)))
+      newest = Math.max(newest, statSync(join(dir, sub, f)).mtimeMs);
   }
   return newest;
 }

@@ -3,7 +3,9 @@
 import { readdirSync } from 'node:fs';
 
 const flavour = process.argv[2];
-const files = readdirSync(new URL('../cpu', import.meta.url)).filter((f) => f.endsWith('.cc')).sort();
+const files = readdirSync(new URL('../cpu', import.meta.url))
+  .filter((f) => f.endsWith('.cc'))
+  .sort();
 const picked = files.filter((f) => {
   if (flavour === 'avx512') return f.endsWith('_avx512.cc');
   if (flavour === 'avx2') return f.endsWith('_avx2.cc');
