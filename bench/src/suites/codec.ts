@@ -28,40 +28,19 @@ import {
   type PartialAttention,
 } from '@kvmesh/kernels';
 
+import { payloadBytesFor } from '@kvmesh/block';
+
 import type { BenchContext, BenchSuite } from '../main.ts';
+import { numberOption, round, stringOption } from '../options.ts';
 
 // Payload v1 framing (lib/block/spec/payload-v1.md): 40 fixed bytes + 24 per layer + 8-byte header
 // checksum, and every section starts on a 64-byte boundary.
-const HEADER_FIXED_BYTES = 40;
-const TABLE_ENTRY_BYTES = 24;
-const HEADER_CHECKSUM_BYTES = 8;
-const SECTION_ALIGN_BYTES = 64;
 const OUTLIER_CHANNELS_PER_128 = 4;
 const OUTLIER_SCALE = 10;
 const GQA = 4;
 
-function option(args: string[], name: string, fallback: number): number {
-  const i = args.indexOf(`--${name}`);
-  if (i < 0) return fallback;
-  const value = Number(args[i + 1]);
-  if (!Number.isFinite(value) || value <= 0) throw new Error(`--${name} needs a positive number`);
-  return value;
-}
-
-function stringOption(args: string[], name: string): string | undefined {
-  const i = args.indexOf(`--${name}`);
-  return i < 0 ? undefined : args[i + 1];
-}
-
-const round = (v: number, digits = 4): number => Number(v.toPrecision(digits));
-const alignUp = (n: number, align: number): number => Math.ceil(n / align) * align;
-
 function payloadBytes(kernels: Kernels, codec: CodecName, dims: LayerDims, layers: number): number {
-  const header = HEADER_FIXED_BYTES + TABLE_ENTRY_BYTES * layers + HEADER_CHECKSUM_BYTES;
-  return (
-    alignUp(header, SECTION_ALIGN_BYTES) +
-    layers * alignUp(kernels.sectionBytes(codec, dims), SECTION_ALIGN_BYTES)
-  );
+  return payloadBytesFor(kernels, codec, { ...dims, layers });
 }
 
 function gaussian(): number {
@@ -131,10 +110,10 @@ async function run(ctx: BenchContext): Promise<Record<string, unknown>> {
     throw new Error(`--isa ${isaWanted} is not supported on this CPU`);
   }
   const dims: LayerDims = { kvHeads: 8, blockTokens: 64, headDim: 128, groupSize: 32 };
-  const layers = option(ctx.args, 'layers', 32);
-  const contextTokens = option(ctx.args, 'context', 4096);
-  const layersTimed = option(ctx.args, 'layers-timed', 2);
-  const seconds = option(ctx.args, 'seconds', 1);
+  const layers = numberOption(ctx.args, 'layers', 32);
+  const contextTokens = numberOption(ctx.args, 'context', 4096);
+  const layersTimed = numberOption(ctx.args, 'layers-timed', 2);
+  const seconds = numberOption(ctx.args, 'seconds', 1);
   const blocks = Math.ceil(contextTokens / dims.blockTokens);
   const queryHeads = GQA * dims.kvHeads;
   const blockLayerBytes = 2 * dims.kvHeads * dims.blockTokens * dims.headDim * 4;

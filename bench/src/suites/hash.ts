@@ -8,18 +8,11 @@ import { describeKernels, nativeKernels, referenceKernels } from '@kvmesh/kernel
 import { createXXHash128 } from 'hash-wasm';
 
 import type { BenchContext, BenchSuite } from '../main.ts';
+import { numberOption, round } from '../options.ts';
 
 /** The budget the native chain must meet for a 128k-token prompt (DESIGN §2: hashing is never the bottleneck). */
 const NATIVE_BUDGET_MS = 2;
 const MIB = 1 << 20;
-
-function option(args: string[], name: string, fallback: number): number {
-  const i = args.indexOf(`--${name}`);
-  if (i < 0) return fallback;
-  const value = Number(args[i + 1]);
-  if (!Number.isFinite(value) || value <= 0) throw new Error(`--${name} needs a positive number`);
-  return value;
-}
 
 function timeRunsMs(runs: number, body: () => void): number[] {
   const times: number[] = [];
@@ -35,8 +28,6 @@ function quantile(sorted: number[], q: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] as number;
 }
 
-const round = (v: number, digits = 4): number => Number(v.toPrecision(digits));
-
 /** Bytes per second over `iterations` calls of `body` on `bytes`, in GB/s (10^9). */
 function throughputGBps(bytes: number, iterations: number, body: () => void): number {
   body(); // warm
@@ -47,9 +38,9 @@ function throughputGBps(bytes: number, iterations: number, body: () => void): nu
 }
 
 async function run(ctx: BenchContext): Promise<Record<string, unknown>> {
-  const promptTokens = option(ctx.args, 'tokens', 131072);
-  const blockTokens = option(ctx.args, 'block', 64);
-  const nativeRuns = option(ctx.args, 'runs', 300);
+  const promptTokens = numberOption(ctx.args, 'tokens', 131072);
+  const blockTokens = numberOption(ctx.args, 'block', 64);
+  const nativeRuns = numberOption(ctx.args, 'runs', 300);
   const tokens = Uint32Array.from({ length: promptTokens }, () => Math.floor(Math.random() * 2 ** 32));
   const seed = Uint8Array.from({ length: 16 }, () => Math.floor(Math.random() * 256));
   const blocks = Math.floor(promptTokens / blockTokens);

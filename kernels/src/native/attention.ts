@@ -5,38 +5,28 @@ import type { AttentionArgs, Kernels, PartialAttention } from '../types.ts';
 import { checkAttentionArgs, checkMergeArgs, codecId, type CheckedAttention } from '../validate.ts';
 
 /** The functions kernels/cpu/attention.cc registers on the addon. Outputs are filled in place. */
+/** Positional arguments of the native attention calls; o, m and l are outputs filled in place. */
+type NativeAttentionCall = (
+  kvHeads: number,
+  blockTokens: number,
+  headDim: number,
+  groupSize: number,
+  queryHeads: number,
+  query: Float32Array,
+  scale: number,
+  codecs: Int32Array,
+  sections: Uint8Array[],
+  tokens: Int32Array,
+  o: Float32Array,
+  m: Float32Array,
+  l: Float32Array,
+) => void;
+
+/** The functions kernels/cpu/attention.cc registers on the addon. */
 export interface NativeAttentionAddon {
-  attention(
-    kvHeads: number,
-    blockTokens: number,
-    headDim: number,
-    groupSize: number,
-    queryHeads: number,
-    query: Float32Array,
-    scale: number,
-    codecs: Int32Array,
-    sections: Uint8Array[],
-    tokens: Int32Array,
-    o: Float32Array,
-    m: Float32Array,
-    l: Float32Array,
-  ): void;
+  attention: NativeAttentionCall;
   /** Same arguments as attention(); o, m and l are filled when the promise resolves. */
-  attentionAsync(
-    kvHeads: number,
-    blockTokens: number,
-    headDim: number,
-    groupSize: number,
-    queryHeads: number,
-    query: Float32Array,
-    scale: number,
-    codecs: Int32Array,
-    sections: Uint8Array[],
-    tokens: Int32Array,
-    o: Float32Array,
-    m: Float32Array,
-    l: Float32Array,
-  ): Promise<void>;
+  attentionAsync: (...args: Parameters<NativeAttentionCall>) => Promise<void>;
   mergePartials(
     queryHeads: number,
     headDim: number,
