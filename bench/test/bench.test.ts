@@ -1,0 +1,58 @@
+// Smoke tests of the bench suites: each runs on a small shape and prints its JSON contract on the
+// last stdout line. Quality figures that do not depend on timing (compression ratios, attention
+// error) are asserted against the foundation issue's targets; throughput numbers are not.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+
+const main = fileURLToPath(new URL('../src/main.ts', import.meta.url));
+
+function bench(...args: string[]): Record<string, unknown> {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', main, ...args, '--json'], {
+    encoding: 'utf8',
+    timeout: 240_000,
+  });
+  assert.equal(r.status, 0, r.stderr);
+  const last = r.stdout.trim().split('\n').pop() as string;
+  return JSON.parse(last) as Record<string, unknown>;
+}
+
+interface CodecFigures {
+  ratioVsF32: number;
+  encodeGBps: number;
+  decodeGBps: number;
+  attnGBps: number;
+  attnRelErr: number;
+  attnRelErrPerTokenKeys: number | null;
+}
+
+describe('bench - suites', () => {
+  it('bench - codec prints its contract and meets the ratio and error targets', () => {
+    const out = bench('codec', '--context', '1024', '--seconds', '0.05');
+    assert.equal(out.suite, 'codec');
+    assert.ok((out.memcpyGBps as number) > 0);
+    const codecs = out.codecs as Record<string, CodecFigures>;
+    assert.deepEqual(Object.keys(codecs).sort(), ['f16', 'f32', 'kivi2', 'kivi4', 'kivi8']);
+    for (const figures of Object.values(codecs)) {
+      for (const key of ['encodeGBps', 'decodeGBps', 'attnGBps'] as const) assert.ok(figures[key] > 0);
+    }
+    const { kivi8, kivi4, kivi2 } = codecs as Record<'kivi8' | 'kivi4' | 'kivi2', CodecFigures>;
+    assert.ok(kivi4.ratioVsF32 >= 6, `kivi4 ratio ${kivi4.ratioVsF32}`);
+    assert.ok(kivi2.ratioVsF32 >= 10, `kivi2 ratio ${kivi2.ratioVsF32}`);
+    assert.ok(kivi8.attnRelErr <= 0.02, `kivi8 attnRelErr ${kivi8.attnRelErr}`);
+    for (const [name, c] of Object.entries({ kivi4, kivi2 })) {
+      assert.ok(
+        c.attnRelErr <= 0.5 * (c.attnRelErrPerTokenKeys as number),
+        `${name}: ${c.attnRelErr} vs per-token keys ${c.attnRelErrPerTokenKeys}`,
+      );
+    }
+  });
+
+  it('bench - hash prints its contract and the three implementations agree', () => {
+    const out = bench('hash', '--tokens', '8192', '--runs', '5');
+    assert.equal(out.suite, 'hash');
+    assert.equal(out.blocks, 128);
+    assert.ok(((out.native as Record<string, number>).msMedian as number) > 0);
+  });
+});
