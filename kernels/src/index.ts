@@ -22,7 +22,10 @@ export {
 } from './hash-args.ts';
 export { referenceKernels };
 
-const addonPath = fileURLToPath(new URL('../build/Release/kvmesh_kernels.node', import.meta.url));
+// KVMESH_KERNELS_ADDON points at another build (tests use it to exercise the fallback).
+const addonPath =
+  process.env.KVMESH_KERNELS_ADDON ??
+  fileURLToPath(new URL('../build/Release/kvmesh_kernels.node', import.meta.url));
 
 export class NativeUnavailableError extends KvmeshError {
   constructor(reason: string) {
