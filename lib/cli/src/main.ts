@@ -1,5 +1,7 @@
 // `kvmesh <command>`: dispatches subcommands. Each command is a module exporting a run function
 // that returns the process exit code; later issues add `model`, `generate`, `up` and services.
+import { runModelCommand } from '@kvmesh/engine';
+
 import { runDoctor } from './doctor.ts';
 
 const HELP = `usage: kvmesh <command> [options]
@@ -7,6 +9,10 @@ const HELP = `usage: kvmesh <command> [options]
 commands:
   doctor [--json]   check this machine: Node, compiler, OpenBLAS, xxhash, nats-server, redis,
                     native kernels, nvcc/GPU, CXL far memory, disk; says what is missing and how to get it
+  model init --out DIR --preset tiny|small [--seed N]
+                    generate a Llama-family test model (seeded weights, BPE tokenizer, chat template)
+  model export-gguf DIR OUT.gguf
+                    write the model as GGUF (F32) for llama.cpp
   up                run the local mesh (for now: checks the machine and lists what is not built yet)
   help              this text
 `;
@@ -16,6 +22,8 @@ export async function main(argv: string[]): Promise<number> {
   switch (command) {
     case 'doctor':
       return runDoctor(rest);
+    case 'model':
+      return runModelCommand(rest);
     case 'up':
       return runUp();
     case undefined:
