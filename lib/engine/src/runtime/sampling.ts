@@ -1,0 +1,83 @@
+// Token sampling from one position's logits: greedy, temperature, top-k, top-p (nucleus), a seeded
+// stream per sequence, plus the log-probability of the chosen token under the unmodified
+// distribution (what OpenAI's `logprobs` reports). Pure: the RNG is passed in, nothing is global.
+import { InvalidArgumentError } from '@kvmesh/errors';
+
+import { Xoshiro128 } from '../model/random.ts';
+
+export interface SamplingOptions {
+  /** 0 = greedy (argmax, ties to the lowest id). */
+  temperature: number;
+  /** Keep the k most likely tokens; 0 = all. */
+  topK: number;
+  /** Keep the smallest set whose probability reaches p; 1 = all. */
+  topP: number;
+  /** Seed of the sequence's private stream; undefined draws one from the engine's stream. */
+  seed?: number;
+}
+
+export const GREEDY: SamplingOptions = { temperature: 0, topK: 0, topP: 1 };
+
+export function checkSampling(options: SamplingOptions): void {
+  const { temperature, topK, topP, seed } = options;
+  if (!Number.isFinite(temperature) || temperature < 0 || temperature > 100) {
+    throw new InvalidArgumentError(`temperature must be in [0, 100], got ${temperature}`, { temperature });
+  }
+  if (!Number.isInteger(topK) || topK < 0)
+    throw new InvalidArgumentError(`topK must be an integer ≥ 0, got ${topK}`, { topK });
+  if (!Number.isFinite(topP) || topP <= 0 || topP > 1)
+    throw new InvalidArgumentError(`topP must be in (0, 1], got ${topP}`, { topP });
+  if (seed !== undefined && (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32)) {
+    throw new InvalidArgumentError(`seed must be an integer in [0, 2^32), got ${seed}`, { seed });
+  }
+}
+
+export interface SampledToken {
+  token: number;
+  /** log p(token) under softmax(logits), before temperature / top-k / top-p. */
+  logprob: number;
+}
+
+function logSumExp(logits: Float32Array, n: number): { max: number; lse: number } {
+  let max = -Infinity;
+  for (let i = 0; i < n; i++) if ((logits[i] as number) > max) max = logits[i] as number;
+  let sum = 0;
+  for (let i = 0; i < n; i++) sum += Math.exp((logits[i] as number) - max);
+  return { max, lse: max + Math.log(sum) };
+}
+
+/** Samples one token from `logits[0..vocab)`; `rng` is the sequence's stream (unused when greedy). */
+export function sampleToken(
+  logits: Float32Array,
+  vocab: number,
+  options: SamplingOptions,
+  rng: Xoshiro128,
+): SampledToken {
+  const { lse } = logSumExp(logits, vocab);
+  if (options.temperature === 0) {
+    let best = 0;
+    for (let i = 1; i < vocab; i++) if ((logits[i] as number) > (logits[best] as number)) best = i;
+    return { token: best, logprob: (logits[best] as number) - lse };
+  }
+  // Candidates sorted by logit (ties by id, so the order is deterministic), cut by top-k.
+  const order = Array.from({ length: vocab }, (_, i) => i).sort(
+    (a, b) => (logits[b] as number) - (logits[a] as number) || a - b,
+  );
+  const k = options.topK > 0 ? Math.min(options.topK, vocab) : vocab;
+  const top = order.slice(0, k);
+  const invT = 1 / options.temperature;
+  const first = logits[top[0] as number] as number;
+  const weights = top.map((t) => Math.exp(((logits[t] as number) - first) * invT));
+  const total = weights.reduce((s, w) => s + w, 0);
+  // Nucleus: the shortest prefix whose mass reaches topP (always at least one token).
+  let kept = 0;
+  let mass = 0;
+  while (kept < top.length && (kept === 0 || mass < options.topP * total)) mass += weights[kept++] as number;
+  let r = rng.nextUnit() * mass;
+  for (let i = 0; i < kept; i++) {
+    r -= weights[i] as number;
+    if (r < 0) return { token: top[i] as number, logprob: (logits[top[i] as number] as number) - lse };
+  }
+  const last = top[kept - 1] as number;
+  return { token: last, logprob: (logits[last] as number) - lse };
+}

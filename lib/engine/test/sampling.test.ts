@@ -1,0 +1,68 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import { InvalidArgumentError } from '@kvmesh/errors';
+
+import { Xoshiro128 } from '../src/model/random.ts';
+import { GREEDY, checkSampling, sampleToken } from '../src/runtime/sampling.ts';
+
+const logits = Float32Array.from([1, 3, 2, 3, -1]);
+
+function histogram(options: Parameters<typeof sampleToken>[2], draws: number, seed = 7): number[] {
+  const rng = new Xoshiro128(seed);
+  const counts = new Array<number>(logits.length).fill(0);
+  for (let i = 0; i < draws; i++) {
+    const t = sampleToken(logits, logits.length, options, rng).token;
+    counts[t] = (counts[t] as number) + 1;
+  }
+  return counts;
+}
+
+describe('engine - sampling', () => {
+  it('engine - greedy picks the argmax, ties to the lowest id, with its log-probability', () => {
+    const { token, logprob } = sampleToken(logits, logits.length, GREEDY, new Xoshiro128(1));
+    assert.equal(token, 1);
+    const lse = Math.log([1, 3, 2, 3, -1].reduce((s, x) => s + Math.exp(x), 0));
+    assert.ok(Math.abs(logprob - (3 - lse)) < 1e-9);
+  });
+
+  it('engine - top-k 2 only ever returns the two best tokens, in proportion at temperature 1', () => {
+    const counts = histogram({ temperature: 1, topK: 2, topP: 1 }, 4000);
+    assert.equal((counts[0] as number) + (counts[2] as number) + (counts[4] as number), 0);
+    // Tokens 1 and 3 have equal logits: each near half.
+    assert.ok(Math.abs((counts[1] as number) / 4000 - 0.5) < 0.05, JSON.stringify(counts));
+  });
+
+  it('engine - top-p keeps the smallest nucleus reaching p', () => {
+    // softmax([1,3,2,3,-1]) ≈ [0.054, 0.397, 0.146, 0.397, 0.007]: p = 0.75 keeps tokens 1 and 3 only.
+    const counts = histogram({ temperature: 1, topK: 0, topP: 0.75 }, 3000);
+    assert.equal(
+      (counts[0] as number) + (counts[2] as number) + (counts[4] as number),
+      0,
+      JSON.stringify(counts),
+    );
+    // p = 0.93 adds token 2 (cumulative 0.939) but not 0 and 4.
+    const wider = histogram({ temperature: 1, topK: 0, topP: 0.93 }, 3000);
+    assert.ok((wider[2] as number) > 0);
+    assert.equal((wider[0] as number) + (wider[4] as number), 0, JSON.stringify(wider));
+  });
+
+  it('engine - low temperature concentrates on the best tokens; a seed replays the same draws', () => {
+    const cold = histogram({ temperature: 0.05, topK: 0, topP: 1 }, 2000);
+    assert.equal((cold[1] as number) + (cold[3] as number), 2000);
+    assert.deepEqual(
+      histogram({ temperature: 1, topK: 0, topP: 1 }, 500, 99),
+      histogram({ temperature: 1, topK: 0, topP: 1 }, 500, 99),
+    );
+  });
+
+  it('engine - out-of-range sampling options are rejected with the value', () => {
+    assert.throws(
+      () => checkSampling({ temperature: -1, topK: 0, topP: 1 }),
+      /temperature must be in \[0, 100\], got -1/,
+    );
+    assert.throws(() => checkSampling({ temperature: 1, topK: 1.5, topP: 1 }), InvalidArgumentError);
+    assert.throws(() => checkSampling({ temperature: 1, topK: 0, topP: 0 }), /topP/);
+    assert.throws(() => checkSampling({ temperature: 1, topK: 0, topP: 1, seed: -3 }), /seed/);
+  });
+});
