@@ -8,3 +8,5 @@ export * from './model/generate.ts';
 export * from './model/gguf.ts';
 export * from './model/progress.ts';
 export * from './model/random.ts';
+export * from './model/load.ts';
+export * from './runtime/sampling.ts';

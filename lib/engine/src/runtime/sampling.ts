@@ -3,7 +3,7 @@
 // distribution (what OpenAI's `logprobs` reports). Pure: the RNG is passed in, nothing is global.
 import { InvalidArgumentError } from '@kvmesh/errors';
 
-import { Xoshiro128 } from '../model/random.ts';
+import type { Xoshiro128 } from '../model/random.ts';
 
 export interface SamplingOptions {
   /** 0 = greedy (argmax, ties to the lowest id). */
