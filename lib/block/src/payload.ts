@@ -111,7 +111,32 @@ export function encodeBlockPayload(
       got: layers.length,
     });
   }
+  return assembleBlockPayload(
+    kernels,
+    codec,
+    dims,
+    layers.map((layer) => kernels.encodeLayer(codec, dims, layer.k, layer.v)),
+  );
+}
+
+/**
+ * Serializes a block from layer sections already encoded in `codec` (the engine's paged pool holds
+ * blocks that way, so exporting one never re-encodes).
+ */
+export function assembleBlockPayload(
+  kernels: Kernels,
+  codec: CodecName,
+  dims: BlockDims,
+  sections: readonly Uint8Array[],
+): Uint8Array {
+  checkDims(dims);
   const sectionBytes = kernels.sectionBytes(codec, dims);
+  if (sections.length !== dims.layers || sections.some((s) => s.length !== sectionBytes)) {
+    throw new InvalidArgumentError(
+      `expected ${dims.layers} sections of ${sectionBytes} bytes, got ${sections.length} of [${[...new Set(sections.map((s) => s.length))].join(', ')}]`,
+      { layers: dims.layers, sectionBytes },
+    );
+  }
   const headerBytes = headerBytesFor(dims.layers);
   const firstOffset = alignUp(headerBytes, SECTION_ALIGN_BYTES);
   const stride = alignUp(sectionBytes, SECTION_ALIGN_BYTES);
@@ -133,8 +158,7 @@ export function encodeBlockPayload(
   view.setBigUint64(24, BigInt(total), true);
   view.setBigUint64(32, BigInt(sectionBytes), true);
 
-  layers.forEach((layer, l) => {
-    const section = kernels.encodeLayer(codec, dims, layer.k, layer.v);
+  sections.forEach((section, l) => {
     const offset = firstOffset + l * stride;
     out.set(section, offset);
     const entry = HEADER_FIXED_BYTES + l * TABLE_ENTRY_BYTES;
