@@ -10,3 +10,4 @@ export * from './model/progress.ts';
 export * from './model/random.ts';
 export * from './model/load.ts';
 export * from './runtime/sampling.ts';
+export * from './runtime/kv-pool.ts';
