@@ -10,8 +10,6 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { Tokenizer } from '@huggingface/tokenizers';
-// Types only (erased): the module itself is imported lazily so a missing binary fails with advice.
-import type * as NodeLlamaCpp from 'node-llama-cpp';
 import type { LlamaModel } from 'node-llama-cpp';
 
 import { parseModelConfig, type ModelConfig } from '../src/model/config.ts';
@@ -25,6 +23,7 @@ import {
 import { exportGguf, permuteRotaryRows } from '../src/model/gguf.ts';
 import { NO_PROGRESS } from '../src/model/progress.ts';
 import { parseSafetensors, readTensorF32, type SafetensorsFile } from '../src/model/safetensors.ts';
+import { llamaCppLogits as llamaCppLogitsOf, loadLlamaModel } from './support/llamacpp.ts';
 
 const SEED = 1234;
 const UNICODE_SAMPLES = [
@@ -180,56 +179,6 @@ describe('engine - generated model files', () => {
 // ---------------------------------------------------------------------------------------------
 // llama.cpp (node-llama-cpp, CPU): the independent reference for the exported GGUF.
 
-async function loadLlamaModel(path: string): Promise<LlamaModel> {
-  let lib: typeof NodeLlamaCpp;
-  try {
-    lib = await import('node-llama-cpp');
-  } catch (err) {
-    throw new Error(
-      `node-llama-cpp could not be imported (${(err as Error).message}); run \`npm install --no-audit --no-fund\` ` +
-        'at the repo root (it is a root devDependency; its CPU binaries come in @node-llama-cpp/<platform> packages)',
-    );
-  }
-  try {
-    const llama = await lib.getLlama({ gpu: false, build: 'never', logLevel: lib.LlamaLogLevel.error });
-    return await llama.loadModel({ modelPath: path, gpuLayers: 0 });
-  } catch (err) {
-    throw new Error(
-      `node-llama-cpp could not load ${path} on CPU: ${(err as Error).message} ` +
-        '(no prebuilt binary for this platform? `npx node-llama-cpp inspect gpu` shows what it found)',
-    );
-  }
-}
-
-/** Next-token logits at every position of `tokens`, dense [position][token]. */
-async function llamaCppLogits(
-  model: LlamaModel,
-  tokens: number[],
-  kvCacheF32: boolean,
-): Promise<Float32Array[]> {
-  const context = await model.createContext({
-    contextSize: 256,
-    ...(kvCacheF32
-      ? { experimentalKvCacheKeyType: 'F32', experimentalKvCacheValueType: 'F32', flashAttention: false }
-      : {}),
-  });
-  try {
-    const sequence = context.getSequence();
-    const results = await sequence.controlledEvaluate(
-      tokens.map((t) => [t as never, { generateNext: { logits: true } }] as const),
-    );
-    return results.map((r, pos) => {
-      const logits = r?.next.logits;
-      assert.ok(logits, `no logits at position ${pos}`);
-      const out = new Float32Array(MODEL_PRESETS.tiny.vocabSize);
-      for (const [token, value] of logits) out[token as number] = value;
-      return out;
-    });
-  } finally {
-    await context.dispose();
-  }
-}
-
 /**
  * A plain float64 forward pass in HF semantics (rotate-half RoPE on the unpermuted q/k weights),
  * test-only. If llama.cpp on the exported GGUF agrees with it, the export permuted q/k correctly.
@@ -348,7 +297,7 @@ describe('engine - generated model in llama.cpp', () => {
   it('gguf - llama.cpp logits are finite and not flat (top-1 vs top-2 margin >= 0.1 at most positions)', async (t) => {
     assert.ok(model);
     const tokens = loadTokenizer(modelDir).encode(prompt).ids;
-    const logits = await llamaCppLogits(model, tokens, false);
+    const logits = await llamaCppLogitsOf(model, tokens, false, MODEL_PRESETS.tiny.vocabSize);
     const margins = logits.map((row) => {
       assert.ok(row.every(Number.isFinite), 'finite logits');
       const sorted = Float32Array.from(row).sort().reverse();
@@ -370,7 +319,7 @@ describe('engine - generated model in llama.cpp', () => {
     // NOTE: llama.cpp's default f16 KV cache alone moves logits by ~1e-2; with an f32 cache it agrees
     // with the f64 reference to ~1e-5, while a missing q/k permutation is off by whole units.
     const ours = referenceLogits(cfg, st, tokens);
-    const theirs = await llamaCppLogits(model, tokens, true);
+    const theirs = await llamaCppLogitsOf(model, tokens, true, MODEL_PRESETS.tiny.vocabSize);
     let errMax = 0;
     theirs.forEach((row, pos) =>
       row.forEach((v, i) => (errMax = Math.max(errMax, Math.abs(v - (ours[pos]?.[i] as number))))),
