@@ -89,6 +89,37 @@ static inline size_t kv_attention_scratch_floats(const KvDims& d) {
   return hc * (d.B + 2 * size_t(d.D) + ng * d.D + ng + ngd * d.B + ngd) + 64;
 }
 
+// Causal attention of a prefill chunk of T tokens over past blocks of one layer (optional) and the
+// chunk itself: token t sees every past token and chunk tokens 0..t. q and out are [T][QH][D], k and
+// v [T][KVH][D], all f32; dims describes the past blocks (read only when nblocks > 0, dims.kvh == KVH
+// and dims.D == D). D is a multiple of 16.
+struct KvPrefillArgs {
+  int QH;
+  int KVH;
+  int D;
+  int T;
+  float scale;
+  const float* q;
+  const float* k;
+  const float* v;
+  float* out;
+  KvDims dims;
+  int nblocks;
+  const int* codecs;
+  const uint8_t* const* sections;
+  const int* tokens;
+};
+
+// Chunk keys folded into the online softmax per step (a multiple of 16).
+constexpr int kPrefillKeyTile = 64;
+
+static inline size_t kv_prefill_scratch_floats(const KvPrefillArgs& a) {
+  const size_t rows = size_t(a.T) * (a.QH / a.KVH), hc = kAttnHeadsPerPass;
+  const size_t past = a.nblocks > 0 ? kv_attention_scratch_floats(a.dims) : 0;
+  // past attention scratch + chunk P/O/Q tiles + per-kv-head gathered queries and past (o, m, l)
+  return past + hc * (kPrefillKeyTile + 2 * size_t(a.D)) + rows * (2 * size_t(a.D) + 2) + 64;
+}
+
 struct KvKernels {
   // Index of the first element with !(|x| <= limit) (NaN included), or -1. n is a multiple of 16.
   int64_t (*scan)(const float* x, size_t n, float limit);
@@ -97,6 +128,8 @@ struct KvKernels {
   void (*decode)(int codec, const KvDims& dims, const uint8_t* section, float* k, float* v);
   // `scratch` holds kv_attention_scratch_floats(dims) floats.
   void (*attention)(const KvAttnArgs& args, float* scratch);
+  // `scratch` holds kv_prefill_scratch_floats(args) floats.
+  void (*prefill)(const KvPrefillArgs& args, float* scratch);
 };
 
 const KvKernels& kv_kernels_scalar();

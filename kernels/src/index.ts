@@ -13,6 +13,9 @@ import { referenceKernels } from './reference/index.ts';
 import type { Kernels } from './types.ts';
 
 export * from './types.ts';
+export * from './dense-types.ts';
+export { ropeInvFreq } from './rope.ts';
+export { DENSE_DIM_MAX, PREFILL_TOKENS_MAX, ROPE_POSITION_MAX, THREADS_MAX } from './dense-validate.ts';
 export {
   BLOCK_TOKENS_MAX,
   BLOCK_TOKENS_MIN,

@@ -6,6 +6,8 @@
 // - Logical K and V inputs/outputs are f32 `[kvHeads][blockTokens][headDim]`, row-major.
 // - Queries are f32 `[queryHeads][headDim]`; query head h reads kv head floor(h / (queryHeads / kvHeads)).
 
+import type { DenseKernels } from './dense-types.ts';
+
 export type CodecName = 'f32' | 'f16' | 'kivi8' | 'kivi4' | 'kivi2';
 
 /** Codec ids as stored in payload headers. Never renumber: stored data depends on them. */
@@ -56,7 +58,7 @@ export interface PartialAttention {
 
 export type KernelBackend = 'native' | 'reference';
 
-export interface Kernels {
+export interface Kernels extends DenseKernels {
   readonly backend: KernelBackend;
   /** Instruction set in use ('avx512' | 'avx2' | 'scalar' for native, 'ts' for the reference). */
   isa(): string;

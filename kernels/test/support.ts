@@ -9,12 +9,14 @@ import { fileURLToPath } from 'node:url';
 
 import { nativeAttention, type NativeAttentionAddon } from '../src/native/attention.ts';
 import { nativeCodec, type NativeCodecAddon } from '../src/native/codec.ts';
+import { nativeDense, type NativeDenseAddon } from '../src/native/dense.ts';
+import type { DenseKernels } from '../src/dense-types.ts';
 import type { Kernels } from '../src/types.ts';
 
 export type CodecKernels = Pick<Kernels, 'sectionBytes' | 'encodeLayer' | 'decodeLayer'>;
 export type AttentionKernels = Pick<Kernels, 'attention' | 'attentionAsync' | 'mergePartials'>;
 
-interface TestAddon extends NativeCodecAddon, NativeAttentionAddon {
+interface TestAddon extends NativeCodecAddon, NativeAttentionAddon, NativeDenseAddon {
   isa(): string;
   detectedIsa(): string;
   setIsa(name: string): boolean;
@@ -23,6 +25,7 @@ interface TestAddon extends NativeCodecAddon, NativeAttentionAddon {
 export interface NativeUnderTest {
   codec: CodecKernels;
   attention: AttentionKernels;
+  dense: DenseKernels;
   /** Instruction sets this CPU runs, worst first. */
   isas: string[];
   /** Selects an instruction set for the following calls. */
@@ -42,8 +45,12 @@ export function loadNative(): { native: NativeUnderTest | null; reason: string }
   } else {
     try {
       addon = createRequire(import.meta.url)(addonPath) as TestAddon;
-      if (typeof addon.encodeLayer !== 'function' || typeof addon.attention !== 'function') {
-        reason = `${addonPath} has no codec/attention kernels (stale build?)`;
+      if (
+        typeof addon.encodeLayer !== 'function' ||
+        typeof addon.attention !== 'function' ||
+        typeof addon.prefillAttention !== 'function'
+      ) {
+        reason = `${addonPath} has no codec/attention/dense kernels (stale build?)`;
         addon = null;
       }
     } catch (err) {
@@ -66,6 +73,7 @@ export function loadNative(): { native: NativeUnderTest | null; reason: string }
     native: {
       codec: nativeCodec(a),
       attention: nativeAttention(a),
+      dense: nativeDense(a),
       isas,
       useIsa(isa) {
         if (!a.setIsa(isa)) throw new Error(`cannot select ISA ${isa}`);

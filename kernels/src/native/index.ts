@@ -3,9 +3,11 @@
 import type { Kernels } from '../types.ts';
 import { nativeAttention, type NativeAttentionAddon } from './attention.ts';
 import { nativeCodec, type NativeCodecAddon } from './codec.ts';
+import { nativeDense, type NativeDenseAddon } from './dense.ts';
 import { nativeHash, type NativeHashAddon } from './hash.ts';
 
-export interface NativeAddon extends NativeHashAddon, NativeCodecAddon, NativeAttentionAddon {
+export interface NativeAddon
+  extends NativeHashAddon, NativeCodecAddon, NativeAttentionAddon, NativeDenseAddon {
   isa(): string;
   detectedIsa(): string;
   setIsa(name: string): boolean;
@@ -18,5 +20,6 @@ export function createNativeKernels(addon: NativeAddon): Kernels {
     ...nativeHash(addon),
     ...nativeCodec(addon),
     ...nativeAttention(addon),
+    ...nativeDense(addon),
   };
 }

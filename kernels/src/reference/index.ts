@@ -4,6 +4,7 @@
 import type { Kernels } from '../types.ts';
 import { referenceAttention } from './attention.ts';
 import { referenceCodec } from './codec.ts';
+import { referenceDense } from './dense.ts';
 import { referenceHash } from './hash.ts';
 
 export const referenceKernels: Kernels = {
@@ -12,4 +13,5 @@ export const referenceKernels: Kernels = {
   ...referenceHash,
   ...referenceCodec,
   ...referenceAttention,
+  ...referenceDense,
 };
