@@ -55,4 +55,14 @@ describe('bench - suites', () => {
     assert.equal(out.blocks, 128);
     assert.ok(((out.native as Record<string, number>).msMedian as number) > 0);
   });
+  it('bench - dense prints its contract (GEMM GFLOP/s per shape and thread count, prefill tokens/s)', () => {
+    const out = bench('dense', '--seconds', '0.01');
+    assert.equal(out.suite, 'dense');
+    for (const row of Object.values(out.matmulGflops as Record<string, Record<string, number>>)) {
+      assert.equal(Object.keys(row).length, 9);
+      for (const g of Object.values(row)) assert.ok(g > 0);
+    }
+    const p = (out.prefillAttention as { tokensPerSecond: Record<string, number> }).tokensPerSecond;
+    assert.deepEqual(Object.keys(p).sort(), ['past0', 'past1024_f32', 'past1024_kivi4']);
+  });
 });

@@ -11,3 +11,4 @@ export * from './model/random.ts';
 export * from './model/load.ts';
 export * from './runtime/sampling.ts';
 export * from './runtime/kv-pool.ts';
+export * from './runtime/engine.ts';

@@ -57,23 +57,9 @@ export async function llamaCppLogits(
   }
 }
 
-/** Greedy continuation of `tokens` for `count` tokens (f32 KV cache), as token ids. */
-export async function llamaCppGreedy(model: LlamaModel, tokens: number[], count: number): Promise<number[]> {
-  const context = await model.createContext({
-    contextSize: Math.max(256, tokens.length + count + 1),
-    experimentalKvCacheKeyType: 'F32',
-    experimentalKvCacheValueType: 'F32',
-    flashAttention: false,
-  });
-  try {
-    const out: number[] = [];
-    const sequence = context.getSequence();
-    for await (const token of sequence.evaluate(tokens as never[], { temperature: 0 })) {
-      out.push(token as number);
-      if (out.length >= count) break;
-    }
-    return out;
-  } finally {
-    await context.dispose();
-  }
+/** Index of the largest value (ties to the lowest index). */
+export function argmax(row: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < row.length; i++) if ((row[i] as number) > (row[best] as number)) best = i;
+  return best;
 }
