@@ -1,4 +1,4 @@
-// Command-line options shared by the bench suites: `--name value` pairs after the suite name.
+// Helpers shared by the bench suites: `--name value` options after the suite name, and timing.
 
 /** A positive number option, or `fallback` when absent. */
 export function numberOption(args: readonly string[], name: string, fallback: number): number {
@@ -18,3 +18,17 @@ export function stringOption(args: readonly string[], name: string): string | un
 
 /** Rounds to `digits` significant digits for JSON output. */
 export const round = (v: number, digits = 4): number => Number(v.toPrecision(digits));
+
+/** Mean seconds per call of `body`, repeated for at least `seconds` after one warm-up call. */
+export function secondsPerCall(seconds: number, body: () => void): number {
+  body();
+  let calls = 0;
+  const start = performance.now();
+  let elapsed = 0;
+  do {
+    body();
+    calls++;
+    elapsed = (performance.now() - start) / 1000;
+  } while (elapsed < seconds);
+  return elapsed / calls;
+}

@@ -14,7 +14,6 @@
 // Throughput is timed on a subset of the layers (--layers-timed, default 2): every layer has the
 // same shape, so more layers only repeat the same work. Options: --context N, --layers L,
 // --layers-timed N, --seconds S (per measurement), --isa scalar|avx2|avx512.
-import { performance } from 'node:perf_hooks';
 
 import {
   CODEC_NAMES,
@@ -31,7 +30,7 @@ import {
 import { payloadBytesFor } from '@kvmesh/block';
 
 import type { BenchContext, BenchSuite } from '../main.ts';
-import { numberOption, round, stringOption } from '../options.ts';
+import { numberOption, round, secondsPerCall, stringOption } from '../options.ts';
 
 // Payload v1 framing (lib/block/spec/payload-v1.md): 40 fixed bytes + 24 per layer + 8-byte header
 // checksum, and every section starts on a 64-byte boundary.
@@ -80,16 +79,7 @@ const COLD_BYTES = 128 * 2 ** 20;
 
 /** Bytes per second of `body` over `bytes`, repeated for at least `seconds`, in GB/s (10^9). */
 function throughputGBps(bytes: number, seconds: number, body: () => void): number {
-  body(); // warm
-  let iterations = 0;
-  const start = performance.now();
-  let elapsed = 0;
-  do {
-    body();
-    iterations++;
-    elapsed = (performance.now() - start) / 1000;
-  } while (elapsed < seconds);
-  return (bytes * iterations) / elapsed / 1e9;
+  return bytes / secondsPerCall(seconds, body) / 1e9;
 }
 
 function relL2(a: Float32Array, b: Float32Array): number {

@@ -5,7 +5,6 @@
 // heads, 4 kv heads, head dim 64, over 0 and 1024 past tokens (64-token blocks, f32 and kivi4).
 // Inputs are random normals drawn per run. Options: --seconds S (per measurement), --isa
 // scalar|avx2|avx512 (prefill attention only; GEMM is OpenBLAS's own dispatch).
-import { performance } from 'node:perf_hooks';
 
 import {
   describeKernels,
@@ -18,7 +17,7 @@ import {
 } from '@kvmesh/kernels';
 
 import type { BenchContext, BenchSuite } from '../main.ts';
-import { numberOption, round, stringOption } from '../options.ts';
+import { numberOption, round, secondsPerCall, stringOption } from '../options.ts';
 
 const MATMUL_K = 768;
 const MATMUL_M = [1, 8, 512];
@@ -35,20 +34,6 @@ function gaussian(): number {
 
 function normals(n: number, sd = 1): Float32Array {
   return Float32Array.from({ length: n }, () => gaussian() * sd);
-}
-
-/** Mean seconds per call of `body`, repeated for at least `seconds` after one warm-up call. */
-function secondsPerCall(seconds: number, body: () => void): number {
-  body();
-  let calls = 0;
-  const start = performance.now();
-  let elapsed = 0;
-  do {
-    body();
-    calls++;
-    elapsed = (performance.now() - start) / 1000;
-  } while (elapsed < seconds);
-  return elapsed / calls;
 }
 
 function benchMatmul(

@@ -2,17 +2,9 @@
 // SmolLM, TinyLlama) into the engine's ModelConfig, with every field checked. Unsupported
 // architectures or features are rejected with an error naming the field, never guessed.
 import { InvalidArgumentError } from '@kvmesh/errors';
+import type { RopeScaling } from '@kvmesh/kernels';
 
-export type RopeScaling =
-  | { kind: 'none' }
-  | { kind: 'linear'; factor: number }
-  | {
-      kind: 'llama3';
-      factor: number;
-      lowFreqFactor: number;
-      highFreqFactor: number;
-      originalContextTokens: number;
-    };
+export type { RopeScaling };
 
 export interface ModelConfig {
   architecture: 'llama' | 'mistral' | 'qwen2';
