@@ -2,7 +2,7 @@
 // RMSNorm, RoPE, SwiGLU, embedding gather, residual add, argmax / log-softmax, and the causal
 // attention of a prefill chunk over earlier blocks. Everything is f32 and row-major, and every op
 // writes into arrays the caller owns (the engine preallocates them), so the hot path allocates nothing.
-import type { AttentionBlock, LayerDims } from './types.ts';
+import type { AttentionBlock, LayerDims } from './shapes.ts';
 
 /** RoPE frequency scaling as stored in a Hugging Face config.json `rope_scaling`. */
 export type RopeScaling =

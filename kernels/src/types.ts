@@ -1,39 +1,15 @@
 // The contract of the kernel facade: one interface implemented twice, by the native module and by
 // the plain TypeScript reference. Services depend only on this; tests compare the two.
 //
-// Layout conventions (see lib/block/SPEC.md for the full payload format):
+// Layout conventions (see lib/block/spec/ for the payload and codec formats):
 // - One *layer section* holds a block's K and V for one layer, all kv heads, in one codec.
 // - Logical K and V inputs/outputs are f32 `[kvHeads][blockTokens][headDim]`, row-major.
 // - Queries are f32 `[queryHeads][headDim]`; query head h reads kv head floor(h / (queryHeads / kvHeads)).
 
 import type { DenseKernels } from './dense-types.ts';
+import type { AttentionBlock, CodecName, LayerDims } from './shapes.ts';
 
-export type CodecName = 'f32' | 'f16' | 'kivi8' | 'kivi4' | 'kivi2';
-
-/** Codec ids as stored in payload headers. Never renumber: stored data depends on them. */
-export const CODEC_IDS: Readonly<Record<CodecName, number>> = {
-  f32: 0,
-  f16: 1,
-  kivi8: 2,
-  kivi4: 3,
-  kivi2: 4,
-};
-export const CODEC_NAMES: readonly CodecName[] = ['f32', 'f16', 'kivi8', 'kivi4', 'kivi2'];
-
-/** Shape of one layer of one block. `groupSize` is the KIVI quantization group (tokens for keys, channels for values). */
-export interface LayerDims {
-  kvHeads: number;
-  blockTokens: number;
-  headDim: number;
-  groupSize: number;
-}
-
-/** One block's layer section handed to attention. `tokens` (default blockTokens) masks a partial tail block. */
-export interface AttentionBlock {
-  codec: CodecName;
-  section: Uint8Array;
-  tokens?: number;
-}
+export * from './shapes.ts';
 
 export interface AttentionArgs {
   dims: LayerDims;
