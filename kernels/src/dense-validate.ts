@@ -9,6 +9,7 @@ import { InvalidArgumentError } from '@kvmesh/errors';
 import type { PrefillAttentionArgs } from './dense-types.ts';
 import type { CodecName, LayerDims } from './types.ts';
 import { checkCodec, checkLayerDims, checkSection, HEAD_DIM_MAX, KV_HEADS_MAX } from './validate.ts';
+import { checkInt } from './validate.ts';
 
 /** Largest single dimension (rows, columns, tokens) a dense op takes. */
 export const DENSE_DIM_MAX = 2 ** 30;
@@ -20,21 +21,6 @@ export const PREFILL_TOKENS_MAX = 16384;
 export const THREADS_MAX = 1024;
 /** prefillAttention head dims are multiples of this, like LayerDims.headDim (one AVX-512 vector). */
 export const PREFILL_HEAD_DIM_MULTIPLE = 16;
-
-export function checkInt(name: string, value: unknown, min: number, max: number, multiple = 1): number {
-  if (
-    typeof value !== 'number' ||
-    !Number.isInteger(value) ||
-    value < min ||
-    value > max ||
-    value % multiple !== 0
-  ) {
-    const rule =
-      multiple > 1 ? `a multiple of ${multiple} in [${min}, ${max}]` : `an integer in [${min}, ${max}]`;
-    throw new InvalidArgumentError(`${name} must be ${rule}, got ${String(value)}`, { [name]: value });
-  }
-  return value;
-}
 
 function checkF32(op: string, name: string, value: unknown, length?: number, shape?: string): Float32Array {
   if (!(value instanceof Float32Array)) {

@@ -14,6 +14,7 @@ import type { Kernels } from './types.ts';
 
 export * from './types.ts';
 export * from './dense-types.ts';
+export { relativeL2Error } from './metrics.ts';
 export { ropeInvFreq } from './rope.ts';
 export { DENSE_DIM_MAX, PREFILL_TOKENS_MAX, ROPE_POSITION_MAX, THREADS_MAX } from './dense-validate.ts';
 export {

@@ -4,7 +4,7 @@
 import { InvalidArgumentError } from '@kvmesh/errors';
 
 import type { RopeConfig } from './dense-types.ts';
-import { checkInt } from './dense-validate.ts';
+import { checkInt } from './validate.ts';
 
 function checkPositive(name: string, value: unknown): number {
   if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) {

@@ -53,7 +53,8 @@ export function codecId(codec: CodecName): number {
   return CODEC_IDS[codec];
 }
 
-function checkInt(name: string, value: unknown, min: number, max: number, multiple = 1): number {
+/** An integer in [min, max] (and a multiple of `multiple`), or an InvalidArgumentError naming it. */
+export function checkInt(name: string, value: unknown, min: number, max: number, multiple = 1): number {
   if (
     typeof value !== 'number' ||
     !Number.isInteger(value) ||

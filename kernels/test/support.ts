@@ -120,15 +120,7 @@ export class Rng {
 }
 
 /** ‖a − b‖₂ / ‖b‖₂. */
-export function relL2(a: Float32Array, b: Float32Array): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < b.length; i++) {
-    num += ((a[i] as number) - (b[i] as number)) ** 2;
-    den += (b[i] as number) ** 2;
-  }
-  return Math.sqrt(num / den);
-}
+export { relativeL2Error as relL2 } from '../src/metrics.ts';
 
 export function maxRelDiff(a: Float32Array, b: Float32Array): number {
   let m = 0;

@@ -25,6 +25,7 @@ import {
   type Kernels,
   type LayerDims,
   type PartialAttention,
+  relativeL2Error,
 } from '@kvmesh/kernels';
 
 import { payloadBytesFor } from '@kvmesh/block';
@@ -82,16 +83,6 @@ function throughputGBps(bytes: number, seconds: number, body: () => void): numbe
   return bytes / secondsPerCall(seconds, body) / 1e9;
 }
 
-function relL2(a: Float32Array, b: Float32Array): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < b.length; i++) {
-    num += ((a[i] as number) - (b[i] as number)) ** 2;
-    den += (b[i] as number) ** 2;
-  }
-  return Math.sqrt(num / den);
-}
-
 async function run(ctx: BenchContext): Promise<Record<string, unknown>> {
   const native = nativeKernels();
   if (!native) throw new Error(`codec bench needs the native kernels: ${describeKernels().detail}`);
@@ -135,7 +126,7 @@ async function run(ctx: BenchContext): Promise<Record<string, unknown>> {
     ),
   );
   const attnError = (got: PartialAttention[]): number => {
-    const errs = got.map((g, l) => relL2(g.o, (reference[l] as PartialAttention).o));
+    const errs = got.map((g, l) => relativeL2Error(g.o, (reference[l] as PartialAttention).o));
     return Math.sqrt(errs.reduce((s, e) => s + e * e, 0) / errs.length);
   };
   const f32Payload = payloadBytes(native, 'f32', dims, layers);

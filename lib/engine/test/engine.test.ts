@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 
 import type { LlamaModel } from 'node-llama-cpp';
 import { InvalidArgumentError, LimitExceededError } from '@kvmesh/errors';
+import { relativeL2Error } from '@kvmesh/kernels';
 
 import { generateModel } from '../src/model/generate.ts';
 import { exportGguf } from '../src/model/gguf.ts';
@@ -50,16 +51,6 @@ after(async () => {
   await llama?.dispose();
   if (dir !== '') rmSync(dir, { recursive: true, force: true });
 });
-
-function relL2(a: Float32Array, b: Float32Array): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < b.length; i++) {
-    num += ((a[i] as number) - (b[i] as number)) ** 2;
-    den += (b[i] as number) ** 2;
-  }
-  return Math.sqrt(num / den);
-}
 
 /** Greedy generation of `count` tokens for one prompt; returns the events (first carries logits). */
 function generate(
@@ -100,7 +91,10 @@ describe('engine - parity with llama.cpp (f32 KV)', () => {
         true,
         model.config.vocabSize,
       );
-      const err = relL2(events[0]?.logits as Float32Array, theirs[prompt.length - 1] as Float32Array);
+      const err = relativeL2Error(
+        events[0]?.logits as Float32Array,
+        theirs[prompt.length - 1] as Float32Array,
+      );
       worst = Math.max(worst, err);
       assert.ok(err <= 1e-3, `${JSON.stringify(text)}: logits rel. L2 ${err}`);
       const greedy = theirs.slice(prompt.length - 1).map(argmax);

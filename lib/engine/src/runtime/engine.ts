@@ -16,7 +16,7 @@ import {
 } from '@kvmesh/kernels';
 import type { BlockDims } from '@kvmesh/block';
 
-import type { LoadedModel } from '../model/load.ts';
+import type { LayerWeights, LoadedModel } from '../model/load.ts';
 import { Xoshiro128 } from '../model/random.ts';
 import { KvPool, TailBlock } from './kv-pool.ts';
 import { checkSampling, GREEDY, sampleToken, type SamplingOptions } from './sampling.ts';
@@ -420,6 +420,12 @@ export class Engine {
     return this.logits(x, S);
   }
 
+  private layerWeights(layer: number): LayerWeights {
+    const w = this.model.weights.layers[layer];
+    if (!w) throw new KvmeshError('INTERNAL', 'internal', `no weights for layer ${layer}`);
+    return w;
+  }
+
   /** RMSNorm → fused QKV projection (+bias) → split → RoPE on q and k. */
   private attentionInputs(
     layer: number,
@@ -428,8 +434,7 @@ export class Engine {
     positions: Int32Array,
   ): { q: Float32Array; kk: Float32Array; vv: Float32Array } {
     const cfg = this.model.config;
-    const w = this.model.weights.layers[layer];
-    if (!w) throw new KvmeshError('INTERNAL', 'internal', `no weights for layer ${layer}`);
+    const w = this.layerWeights(layer);
     const k = this.kernels;
     const s = this.scratch;
     const H = cfg.hiddenSize;
@@ -457,8 +462,7 @@ export class Engine {
   /** O projection + residual, then RMSNorm → gate/up → SwiGLU → down + residual. */
   private attentionOutputAndMlp(layer: number, x: Float32Array, attn: Float32Array, rows: number): void {
     const cfg = this.model.config;
-    const w = this.model.weights.layers[layer];
-    if (!w) throw new KvmeshError('INTERNAL', 'internal', `no weights for layer ${layer}`);
+    const w = this.layerWeights(layer);
     const k = this.kernels;
     const s = this.scratch;
     const H = cfg.hiddenSize;
