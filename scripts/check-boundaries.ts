@@ -10,6 +10,9 @@ const SKIP = new Set(['node_modules', 'build', '.git', 'gen']);
 const TRANSPORT = [
   /^@grpc\//,
   /^nats$/,
+  /^@nats-io\//,
+  /^grpc-health-check$/,
+  /^redis$/,
   /^node:(net|fs|fs\/promises|http|http2|https|dgram|child_process|worker_threads)$/,
   /^(net|fs|http|http2|https|dgram|child_process)$/,
   /^@opentelemetry\/sdk/,
