@@ -1,6 +1,6 @@
 // `kvmesh <command>`: dispatches subcommands. Each command is a module exporting a run function
 // that returns the process exit code; later issues add `model`, `generate`, `up` and services.
-import { runModelCommand } from '@kvmesh/engine';
+import { runGenerateCommand, runModelCommand } from '@kvmesh/engine';
 
 import { runDoctor } from './doctor.ts';
 
@@ -13,6 +13,10 @@ commands:
                     generate a Llama-family test model (seeded weights, BPE tokenizer, chat template)
   model export-gguf DIR OUT.gguf
                     write the model as GGUF (F32) for llama.cpp
+  generate --model DIR --prompt TEXT [--chat] [--max-tokens N] [--codec C]
+           [--temperature T --top-p P --top-k K --seed S --stop TEXT]
+                    run one prompt through the engine; text streams to stdout, counts and
+                    tokens/s to stderr
   up                run the local mesh (for now: checks the machine and lists what is not built yet)
   help              this text
 `;
@@ -24,6 +28,8 @@ export async function main(argv: string[]): Promise<number> {
       return runDoctor(rest);
     case 'model':
       return runModelCommand(rest);
+    case 'generate':
+      return runGenerateCommand(rest);
     case 'up':
       return runUp();
     case undefined:

@@ -1,5 +1,5 @@
-// Public surface of @kvmesh/engine (model files and generated test models so far; the runtime
-// follows).
+// Public surface of @kvmesh/engine: model files, generated test models, the runtime (engine,
+// sampling, text streaming) and the `kvmesh model` / `kvmesh generate` commands.
 export * from './model/config.ts';
 export * from './model/safetensors.ts';
 export * from './model/bpe.ts';
@@ -12,3 +12,5 @@ export * from './model/load.ts';
 export * from './runtime/sampling.ts';
 export * from './runtime/kv-pool.ts';
 export * from './runtime/engine.ts';
+export * from './runtime/text-stream.ts';
+export * from './generate-cli.ts';

@@ -46,7 +46,8 @@ export interface ChatMessage {
 
 export interface ModelTokenizer {
   encode(text: string, options?: { addSpecialTokens?: boolean }): number[];
-  decode(ids: readonly number[]): string;
+  /** Text of `ids`; special tokens (BOS, EOS, chat markers) are dropped with skipSpecialTokens. */
+  decode(ids: readonly number[], options?: { skipSpecialTokens?: boolean }): string;
   /** Renders the chat template; encode the result with addSpecialTokens: false. */
   applyChatTemplate(messages: readonly ChatMessage[], addGenerationPrompt?: boolean): string;
   readonly bosTokenId: number | null;
@@ -192,7 +193,11 @@ function loadTokenizer(dir: string, config: ModelConfig): ModelTokenizer {
   return {
     encode: (text, options = {}) =>
       tokenizer.encode(text, { add_special_tokens: options.addSpecialTokens ?? true }).ids,
-    decode: (ids) => tokenizer.decode([...ids]),
+    // NOTE: the library rejects an empty id list; the text of no tokens is ''.
+    decode: (ids, options = {}) =>
+      ids.length === 0
+        ? ''
+        : tokenizer.decode([...ids], { skip_special_tokens: options.skipSpecialTokens ?? false }),
     applyChatTemplate: (messages, addGenerationPrompt = true) => {
       if (!template)
         throw new ModelFileError(`${join(dir, 'tokenizer_config.json')}: no chat_template`, {
