@@ -24,7 +24,8 @@
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED", "XXH_INLINE_ALL"],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions"],
-      "cflags_cc": ["-std=c++17", "-O3", "-fPIC"],
+      "cflags_cc": ["-std=c++17", "-O3", "-fPIC", "-fopenmp"],
+      "ldflags": ["-fopenmp"],
       "libraries": ["-lopenblas"]
     }
   ]

@@ -6,7 +6,9 @@
 // attention's codec readers. All calls are synchronous: the engine calls them from a worker thread.
 #include <cblas.h>
 #include <napi.h>
+#include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -58,6 +60,9 @@ void ExpectArgs(const Napi::CallbackInfo& info, size_t n, const char* op) {
   if (info.Length() != n) Throw(info.Env(), std::string(op) + " expects " + std::to_string(n) + " arguments");
 }
 
+// Threads of the small-M matmul path; follows setThreads like OpenBLAS (whose default it starts from).
+int g_matmul_threads = openblas_get_num_threads();
+
 // matmul(x [M][K], w [N][K], y [M][N], M, K, N, bias [N] | null): y = x·wᵀ (+ bias).
 Napi::Value Matmul(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -75,9 +80,20 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
     for (int64_t m = 0; m < M; ++m) std::memcpy(y + m * N, bias, size_t(N) * sizeof(float));
     beta = 1.0f;
   }
-  if (M == 1) {
-    // One token (decode): w·x as GEMV, which OpenBLAS runs without the GEMM packing overhead.
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, int(N), int(K), 1.0f, w, int(K), x, 1, beta, y, 1);
+  if (M <= kGemmSmallMaxM) {
+    // Decode batches: our weight-streaming kernel reads w once for all M rows (BLAS GEMM would
+    // repack w on every call), split over the matmul threads by ranges of output columns.
+    const KvKernels& kernels = active_kv_kernels();
+    const int threads = N >= 256 ? std::max(1, g_matmul_threads) : 1;
+    const bool accumulate = beta != 0.0f;
+#pragma omp parallel num_threads(threads)
+    {
+      const int t = omp_get_num_threads(), i = omp_get_thread_num();
+      // Column ranges rounded to 16 so neighbouring threads never share a cache line of y.
+      const int64_t per = ((N + t - 1) / t + 15) / 16 * 16;
+      const int64_t n0 = std::min<int64_t>(N, per * i), n1 = std::min<int64_t>(N, n0 + per);
+      if (n0 < n1) kernels.gemm_small(x, w, y, int(M), int(K), int(N), int(n0), int(n1), accumulate);
+    }
   } else {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(N), int(K), 1.0f, x, int(K), w, int(K), beta, y,
                 int(N));
@@ -87,7 +103,9 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
 
 Napi::Value BlasSetThreads(const Napi::CallbackInfo& info) {
   ExpectArgs(info, 1, "blasSetThreads");
-  openblas_set_num_threads(int(IntArg(info, 0, "threads", 1, 1024)));
+  const int threads = int(IntArg(info, 0, "threads", 1, 1024));
+  openblas_set_num_threads(threads);
+  g_matmul_threads = threads;
   return info.Env().Undefined();
 }
 

@@ -130,7 +130,12 @@ struct KvKernels {
   void (*attention)(const KvAttnArgs& args, float* scratch);
   // `scratch` holds kv_prefill_scratch_floats(args) floats.
   void (*prefill)(const KvPrefillArgs& args, float* scratch);
+  // y[m][n] = x[m]·w[n] (or += with accumulate) for n in [n0, n1); x [M][K], w [N][K], y [M][N], 1 <= M <= 8.
+  void (*gemm_small)(const float* x, const float* w, float* y, int M, int K, int N, int n0, int n1, bool accumulate);
 };
+
+// Largest M that matmul sends to gemm_small instead of BLAS.
+constexpr int kGemmSmallMaxM = 8;
 
 const KvKernels& kv_kernels_scalar();
 const KvKernels& kv_kernels_avx2();

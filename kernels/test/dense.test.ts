@@ -92,6 +92,9 @@ const MATMUL_SHAPES: [number, number, number, boolean][] = [
   [1, 37, 53, true],
   [5, 33, 17, true],
   [8, 128, 200, false],
+  // N >= 256 splits the small-M path over threads; odd N and K exercise the range and lane tails.
+  [3, 100, 301, true],
+  [8, 768, 1000, false],
   [17, 67, 129, true],
   [64, 96, 80, false],
 ];
