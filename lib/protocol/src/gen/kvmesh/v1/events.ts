@@ -43,6 +43,8 @@ export interface NodeHeartbeat {
   freeBlocks: bigint;
   freeBytes: bigint;
   usedBytes: bigint;
+  /** host:port of the node's binary data channel, when it has one (kvstore nodes). */
+  dataAddress: string;
 }
 
 function createBaseStoredBlock(): StoredBlock {
@@ -365,6 +367,7 @@ function createBaseNodeHeartbeat(): NodeHeartbeat {
     freeBlocks: 0n,
     freeBytes: 0n,
     usedBytes: 0n,
+    dataAddress: '',
   };
 }
 
@@ -414,6 +417,9 @@ export const NodeHeartbeat: MessageFns<NodeHeartbeat> = {
         throw new globalThis.Error('value provided for field message.usedBytes of type uint64 too large');
       }
       writer.uint32(80).uint64(message.usedBytes);
+    }
+    if (message.dataAddress !== '') {
+      writer.uint32(90).string(message.dataAddress);
     }
     return writer;
   },
@@ -511,6 +517,14 @@ export const NodeHeartbeat: MessageFns<NodeHeartbeat> = {
             message.usedBytes = reader.uint64() as bigint;
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.dataAddress = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -567,6 +581,11 @@ export const NodeHeartbeat: MessageFns<NodeHeartbeat> = {
         : isSet(object.used_bytes)
           ? BigInt(object.used_bytes)
           : 0n,
+      dataAddress: isSet(object.dataAddress)
+        ? globalThis.String(object.dataAddress)
+        : isSet(object.data_address)
+          ? globalThis.String(object.data_address)
+          : '',
     };
   },
 
@@ -602,6 +621,9 @@ export const NodeHeartbeat: MessageFns<NodeHeartbeat> = {
     if (message.usedBytes !== 0n) {
       obj.usedBytes = message.usedBytes.toString();
     }
+    if (message.dataAddress !== '') {
+      obj.dataAddress = message.dataAddress;
+    }
     return obj;
   },
 
@@ -624,6 +646,7 @@ export const NodeHeartbeat: MessageFns<NodeHeartbeat> = {
       object.freeBytes !== undefined && object.freeBytes !== null ? BigInt(object.freeBytes) : 0n;
     message.usedBytes =
       object.usedBytes !== undefined && object.usedBytes !== null ? BigInt(object.usedBytes) : 0n;
+    message.dataAddress = object.dataAddress ?? '';
     return message;
   },
 };

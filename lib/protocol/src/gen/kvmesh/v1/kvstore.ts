@@ -136,6 +136,18 @@ export interface StatsResponse_HitsByTierEntry {
   value: bigint;
 }
 
+export interface OpenDataChannelRequest {}
+
+export interface OpenDataChannelResponse {
+  /** host:port of the data channel listener. */
+  address: string;
+  /** Sent in the channel's HELLO frame; the node rejects connections without it. */
+  token: string;
+  protocolVersion: number;
+  /** Largest block payload the node accepts. */
+  blockBytesMax: bigint;
+}
+
 function createBasePutBlocksRequest(): PutBlocksRequest {
   return { block: undefined, replica: false };
 }
@@ -1981,6 +1993,187 @@ export const StatsResponse_HitsByTierEntry: MessageFns<StatsResponse_HitsByTierE
   },
 };
 
+function createBaseOpenDataChannelRequest(): OpenDataChannelRequest {
+  return {};
+}
+
+export const OpenDataChannelRequest: MessageFns<OpenDataChannelRequest> = {
+  encode(_: OpenDataChannelRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): OpenDataChannelRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error('protobuf decode recursion limit exceeded');
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseOpenDataChannelRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): OpenDataChannelRequest {
+    return {};
+  },
+
+  toJSON(_: OpenDataChannelRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<OpenDataChannelRequest>, I>>(base?: I): OpenDataChannelRequest {
+    return OpenDataChannelRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<OpenDataChannelRequest>, I>>(_: I): OpenDataChannelRequest {
+    const message = createBaseOpenDataChannelRequest();
+    return message;
+  },
+};
+
+function createBaseOpenDataChannelResponse(): OpenDataChannelResponse {
+  return { address: '', token: '', protocolVersion: 0, blockBytesMax: 0n };
+}
+
+export const OpenDataChannelResponse: MessageFns<OpenDataChannelResponse> = {
+  encode(message: OpenDataChannelResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.address !== '') {
+      writer.uint32(10).string(message.address);
+    }
+    if (message.token !== '') {
+      writer.uint32(18).string(message.token);
+    }
+    if (message.protocolVersion !== 0) {
+      writer.uint32(24).uint32(message.protocolVersion);
+    }
+    if (message.blockBytesMax !== 0n) {
+      if (BigInt.asUintN(64, message.blockBytesMax) !== message.blockBytesMax) {
+        throw new globalThis.Error('value provided for field message.blockBytesMax of type uint64 too large');
+      }
+      writer.uint32(32).uint64(message.blockBytesMax);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): OpenDataChannelResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error('protobuf decode recursion limit exceeded');
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseOpenDataChannelResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.address = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.token = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.protocolVersion = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.blockBytesMax = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): OpenDataChannelResponse {
+    return {
+      address: isSet(object.address) ? globalThis.String(object.address) : '',
+      token: isSet(object.token) ? globalThis.String(object.token) : '',
+      protocolVersion: isSet(object.protocolVersion)
+        ? globalThis.Number(object.protocolVersion)
+        : isSet(object.protocol_version)
+          ? globalThis.Number(object.protocol_version)
+          : 0,
+      blockBytesMax: isSet(object.blockBytesMax)
+        ? BigInt(object.blockBytesMax)
+        : isSet(object.block_bytes_max)
+          ? BigInt(object.block_bytes_max)
+          : 0n,
+    };
+  },
+
+  toJSON(message: OpenDataChannelResponse): unknown {
+    const obj: any = {};
+    if (message.address !== '') {
+      obj.address = message.address;
+    }
+    if (message.token !== '') {
+      obj.token = message.token;
+    }
+    if (message.protocolVersion !== 0) {
+      obj.protocolVersion = Math.round(message.protocolVersion);
+    }
+    if (message.blockBytesMax !== 0n) {
+      obj.blockBytesMax = message.blockBytesMax.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<OpenDataChannelResponse>, I>>(base?: I): OpenDataChannelResponse {
+    return OpenDataChannelResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<OpenDataChannelResponse>, I>>(object: I): OpenDataChannelResponse {
+    const message = createBaseOpenDataChannelResponse();
+    message.address = object.address ?? '';
+    message.token = object.token ?? '';
+    message.protocolVersion = object.protocolVersion ?? 0;
+    message.blockBytesMax =
+      object.blockBytesMax !== undefined && object.blockBytesMax !== null ? BigInt(object.blockBytesMax) : 0n;
+    return message;
+  },
+};
+
 export type KvStoreService = typeof KvStoreService;
 export const KvStoreService = {
   /** Client stream of blocks; the response acknowledges what is durably held (R replicas). */
@@ -2058,6 +2251,18 @@ export const KvStoreService = {
     responseSerialize: (value: StatsResponse): Buffer => Buffer.from(StatsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): StatsResponse => StatsResponse.decode(value),
   },
+  /** Where and how to open the node's binary data channel (bulk block bytes over framed TCP). */
+  openDataChannel: {
+    path: '/kvmesh.v1.KvStore/OpenDataChannel' as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: OpenDataChannelRequest): Buffer =>
+      Buffer.from(OpenDataChannelRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): OpenDataChannelRequest => OpenDataChannelRequest.decode(value),
+    responseSerialize: (value: OpenDataChannelResponse): Buffer =>
+      Buffer.from(OpenDataChannelResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): OpenDataChannelResponse => OpenDataChannelResponse.decode(value),
+  },
 } as const;
 
 export interface KvStoreServer extends UntypedServiceImplementation {
@@ -2072,6 +2277,8 @@ export interface KvStoreServer extends UntypedServiceImplementation {
   pin: handleUnaryCall<PinRequest, PinResponse>;
   unpin: handleUnaryCall<UnpinRequest, UnpinResponse>;
   stats: handleUnaryCall<StatsRequest, StatsResponse>;
+  /** Where and how to open the node's binary data channel (bulk block bytes over framed TCP). */
+  openDataChannel: handleUnaryCall<OpenDataChannelRequest, OpenDataChannelResponse>;
 }
 
 export interface KvStoreClient extends Client {
@@ -2178,6 +2385,22 @@ export interface KvStoreClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: StatsResponse) => void,
+  ): ClientUnaryCall;
+  /** Where and how to open the node's binary data channel (bulk block bytes over framed TCP). */
+  openDataChannel(
+    request: OpenDataChannelRequest,
+    callback: (error: ServiceError | null, response: OpenDataChannelResponse) => void,
+  ): ClientUnaryCall;
+  openDataChannel(
+    request: OpenDataChannelRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: OpenDataChannelResponse) => void,
+  ): ClientUnaryCall;
+  openDataChannel(
+    request: OpenDataChannelRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: OpenDataChannelResponse) => void,
   ): ClientUnaryCall;
 }
 
