@@ -1,0 +1,636 @@
+// The DRAM block pool of one kvstore node: content-addressed blocks keyed by (namespace, hash),
+// verified against their token ids on put, deduplicated, protected by leases and pins, and evicted
+// leaf-first in LRU order between two watermarks. Pure: time, kernels and the event sink are
+// injected, and every operation is synchronous, so a fake clock makes every eviction exact.
+//
+// Invariants (checked by the tests after random operations):
+// - bytesUsed = Σ entry.sizeBytes ≤ bytesBudget and entries ≤ blocksMax after every operation.
+// - Every entry with a parent hash is counted exactly once: in its parent's localChildren when the
+//   parent is held here (same namespace), else in orphanChildren[parentKey]. Placement is per block,
+//   so a node holds fragments of chains; a child whose parent lives elsewhere is a local root.
+// - An entry is in `expiry` iff it has an unexpired lease or pin ("protected"); it is in `eligible`
+//   iff it has no local children and is not protected. Only `eligible` entries are ever evicted, so a
+//   parent never leaves before its local children.
+// - Every stored or removed block is reported in exactly one event, one event per operation
+//   (`removed` in eviction order, then `stored`; clear() reports everything at once as `cleared`).
+//
+// Cost: put/get/pin/delete are O(log n) plus O(log n) per evicted or expired block; eviction pops
+// the LRU of eligible leaves from an indexed heap (never scans), and a parent re-enters that heap
+// the moment its last local child leaves. A rejected put pops fewer bytes than its own size.
+import {
+  blockSeed,
+  computeBlockHashBytes,
+  namespaceBytes,
+  parseBlockHeader,
+  toTokenIds,
+  type BlockHeader,
+} from '@kvmesh/block';
+import { InvalidArgumentError, LimitExceededError } from '@kvmesh/errors';
+import { checkBlockTokens, loadKernels, type CodecName, type Kernels } from '@kvmesh/kernels';
+import {
+  blockHashFromBytes,
+  blockHashToBytes,
+  parseModelFingerprint,
+  type BlockHash,
+  type ModelFingerprint,
+  type Namespace,
+} from '@kvmesh/protocol';
+
+import {
+  ENTRY_OVERHEAD_BYTES,
+  PIN_HOLDER_CHARS_MAX,
+  resolveBlockStoreConfig,
+  type BlockStoreConfig,
+  type ResolvedBlockStoreConfig,
+} from './config.ts';
+import { BlockHashMismatchError, StoreFullError } from './errors.ts';
+import { KvEventLog, type KvEventSink } from './events.ts';
+import { IndexedMinHeap } from './indexed-heap.ts';
+import type {
+  BlockRecord,
+  BlockStoreStats,
+  BlockTier,
+  DeleteResult,
+  HeldBlock,
+  PinResult,
+  PrefixMatch,
+  PutBlockInput,
+  PutBlockResult,
+  TickResult,
+} from './types.ts';
+
+export interface BlockStoreDeps {
+  /** Milliseconds, non-negative and non-decreasing (a monotonic clock or a test's fake one). */
+  now: () => number;
+  sink: KvEventSink;
+  /** Hashing and header parsing; defaults to loadKernels(). */
+  kernels?: Kernels;
+}
+
+const HASH_HEX = /^[0-9a-f]{32}$/;
+
+/** Map key of a block: the fixed-width hash first makes the concatenation unambiguous. */
+function keyOf(namespace: Namespace, hash: BlockHash): string {
+  return hash + namespace;
+}
+
+class Entry implements BlockRecord {
+  readonly tier: BlockTier = 'dram';
+  readonly codec: CodecName;
+  lastAccessMs: number;
+  putCount = 1;
+  localChildren = 0;
+  /** Store-wide access counter value at the last access: the LRU key (unique, so no ties). */
+  accessSeq: number;
+  /** End of the read lease; expired once ≤ now. */
+  leaseUntilMs = 0;
+  /** holder → pin end; null when never pinned, to keep unpinned entries small. */
+  pins: Map<string, number> | null = null;
+  /** The latest lease or pin end, while the entry is in the expiry heap. */
+  protectedUntilMs = 0;
+  eligibleIndex = -1;
+  expiryIndex = -1;
+
+  constructor(
+    readonly key: string,
+    readonly namespace: Namespace,
+    readonly hash: BlockHash,
+    readonly parentHash: BlockHash | null,
+    readonly modelFingerprint: ModelFingerprint,
+    readonly tokenIds: Uint32Array,
+    readonly payload: Uint8Array,
+    readonly header: BlockHeader,
+    readonly sizeBytes: number,
+    readonly storedAtMs: number,
+    accessSeq: number,
+  ) {
+    this.codec = header.codec;
+    this.lastAccessMs = storedAtMs;
+    this.accessSeq = accessSeq;
+  }
+}
+
+function checkHash(name: string, hash: unknown): void {
+  if (typeof hash !== 'string' || !HASH_HEX.test(hash)) {
+    throw new InvalidArgumentError(`${name} must be 32 lowercase hex characters, got ${String(hash)}`, {
+      [name]: hash,
+    });
+  }
+}
+
+function checkMs(name: string, value: number): void {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
+    throw new InvalidArgumentError(`${name} must be a non-negative integer, got ${String(value)}`, {
+      [name]: value,
+    });
+  }
+}
+
+export class BlockStore {
+  readonly config: ResolvedBlockStoreConfig;
+  private readonly now: () => number;
+  private readonly kernels: Kernels;
+  private readonly events: KvEventLog;
+  private readonly blocks = new Map<string, Entry>();
+  /** parent key → children held here whose parent is not (see the invariants above). */
+  private readonly orphanChildren = new Map<string, number>();
+  /** Evictable entries, least recently used on top. */
+  private readonly eligible = new IndexedMinHeap<Entry>((a, b) => a.accessSeq < b.accessSeq, {
+    getIndex: (e) => e.eligibleIndex,
+    setIndex: (e, i) => {
+      e.eligibleIndex = i;
+    },
+  });
+  /** Leased or pinned entries, soonest protection end on top. */
+  private readonly expiry = new IndexedMinHeap<Entry>((a, b) => a.protectedUntilMs < b.protectedUntilMs, {
+    getIndex: (e) => e.expiryIndex,
+    setIndex: (e, i) => {
+      e.expiryIndex = i;
+    },
+  });
+  private accessCounter = 0;
+  private bytesUsed = 0;
+  private readonly highBytes: number;
+  private readonly lowBytes: number;
+  private readonly highBlocks: number;
+  private readonly lowBlocks: number;
+  private readonly counters = {
+    hits: 0,
+    misses: 0,
+    stored: 0,
+    deduplicated: 0,
+    evictions: 0,
+    deleted: 0,
+    rejectedFull: 0,
+  };
+  private readonly hitsByTier: Record<BlockTier, number> = { dram: 0, far: 0, ssd: 0 };
+
+  constructor(config: BlockStoreConfig, deps: BlockStoreDeps) {
+    this.config = resolveBlockStoreConfig(config);
+    this.now = deps.now;
+    this.kernels = deps.kernels ?? loadKernels();
+    this.events = new KvEventLog(this.config.nodeId, deps.now, deps.sink);
+    // The watermarks apply to bytes and to entries alike: either one above high starts eviction,
+    // which goes on until both are at or below low.
+    this.highBytes = this.config.highWatermark * this.config.bytesBudget;
+    this.lowBytes = this.config.lowWatermark * this.config.bytesBudget;
+    this.highBlocks = this.config.highWatermark * this.config.blocksMax;
+    this.lowBlocks = this.config.lowWatermark * this.config.blocksMax;
+  }
+
+  /** Sequence number of the last event emitted (0n before the first). */
+  get lastEventSeq(): bigint {
+    return this.events.lastSeq;
+  }
+
+  /**
+   * Stores a block after checking its payload header and its token identity, or counts a
+   * deduplicated put of a block already held in this namespace (the held copy, codec included, is
+   * kept). May evict other blocks first; throws StoreFullError, changing nothing, when the block
+   * cannot fit. Emits one event: the evicted blocks as `removed`, the new block as `stored`.
+   */
+  put(input: PutBlockInput): PutBlockResult {
+    const { namespace, hash, parentHash, modelFingerprint, payload } = input;
+    checkHash('hash', hash);
+    if (parentHash !== null) checkHash('parentHash', parentHash);
+    namespaceBytes(namespace); // type, UTF-8 encodability and byte bound
+    parseModelFingerprint(modelFingerprint);
+    const tokenIds = toTokenIds(input.tokenIds);
+    checkBlockTokens(tokenIds.length, 'tokenIds.length');
+    if (!(payload instanceof Uint8Array)) {
+      throw new InvalidArgumentError('payload must be a Uint8Array', { type: typeof payload });
+    }
+    if (payload.byteLength > this.config.blockBytesMax) {
+      throw new LimitExceededError(
+        `block payload of ${payload.byteLength} bytes exceeds blockBytesMax ${this.config.blockBytesMax}`,
+        { bytes: payload.byteLength, blockBytesMax: this.config.blockBytesMax },
+      );
+    }
+    const header = parseBlockHeader(this.kernels, payload);
+    if (header.dims.blockTokens !== tokenIds.length) {
+      throw new InvalidArgumentError(
+        `payload holds ${header.dims.blockTokens} tokens per block but ${tokenIds.length} token ids were given`,
+        { payloadBlockTokens: header.dims.blockTokens, tokenIds: tokenIds.length },
+      );
+    }
+    // NOTE: identity is checked on dedup too, so a put that "succeeds" always named its tokens right.
+    this.checkIdentity(namespace, hash, parentHash, modelFingerprint, tokenIds);
+
+    const now = this.now();
+    this.expire(now);
+    const key = keyOf(namespace, hash);
+    const existing = this.blocks.get(key);
+    if (existing !== undefined) {
+      existing.putCount += 1;
+      this.counters.deduplicated += 1;
+      this.touch(existing, now);
+      return { status: 'deduplicated', record: existing, evicted: [] };
+    }
+
+    const sizeBytes = payload.byteLength + tokenIds.byteLength + ENTRY_OVERHEAD_BYTES;
+    const parent = parentHash === null ? undefined : this.blocks.get(keyOf(namespace, parentHash));
+    // NOTE: the parent counts its new child before room is made, so making room never evicts the
+    // new block's own parent.
+    if (parent !== undefined) this.addChild(parent);
+    const plan = this.planEviction(sizeBytes, 1);
+    if (!plan.fits) {
+      if (parent !== undefined) this.removeChild(parent);
+      this.counters.rejectedFull += 1;
+      throw new StoreFullError({
+        bytesNeeded: sizeBytes,
+        bytesUsed: this.bytesUsed,
+        bytesBudget: this.config.bytesBudget,
+        blocks: this.blocks.size,
+        blocksMax: this.config.blocksMax,
+        bytesEvictable: plan.bytesEvictable,
+      });
+    }
+    for (const victim of plan.victims) this.detach(victim);
+    this.counters.evictions += plan.victims.length;
+
+    const entry = new Entry(
+      key,
+      namespace,
+      hash,
+      parentHash,
+      modelFingerprint,
+      tokenIds,
+      payload,
+      header,
+      sizeBytes,
+      now,
+      ++this.accessCounter,
+    );
+    // Children that arrived before this block (other nodes wrote them here first) now hang off it.
+    const waiting = this.orphanChildren.get(key);
+    if (waiting !== undefined) {
+      entry.localChildren = waiting;
+      this.orphanChildren.delete(key);
+    }
+    if (parentHash !== null && parent === undefined) this.addOrphan(keyOf(namespace, parentHash));
+    this.blocks.set(key, entry);
+    this.bytesUsed += sizeBytes;
+    this.syncEligible(entry);
+    this.counters.stored += 1;
+    this.events.emit({ stored: [entry], removed: plan.victims });
+    return { status: 'stored', record: entry, evicted: plan.victims };
+  }
+
+  /**
+   * The block, or undefined (counted as a hit or a miss). A hit is an access for LRU purposes;
+   * leaseMs > 0 also protects the block from eviction until now + min(leaseMs, leaseMsMax)
+   * (a shorter lease never shortens a longer one already held).
+   */
+  get(namespace: Namespace, hash: BlockHash, leaseMs = 0): BlockRecord | undefined {
+    checkMs('leaseMs', leaseMs);
+    const now = this.now();
+    this.expire(now);
+    const entry = this.blocks.get(keyOf(namespace, hash));
+    if (entry === undefined) {
+      this.counters.misses += 1;
+      return undefined;
+    }
+    this.counters.hits += 1;
+    this.hitsByTier[entry.tier] += 1;
+    this.touch(entry, now);
+    const leaseUntilMs = now + Math.min(leaseMs, this.config.leaseMsMax);
+    if (leaseUntilMs > now && leaseUntilMs > entry.leaseUntilMs) {
+      entry.leaseUntilMs = leaseUntilMs;
+      this.refreshProtection(entry, now);
+    }
+    return entry;
+  }
+
+  /** Whether the block is held; not an access (no LRU refresh, no hit/miss count). */
+  has(namespace: Namespace, hash: BlockHash): boolean {
+    return this.blocks.has(keyOf(namespace, hash));
+  }
+
+  /**
+   * Which of a prompt's block hashes this node holds. A probe, not an access: it neither refreshes
+   * recency nor counts hits (the caller follows up with get() for the blocks it actually reads).
+   */
+  matchPrefix(namespace: Namespace, hashes: readonly BlockHash[]): PrefixMatch {
+    this.checkRequestLength(hashes);
+    const held: HeldBlock[] = [];
+    let matchedBlocks = 0;
+    hashes.forEach((hash, index) => {
+      const entry = this.blocks.get(keyOf(namespace, hash));
+      if (entry === undefined) return;
+      if (matchedBlocks === index) matchedBlocks += 1;
+      held.push({ index, hash, codec: entry.codec, tier: entry.tier });
+    });
+    return { matchedBlocks, held };
+  }
+
+  /**
+   * Pins the held blocks for `holder` until now + ttl (0 → pinTtlMsDefault, capped at pinTtlMsMax);
+   * pinning again renews to the new end. All or nothing: if any block would exceed pinHoldersMax,
+   * LimitExceededError and no pin changes.
+   */
+  pin(namespace: Namespace, hashes: readonly BlockHash[], holder: string, ttlMs = 0): PinResult {
+    this.checkRequestLength(hashes);
+    this.checkHolder(holder);
+    checkMs('ttlMs', ttlMs);
+    const ttl = ttlMs === 0 ? this.config.pinTtlMsDefault : Math.min(ttlMs, this.config.pinTtlMsMax);
+    const now = this.now();
+    this.expire(now);
+    const found: Entry[] = [];
+    const missing: BlockHash[] = [];
+    for (const hash of hashes) {
+      const entry = this.blocks.get(keyOf(namespace, hash));
+      if (entry === undefined) {
+        missing.push(hash);
+        continue;
+      }
+      // Expired pins are dropped first so they do not count against the bound.
+      if (entry.pins !== null && !dropExpiredPins(entry.pins, now).has(holder)) {
+        if (entry.pins.size >= this.config.pinHoldersMax) {
+          throw new LimitExceededError(
+            `block ${hash} already has ${entry.pins.size} pin holders (pinHoldersMax ${this.config.pinHoldersMax})`,
+            { hash, holders: entry.pins.size, pinHoldersMax: this.config.pinHoldersMax },
+          );
+        }
+      }
+      found.push(entry);
+    }
+    for (const entry of found) {
+      entry.pins ??= new Map();
+      entry.pins.set(holder, now + ttl);
+      this.refreshProtection(entry, now);
+    }
+    return { pinned: found.length, missing };
+  }
+
+  /** Releases `holder`'s unexpired pins on the listed blocks; returns how many it released. */
+  unpin(namespace: Namespace, hashes: readonly BlockHash[], holder: string): number {
+    this.checkRequestLength(hashes);
+    this.checkHolder(holder);
+    const now = this.now();
+    this.expire(now);
+    let unpinned = 0;
+    for (const hash of hashes) {
+      const entry = this.blocks.get(keyOf(namespace, hash));
+      const pinEndMs = entry?.pins?.get(holder);
+      if (entry === undefined || pinEndMs === undefined) continue;
+      entry.pins?.delete(holder);
+      if (pinEndMs > now) unpinned += 1;
+      this.refreshProtection(entry, now);
+    }
+    return unpinned;
+  }
+
+  /**
+   * Removes one block if the eviction rules would allow it (no local children, no unexpired pin or
+   * lease); otherwise says why and changes nothing. Emits a `removed` event on success.
+   */
+  delete(namespace: Namespace, hash: BlockHash): DeleteResult {
+    const now = this.now();
+    this.expire(now);
+    const entry = this.blocks.get(keyOf(namespace, hash));
+    if (entry === undefined) return { deleted: false, reason: 'not-found' };
+    if (entry.localChildren > 0) return { deleted: false, reason: 'has-children' };
+    if (entry.pins !== null && [...entry.pins.values()].some((endMs) => endMs > now)) {
+      return { deleted: false, reason: 'pinned' };
+    }
+    if (entry.leaseUntilMs > now) return { deleted: false, reason: 'leased' };
+    this.releaseParent(entry);
+    this.detach(entry);
+    this.counters.deleted += 1;
+    this.events.emit({ removed: [entry] });
+    return { deleted: true, record: entry };
+  }
+
+  /**
+   * Releases expired leases and pins, then evicts down to the low watermark if usage is above the
+   * high one (a put may have left it there when too much was protected). Call it periodically.
+   */
+  tick(): TickResult {
+    const now = this.now();
+    const released = this.expire(now);
+    const plan = this.planEviction(0, 0);
+    // NOTE: nothing is incoming and a put never leaves usage above the hard bounds, so this fits.
+    const victims = plan.fits ? plan.victims : [];
+    for (const victim of victims) this.detach(victim);
+    this.counters.evictions += victims.length;
+    this.events.emit({ removed: victims });
+    return { released, evicted: victims };
+  }
+
+  /** Same as tick(): expiry first, then eviction above the high watermark. */
+  evictExpired(): TickResult {
+    return this.tick();
+  }
+
+  /** Drops every block, leases and pins included, and emits a `cleared` event. Returns the count. */
+  clear(): number {
+    const dropped = this.blocks.size;
+    this.blocks.clear();
+    this.orphanChildren.clear();
+    this.eligible.clear();
+    this.expiry.clear();
+    this.bytesUsed = 0;
+    this.events.emit({ cleared: true });
+    return dropped;
+  }
+
+  /**
+   * Every held block, oldest insertion first (for re-replication after a membership change). Safe
+   * while the store changes: removed blocks are skipped and new ones are visited.
+   */
+  *entries(): IterableIterator<BlockRecord> {
+    yield* this.blocks.values();
+  }
+
+  stats(): BlockStoreStats {
+    return {
+      blocks: this.blocks.size,
+      blocksMax: this.config.blocksMax,
+      bytesUsed: this.bytesUsed,
+      bytesBudget: this.config.bytesBudget,
+      ...this.counters,
+      hitsByTier: { ...this.hitsByTier },
+      protectedBlocks: this.expiry.size,
+    };
+  }
+
+  private checkIdentity(
+    namespace: Namespace,
+    hash: BlockHash,
+    parentHash: BlockHash | null,
+    modelFingerprint: ModelFingerprint,
+    tokenIds: Uint32Array,
+  ): void {
+    // The chain formula makes the parent hash the seed of its child's hash.
+    const seed =
+      parentHash === null
+        ? blockSeed({ modelFingerprint, blockTokens: tokenIds.length, namespace }, this.kernels)
+        : blockHashToBytes(parentHash);
+    const computed = blockHashFromBytes(computeBlockHashBytes(seed, tokenIds, tokenIds.length, this.kernels));
+    if (computed !== hash) throw new BlockHashMismatchError(hash, computed, parentHash, namespace);
+  }
+
+  private checkRequestLength(hashes: readonly BlockHash[]): void {
+    if (!Array.isArray(hashes)) {
+      throw new InvalidArgumentError('hashes must be an array', { type: typeof hashes });
+    }
+    if (hashes.length > this.config.hashesPerRequestMax) {
+      throw new LimitExceededError(
+        `request lists ${hashes.length} hashes, limit is ${this.config.hashesPerRequestMax}`,
+        { hashes: hashes.length, hashesPerRequestMax: this.config.hashesPerRequestMax },
+      );
+    }
+  }
+
+  private checkHolder(holder: string): void {
+    if (typeof holder !== 'string' || holder.length === 0 || holder.length > PIN_HOLDER_CHARS_MAX) {
+      throw new InvalidArgumentError(
+        `pin holder must be a string of 1 to ${PIN_HOLDER_CHARS_MAX} characters, got ${String(holder)}`,
+        { holder },
+      );
+    }
+  }
+
+  private touch(entry: Entry, now: number): void {
+    entry.lastAccessMs = now;
+    entry.accessSeq = ++this.accessCounter;
+    this.eligible.update(entry);
+  }
+
+  /** Puts the entry in or out of the eligible heap to match its children and protection. */
+  private syncEligible(entry: Entry): void {
+    if (entry.localChildren === 0 && !this.expiry.has(entry)) this.eligible.push(entry);
+    else this.eligible.remove(entry);
+  }
+
+  private addChild(parent: Entry): void {
+    parent.localChildren += 1;
+    this.syncEligible(parent);
+  }
+
+  private removeChild(parent: Entry): void {
+    parent.localChildren -= 1;
+    this.syncEligible(parent);
+  }
+
+  private addOrphan(parentKey: string): void {
+    this.orphanChildren.set(parentKey, (this.orphanChildren.get(parentKey) ?? 0) + 1);
+  }
+
+  private localParent(entry: Entry): Entry | undefined {
+    return entry.parentHash === null ? undefined : this.blocks.get(keyOf(entry.namespace, entry.parentHash));
+  }
+
+  /** The child-count half of removing an entry: its local parent (if any) loses a child. */
+  private releaseParent(entry: Entry): void {
+    const parent = this.localParent(entry);
+    if (parent !== undefined) this.removeChild(parent);
+  }
+
+  /**
+   * The rest of removing an entry whose parent was already released. NOTE: a parent leaves only
+   * after its local children, so "parent held" here is the same answer releaseParent() got.
+   */
+  private detach(entry: Entry): void {
+    this.eligible.remove(entry);
+    this.expiry.remove(entry);
+    this.blocks.delete(entry.key);
+    this.bytesUsed -= entry.sizeBytes;
+    if (entry.parentHash !== null && this.localParent(entry) === undefined) {
+      const parentKey = keyOf(entry.namespace, entry.parentHash);
+      const count = (this.orphanChildren.get(parentKey) ?? 0) - 1;
+      if (count > 0) this.orphanChildren.set(parentKey, count);
+      else this.orphanChildren.delete(parentKey);
+    }
+  }
+
+  /**
+   * Chooses victims so that `bytesIncoming` / `blocksIncoming` fit under the hard bounds and, if that
+   * leaves usage above the high watermark, down to the low one (best effort). Victims are popped
+   * from the eligible heap in LRU order; popping one releases its parent, which may become eligible
+   * in the same pass. On success the victims are released from their parents but still held (the
+   * caller detaches them); if the hard bounds cannot be met everything is rolled back.
+   */
+  private planEviction(
+    bytesIncoming: number,
+    blocksIncoming: number,
+  ): { fits: true; victims: Entry[] } | { fits: false; bytesEvictable: number } {
+    const victims: Entry[] = [];
+    let bytes = this.bytesUsed + bytesIncoming;
+    let blocks = this.blocks.size + blocksIncoming;
+    const takeVictim = (): boolean => {
+      const victim = this.eligible.pop();
+      if (victim === undefined) return false;
+      this.releaseParent(victim);
+      victims.push(victim);
+      bytes -= victim.sizeBytes;
+      blocks -= 1;
+      return true;
+    };
+    while (bytes > this.config.bytesBudget || blocks > this.config.blocksMax) {
+      if (!takeVictim()) {
+        // NOTE: failing here pops fewer bytes than the incoming block's own size (everything that
+        // could go went, and it was not enough), so a rejected put stays cheap.
+        const bytesEvictable = this.bytesUsed + bytesIncoming - bytes;
+        this.rollback(victims);
+        return { fits: false, bytesEvictable };
+      }
+    }
+    if (bytes > this.highBytes || blocks > this.highBlocks) {
+      while ((bytes > this.lowBytes || blocks > this.lowBlocks) && takeVictim());
+    }
+    return { fits: true, victims };
+  }
+
+  /** Undoes planEviction's pops, last first, so each parent gets its child back before re-entry. */
+  private rollback(victims: Entry[]): void {
+    for (let i = victims.length - 1; i >= 0; i--) {
+      const victim = victims[i] as Entry;
+      const parent = this.localParent(victim);
+      if (parent !== undefined) this.addChild(parent);
+      this.syncEligible(victim);
+    }
+  }
+
+  /**
+   * Sets the entry's protection from its lease and pins as of `now` (dropping expired pins): in the
+   * expiry heap keyed by the latest end while any is unexpired, otherwise out of it and eligible
+   * again if it has no local children.
+   */
+  private refreshProtection(entry: Entry, now: number): void {
+    let untilMs = 0;
+    if (entry.leaseUntilMs > now) untilMs = entry.leaseUntilMs;
+    else entry.leaseUntilMs = 0;
+    if (entry.pins !== null) {
+      for (const endMs of dropExpiredPins(entry.pins, now).values()) untilMs = Math.max(untilMs, endMs);
+      if (entry.pins.size === 0) entry.pins = null;
+    }
+    if (untilMs > now) {
+      entry.protectedUntilMs = untilMs;
+      if (this.expiry.has(entry)) this.expiry.update(entry);
+      else this.expiry.push(entry);
+      this.eligible.remove(entry);
+    } else {
+      entry.protectedUntilMs = 0;
+      this.expiry.remove(entry);
+      this.syncEligible(entry);
+    }
+  }
+
+  /** Releases every protection that ended at or before `now`; returns how many blocks it freed. */
+  private expire(now: number): number {
+    let released = 0;
+    for (let top = this.expiry.peek(); top !== undefined && top.protectedUntilMs <= now;) {
+      this.refreshProtection(top, now);
+      if (!this.expiry.has(top)) released += 1;
+      top = this.expiry.peek();
+    }
+    return released;
+  }
+}
+
+/** Deletes the pins that ended at or before `now` (deleting while iterating a Map is safe). */
+function dropExpiredPins(pins: Map<string, number>, now: number): Map<string, number> {
+  for (const [holder, endMs] of pins) if (endMs <= now) pins.delete(holder);
+  return pins;
+}

@@ -1,0 +1,82 @@
+// Cache-state events of one node, shaped as the wire KvEvent so the adapter publishes them as they
+// are. The log owns the per-node sequence: contiguous from 1, one number per event, assigned only
+// when an event is emitted (an operation that changes no block emits nothing and takes no number).
+import type { CodecName } from '@kvmesh/kernels';
+import { Codec, Tier, type KvEvent, type NodeId, type StoredBlock } from '@kvmesh/protocol';
+
+import type { BlockRecord, BlockTier } from './types.ts';
+
+/** Receives every event synchronously, after the operation's state change is complete. */
+export type KvEventSink = (event: KvEvent) => void;
+
+const CODEC_TO_PROTO: Readonly<Record<CodecName, Codec>> = {
+  f32: Codec.CODEC_F32,
+  f16: Codec.CODEC_F16,
+  kivi8: Codec.CODEC_KIVI8,
+  kivi4: Codec.CODEC_KIVI4,
+  kivi2: Codec.CODEC_KIVI2,
+};
+
+const TIER_TO_PROTO: Readonly<Record<BlockTier, Tier>> = {
+  dram: Tier.TIER_DRAM,
+  far: Tier.TIER_FAR,
+  ssd: Tier.TIER_SSD,
+};
+
+export function codecToProto(codec: CodecName): Codec {
+  return CODEC_TO_PROTO[codec];
+}
+
+export function tierToProto(tier: BlockTier): Tier {
+  return TIER_TO_PROTO[tier];
+}
+
+/** The wire form of a stored block; `bytes` is the payload length (what a fetch moves). */
+export function storedBlockOf(record: BlockRecord): StoredBlock {
+  return {
+    hash: Buffer.from(record.hash, 'hex'),
+    parentHash: record.parentHash === null ? Buffer.alloc(0) : Buffer.from(record.parentHash, 'hex'),
+    tier: tierToProto(record.tier),
+    codec: codecToProto(record.codec),
+    bytes: BigInt(record.payload.byteLength),
+  };
+}
+
+export class KvEventLog {
+  private seq = 0n;
+
+  constructor(
+    private readonly nodeId: NodeId,
+    private readonly now: () => number,
+    private readonly sink: KvEventSink,
+  ) {}
+
+  /** Sequence number of the last emitted event (0 before the first). */
+  get lastSeq(): bigint {
+    return this.seq;
+  }
+
+  /**
+   * Emits one event for one operation, unless it changed nothing. `removed` comes in the order the
+   * blocks left the store and is applied before `stored`.
+   */
+  emit(change: {
+    stored?: readonly BlockRecord[];
+    removed?: readonly BlockRecord[];
+    cleared?: boolean;
+  }): void {
+    const stored = change.stored ?? [];
+    const removed = change.removed ?? [];
+    const cleared = change.cleared ?? false;
+    if (stored.length === 0 && removed.length === 0 && !cleared) return;
+    this.seq += 1n;
+    this.sink({
+      nodeId: this.nodeId,
+      seq: this.seq,
+      stored: stored.map(storedBlockOf),
+      removed: removed.map((record) => Buffer.from(record.hash, 'hex')),
+      cleared,
+      timestampMs: BigInt(Math.floor(this.now())),
+    });
+  }
+}

@@ -1,0 +1,28 @@
+// Public surface of the kvstore node's pure core: the DRAM block pool (BlockStore), its config,
+// typed errors, record and result shapes, and the wire mapping of its events. Adapters import from
+// here only.
+export { BlockStore, type BlockStoreDeps } from './block-store.ts';
+export {
+  BLOCK_STORE_DEFAULTS,
+  ENTRY_OVERHEAD_BYTES,
+  PIN_HOLDER_CHARS_MAX,
+  resolveBlockStoreConfig,
+  type BlockStoreConfig,
+  type ResolvedBlockStoreConfig,
+} from './config.ts';
+export { BlockHashMismatchError, StoreFullError, type StoreFullDetails } from './errors.ts';
+export { KvEventLog, codecToProto, storedBlockOf, tierToProto, type KvEventSink } from './events.ts';
+export { IndexedMinHeap, type HeapSlots } from './indexed-heap.ts';
+export {
+  BLOCK_TIERS,
+  type BlockRecord,
+  type BlockStoreStats,
+  type BlockTier,
+  type DeleteResult,
+  type HeldBlock,
+  type PinResult,
+  type PrefixMatch,
+  type PutBlockInput,
+  type PutBlockResult,
+  type TickResult,
+} from './types.ts';
