@@ -3,8 +3,13 @@
 // error) are asserted against the foundation issue's targets; throughput numbers are not.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
+
+import { generateModel } from '@kvmesh/engine';
 
 const main = fileURLToPath(new URL('../src/main.ts', import.meta.url));
 
@@ -64,5 +69,48 @@ describe('bench - suites', () => {
     }
     const p = (out.prefillAttention as { tokensPerSecond: Record<string, number> }).tokensPerSecond;
     assert.deepEqual(Object.keys(p).sort(), ['past0', 'past1024_f32', 'past1024_kivi4']);
+  });
+});
+
+describe('bench - engine suite', () => {
+  it('bench - engine prints its contract on a tiny model, with llama.cpp parity', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kvmesh-bench-engine-'));
+    try {
+      const modelDir = join(dir, 'tiny');
+      generateModel({
+        outDir: modelDir,
+        preset: 'tiny',
+        seed: 5,
+        progress: () => ({ update: () => undefined, finish: () => undefined }),
+      });
+      const out = bench(
+        'engine',
+        '--model',
+        modelDir,
+        '--prompt-tokens',
+        '64',
+        '--decode-tokens',
+        '4',
+        '--runs',
+        '1',
+        '--parity-prompts',
+        '2',
+      );
+      assert.equal(out.suite, 'engine');
+      assert.ok(Number.isInteger(out.threads));
+      const kvmesh = out.kvmesh as Record<string, number>;
+      const llamacpp = out.llamacpp as Record<string, number>;
+      for (const key of ['prefillTokps', 'decodeTokps', 'decodeTokpsBatch8'])
+        assert.ok((kvmesh[key] as number) > 0);
+      for (const key of ['prefillTokps', 'decodeTokps']) assert.ok((llamacpp[key] as number) > 0);
+      const ratio = out.ratio as Record<string, number>;
+      assert.ok((ratio.prefill as number) > 0 && (ratio.decode as number) > 0);
+      const parity = out.parity as { logitsRelErrMax: number; greedyMatch: boolean; prompts: number };
+      assert.equal(parity.prompts, 2);
+      assert.ok(parity.logitsRelErrMax <= 1e-3, `logits rel err ${parity.logitsRelErrMax}`);
+      assert.equal(parity.greedyMatch, true);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

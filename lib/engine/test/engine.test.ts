@@ -19,7 +19,7 @@ import { exportGguf } from '../src/model/gguf.ts';
 import { loadModel, type LoadedModel } from '../src/model/load.ts';
 import { NO_PROGRESS } from '../src/model/progress.ts';
 import { Engine, type TokenEvent } from '../src/runtime/engine.ts';
-import { argmax, llamaCppLogits, loadLlamaModel } from './support/llamacpp.ts';
+import { argmax, llamaCppLogits, loadLlamaModel } from '@kvmesh/test-harness';
 
 const PROMPTS = [
   'The river runs high and cloudy with meltwater.',

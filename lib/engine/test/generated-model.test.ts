@@ -23,7 +23,7 @@ import {
 import { exportGguf, permuteRotaryRows } from '../src/model/gguf.ts';
 import { NO_PROGRESS } from '../src/model/progress.ts';
 import { parseSafetensors, readTensorF32, type SafetensorsFile } from '../src/model/safetensors.ts';
-import { llamaCppLogits as llamaCppLogitsOf, loadLlamaModel } from './support/llamacpp.ts';
+import { llamaCppLogits as llamaCppLogitsOf, loadLlamaModel } from '@kvmesh/test-harness';
 
 const SEED = 1234;
 const UNICODE_SAMPLES = [
