@@ -6,7 +6,6 @@
 // attention's codec readers. All calls are synchronous: the engine calls them from a worker thread.
 #include <cblas.h>
 #include <napi.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -86,13 +85,14 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
     const KvKernels& kernels = active_kv_kernels();
     const int threads = N >= 256 ? std::max(1, g_matmul_threads) : 1;
     const bool accumulate = beta != 0.0f;
-#pragma omp parallel num_threads(threads)
-    {
-      const int t = omp_get_num_threads(), i = omp_get_thread_num();
-      // Column ranges rounded to 16 so neighbouring threads never share a cache line of y.
-      const int64_t per = ((N + t - 1) / t + 15) / 16 * 16;
-      const int64_t n0 = std::min<int64_t>(N, per * i), n1 = std::min<int64_t>(N, n0 + per);
-      if (n0 < n1) kernels.gemm_small(x, w, y, int(M), int(K), int(N), int(n0), int(n1), accumulate);
+    // Dynamic 64-column chunks (a multiple of 16, so threads never share a cache line of y): a thread
+    // that loses its core to another process leaves its share to the others instead of stalling them.
+    constexpr int64_t kChunk = 64;
+    const int64_t chunks = (N + kChunk - 1) / kChunk;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t n0 = c * kChunk, n1 = std::min<int64_t>(N, n0 + kChunk);
+      kernels.gemm_small(x, w, y, int(M), int(K), int(N), int(n0), int(n1), accumulate);
     }
   } else {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(N), int(K), 1.0f, x, int(K), w, int(K), beta, y,
