@@ -1,6 +1,7 @@
 // Public surface of the kvstore node's pure core: the DRAM block pool (BlockStore), its config,
-// typed errors, record and result shapes, and the wire mapping of its events. Adapters import from
-// here only.
+// typed errors, record and result shapes, and the wire mapping of its events; plus the node's
+// decisions over it (put coordination, block checks, partial attention, re-replication planning).
+// Adapters import from here only.
 export { BlockStore, type BlockStoreDeps } from './block-store.ts';
 export {
   BLOCK_STORE_DEFAULTS,
@@ -26,3 +27,37 @@ export {
   type PutBlockResult,
   type TickResult,
 } from './types.ts';
+export { blockFailure, checkClientBlock } from './block-checks.ts';
+export {
+  ReplicasExhaustedError,
+  ReplicasUnavailableError,
+  classifyFailure,
+  coordinatePut,
+  type CoordinatePutArgs,
+  type FailureClass,
+  type PlacedBlock,
+  type ReplicaFailure,
+  type ReplicaOutcome,
+} from './put-coordinator.ts';
+export {
+  HEAD_DIM_MAX,
+  QUERY_HEADS_MAX,
+  checkAttentionInput,
+  f32FromLittleEndian,
+  f32ToLittleEndian,
+  partialAttention,
+  type PartialAttentionInput,
+  type PartialAttentionOutput,
+} from './partial-attention.ts';
+export {
+  blockKey,
+  learnedHolders,
+  planPushes,
+  presumedHolders,
+  probesFor,
+  type BlockPush,
+  type OwnerProbe,
+  type PlanPushesInput,
+  type PresumptionInput,
+} from './rebalance.ts';
+export { KvNode, type KvNodeCounters, type KvNodeDeps } from './kv-node.ts';

@@ -1,0 +1,88 @@
+// Handlers of the kvstore data channel methods (@kvmesh/protocol KVSTORE_DATA_METHODS): putBlock
+// and getBlock, with protobuf headers and the payload as the frame body. A header that does not
+// decode, or decodes to something outside the contract, is INVALID_ARGUMENT for that request only;
+// the connection and the node go on. Errors keep their codes, so a peer coordinator can tell a
+// full node (try another) from a bad block (give up).
+import { InvalidArgumentError } from '@kvmesh/errors';
+import type { DataHandler, DataRequest } from '@kvmesh/dataplane';
+import {
+  GetBlocksRequest,
+  GetBlocksResponse,
+  KVSTORE_DATA_METHODS,
+  PutBlocksRequest,
+  PutBlocksResponse,
+  Tier,
+  blockHashToBytes,
+} from '@kvmesh/protocol';
+
+import { tierToProto, type KvNode } from '../core/index.ts';
+import { blockOf, hashOf, namespaceOf, putInputOf } from './wire.ts';
+
+function decodeHeader<T>(what: string, decode: (bytes: Uint8Array) => T, request: DataRequest): T {
+  try {
+    return decode(request.header);
+  } catch (err) {
+    throw new InvalidArgumentError(
+      `${what} header is not a valid ${what} message: ${(err as Error).message}`,
+      {
+        methodId: request.methodId,
+        headerBytes: request.header.length,
+      },
+    );
+  }
+}
+
+export function putBlockHandler(node: KvNode): DataHandler {
+  return async (request) => {
+    const message = decodeHeader('PutBlocksRequest', (b) => PutBlocksRequest.decode(b), request);
+    if (message.block !== undefined && message.block.payload.length > 0) {
+      throw new InvalidArgumentError(
+        'putBlock carries the payload in the frame body; block.payload in the header must be empty',
+        { headerPayloadBytes: message.block.payload.length },
+      );
+    }
+    const input = putInputOf(message.block, request.body);
+    const status = message.replica ? node.putReplica(input) : (await node.putClient(input)).status;
+    const response = PutBlocksResponse.encode({
+      acknowledged: [Buffer.from(blockHashToBytes(input.hash))],
+      stored: status === 'stored' ? 1 : 0,
+      deduplicated: status === 'deduplicated' ? 1 : 0,
+    }).finish();
+    return { header: response };
+  };
+}
+
+export function getBlockHandler(node: KvNode): DataHandler {
+  return async (request) => {
+    const message = decodeHeader('GetBlocksRequest', (b) => GetBlocksRequest.decode(b), request);
+    if (message.hashes.length !== 1) {
+      throw new InvalidArgumentError(`getBlock takes exactly one hash, got ${message.hashes.length}`, {
+        hashes: message.hashes.length,
+      });
+    }
+    const hashBytes = message.hashes[0] as Buffer;
+    const hash = hashOf(hashBytes, 'hashes[0]');
+    const record = node.store.get(namespaceOf(message.namespace), hash, message.leaseMs);
+    if (record === undefined) {
+      const header = GetBlocksResponse.encode({
+        result: { $case: 'missingHash', value: hashBytes },
+        tier: Tier.TIER_UNSPECIFIED,
+      }).finish();
+      return { header };
+    }
+    const header = GetBlocksResponse.encode({
+      result: { $case: 'block', value: blockOf(record, false) },
+      tier: tierToProto(record.tier),
+    }).finish();
+    return { header, body: record.payload };
+  };
+}
+
+/** Registers both methods on a data channel server. */
+export function registerDataHandlers(
+  server: { handle(methodId: number, handler: DataHandler): unknown },
+  node: KvNode,
+): void {
+  server.handle(KVSTORE_DATA_METHODS.putBlock, putBlockHandler(node));
+  server.handle(KVSTORE_DATA_METHODS.getBlock, getBlockHandler(node));
+}

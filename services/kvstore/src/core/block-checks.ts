@@ -1,0 +1,71 @@
+// Checks a coordinator runs on a client's block before fanning it out, and the error context the
+// service edge adds. The BlockStore on each owner checks identity and the payload header; the
+// coordinator additionally verifies every section checksum once (a corrupt block must not be
+// replicated R times) and refuses an oversized payload before sending it anywhere.
+import { verifyBlockPayload } from '@kvmesh/block';
+import { CorruptDataError, InvalidArgumentError, KvmeshError, LimitExceededError } from '@kvmesh/errors';
+import { CODEC_NAMES, type Kernels } from '@kvmesh/kernels';
+
+import type { PutBlockInput } from './types.ts';
+
+/**
+ * Throws LimitExceededError (RESOURCE_EXHAUSTED) for a payload over `blockBytesMax`: a configured
+ * bound, advertised by OpenDataChannel, so the caller may retry with a smaller block or another
+ * codec. Throws CorruptDataError (DATA_LOSS) when a checksum or the layout fails, and
+ * InvalidArgumentError when an intact header names a codec this build does not know.
+ */
+export function checkClientBlock(kernels: Kernels, input: PutBlockInput, blockBytesMax: number): void {
+  const bytes = input.payload.byteLength;
+  if (bytes > blockBytesMax) {
+    throw new LimitExceededError(`block payload of ${bytes} bytes exceeds blockBytesMax ${blockBytesMax}`, {
+      bytes,
+      blockBytesMax,
+    });
+  }
+  try {
+    verifyBlockPayload(kernels, input.payload);
+  } catch (err) {
+    // NOTE: the header checksum is verified before the codec id is read, so an unknown id here is
+    // what the client wrote, not a flipped bit: a bad argument rather than data loss.
+    if (err instanceof CorruptDataError && typeof err.details['codecId'] === 'number') {
+      throw new InvalidArgumentError(
+        `unknown codec id ${err.details['codecId']} (known: ${CODEC_NAMES.join(', ')})`,
+        { codecId: err.details['codecId'], known: [...CODEC_NAMES] },
+      );
+    }
+    throw err;
+  }
+}
+
+/**
+ * The same error with the position of the failing block in the caller's request: the code, kind
+ * and details are kept (so clients still match on the code), the message names the block, and
+ * `acknowledged` says how many earlier blocks were acknowledged and stay stored.
+ */
+export function blockFailure(
+  error: unknown,
+  block: { index?: number; hash: string },
+  acknowledged: number,
+): KvmeshError {
+  const where = block.index === undefined ? `block ${block.hash}` : `block ${block.index} (${block.hash})`;
+  const tail =
+    block.index === undefined
+      ? ''
+      : `; the ${acknowledged} block(s) before it were acknowledged and stay stored`;
+  if (error instanceof KvmeshError) {
+    // Coordinator errors already start with the block's hash; say it once.
+    const own = `block ${block.hash}: `;
+    const message = error.message.startsWith(own) ? error.message.slice(own.length) : error.message;
+    return new KvmeshError(error.code, error.kind, `${where}: ${message}${tail}`, {
+      ...error.details,
+      ...(block.index === undefined ? {} : { index: block.index }),
+      hash: block.hash,
+      acknowledged,
+    });
+  }
+  const message = error instanceof Error ? error.message : String(error);
+  return new KvmeshError('INTERNAL', 'internal', `${where}: internal error: ${message}${tail}`, {
+    hash: block.hash,
+    acknowledged,
+  });
+}

@@ -1,0 +1,195 @@
+// Where a client put goes: the coordinator stores the block on its R owners (rendezvous order over
+// the live nodes), in parallel, and when an owner fails it substitutes the next node of the rank
+// that was not tried yet, until R nodes hold the block. Only then is the put acknowledged. The
+// effect of storing on one node is injected (`storeOn`), so this module is pure and testable
+// without sockets. Failures are classified: a full node and an unreachable node are skipped; an
+// error that says the block itself is bad (bad hash, corrupt payload) ends the put at once, since
+// every node would refuse it the same way.
+import { KvmeshError } from '@kvmesh/errors';
+import type { BlockHash, NodeId } from '@kvmesh/protocol';
+import { rankNodes } from '@kvmesh/runtime';
+
+export type ReplicaOutcome = 'stored' | 'deduplicated';
+
+/** How a failed store on one node counts: skip the node ('full', 'unavailable') or end the put. */
+export type FailureClass = 'full' | 'unavailable' | 'fatal';
+
+export interface ReplicaFailure {
+  readonly node: NodeId;
+  readonly failure: FailureClass;
+  readonly error: unknown;
+}
+
+export interface PlacedBlock {
+  /** 'deduplicated' when every node that acknowledged already held the block. */
+  readonly status: ReplicaOutcome;
+  /** Nodes that hold the block now, in the order they acknowledged (exactly R). */
+  readonly holders: NodeId[];
+  /** Holders that are not among the R owners (they stood in for failed owners). */
+  readonly substitutes: NodeId[];
+  /** Nodes that were tried and failed. */
+  readonly failures: ReplicaFailure[];
+}
+
+export interface CoordinatePutArgs {
+  readonly hash: BlockHash;
+  /** Live members, self included. */
+  readonly live: readonly NodeId[];
+  readonly replicas: number;
+  /** Stores the block on `node` (locally when it is this node); rejects with the node's error. */
+  readonly storeOn: (node: NodeId) => Promise<ReplicaOutcome>;
+}
+
+/** Fewer nodes than R are live, or too few of them could be reached to make R copies. */
+export class ReplicasUnavailableError extends KvmeshError {
+  constructor(message: string, details: Record<string, unknown>) {
+    super('REPLICAS_UNAVAILABLE', 'unavailable', message, details);
+  }
+}
+
+/**
+ * Enough nodes were reachable, but too many were full (or over another bound) to make R copies.
+ * Carries the code of the first such refusal (STORE_FULL, LIMIT_EXCEEDED) so a client matches the
+ * same code whether one node or a whole cluster is full.
+ */
+export class ReplicasExhaustedError extends KvmeshError {
+  constructor(code: string, message: string, details: Record<string, unknown>) {
+    super(code, 'resource-exhausted', message, details);
+  }
+}
+
+/** Error codes that mean the peer or the channel to it failed, not the block. */
+const PEER_FAULT_CODES = new Set([
+  'DATA_CHANNEL_UNAVAILABLE',
+  'DATA_CHANNEL_PROTOCOL',
+  'DATA_CHANNEL_AUTH',
+  'DATA_CHANNEL_METHOD_NOT_FOUND',
+  'INTERNAL',
+]);
+
+export function classifyFailure(error: unknown): FailureClass {
+  if (!(error instanceof KvmeshError)) return 'fatal';
+  if (error.kind === 'resource-exhausted') return 'full';
+  if (error.kind === 'unavailable' || error.kind === 'internal' || PEER_FAULT_CODES.has(error.code))
+    return 'unavailable';
+  return 'fatal';
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+function summarize(failures: readonly ReplicaFailure[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const f of failures) out[f.node] = `${f.failure}: ${messageOf(f.error)}`.slice(0, 300);
+  return out;
+}
+
+/**
+ * Places one block on R nodes. Resolves once R nodes acknowledged it; rejects with
+ * ReplicasUnavailableError (too few live or reachable nodes), ReplicasExhaustedError (the reachable
+ * ones were full) or the first fatal error (the block is bad). Copies made before a failure stay
+ * where they are (unacknowledged; LRU eviction reclaims them).
+ */
+export function coordinatePut(args: CoordinatePutArgs): Promise<PlacedBlock> {
+  const { hash, replicas, storeOn } = args;
+  const rank = rankNodes(hash, args.live);
+  if (rank.length < replicas) {
+    return Promise.reject(
+      new ReplicasUnavailableError(
+        `block ${hash} needs ${replicas} replicas but only ${rank.length} kvstore node(s) are live`,
+        { hash, liveNodes: rank.length, live: rank, replicas },
+      ),
+    );
+  }
+  const owners = new Set(rank.slice(0, replicas));
+  return new Promise<PlacedBlock>((resolve, reject) => {
+    const holders: NodeId[] = [];
+    const failures: ReplicaFailure[] = [];
+    let deduplicated = 0;
+    let next = 0;
+    let inFlight = 0;
+    let settled = false;
+
+    const finish = (): void => {
+      if (settled) return;
+      if (holders.length >= replicas) {
+        settled = true;
+        resolve({
+          status: deduplicated === holders.length ? 'deduplicated' : 'stored',
+          holders,
+          substitutes: holders.filter((n) => !owners.has(n)),
+          failures,
+        });
+        return;
+      }
+      launch();
+      if (inFlight > 0) return;
+      settled = true;
+      reject(shortfall(hash, replicas, rank, holders, failures));
+    };
+
+    const launch = (): void => {
+      while (holders.length + inFlight < replicas && next < rank.length) {
+        const node = rank[next++] as NodeId;
+        inFlight++;
+        // NOTE: through a microtask so a synchronous throw (the local store) is a rejection too.
+        Promise.resolve()
+          .then(() => storeOn(node))
+          .then(
+            (outcome) => {
+              inFlight--;
+              holders.push(node);
+              if (outcome === 'deduplicated') deduplicated++;
+              finish();
+            },
+            (error: unknown) => {
+              inFlight--;
+              const failure = classifyFailure(error);
+              failures.push({ node, failure, error });
+              if (failure === 'fatal' && !settled) {
+                settled = true;
+                reject(error);
+                return;
+              }
+              finish();
+            },
+          );
+      }
+    };
+    launch();
+  });
+}
+
+function shortfall(
+  hash: BlockHash,
+  replicas: number,
+  rank: readonly NodeId[],
+  holders: readonly NodeId[],
+  failures: readonly ReplicaFailure[],
+): KvmeshError {
+  const full = failures.filter((f) => f.failure === 'full');
+  const unavailable = failures.filter((f) => f.failure === 'unavailable');
+  const details = {
+    hash,
+    replicas,
+    liveNodes: rank.length,
+    held: holders.length,
+    holders: [...holders],
+    failures: summarize(failures),
+  };
+  // Full nodes were reachable: if they would have made up R, fullness (not reachability) is the cause.
+  const first = full[0];
+  if (first !== undefined && holders.length + full.length >= replicas) {
+    const code = first.error instanceof KvmeshError ? first.error.code : 'STORE_FULL';
+    return new ReplicasExhaustedError(
+      code,
+      `block ${hash}: only ${holders.length} of ${replicas} replicas could be stored; ${full.length} of ${rank.length} live node(s) refused it for space (${full.map((f) => f.node).join(', ')}): ${messageOf(first.error)}`,
+      details,
+    );
+  }
+  return new ReplicasUnavailableError(
+    `block ${hash}: only ${holders.length} of ${replicas} replicas could be stored among ${rank.length} live node(s); unreachable: ${unavailable.map((f) => f.node).join(', ') || 'none'}${full.length > 0 ? `; full: ${full.map((f) => f.node).join(', ')}` : ''}`,
+    details,
+  );
+}
