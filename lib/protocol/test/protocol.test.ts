@@ -54,10 +54,11 @@ describe('protocol - generated wire types', () => {
     assert.deepEqual(decoded, event);
   });
 
-  it('protocol - the KvStore service definition names every DESIGN §6 method', () => {
+  it('protocol - the KvStore service definition names every DESIGN §6 method (plus OpenDataChannel)', () => {
     assert.deepEqual(Object.keys(KvStoreService).sort(), [
       'getBlocks',
       'matchPrefix',
+      'openDataChannel',
       'partialAttention',
       'pin',
       'putBlocks',
