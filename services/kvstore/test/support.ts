@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 
 import { credentials, Metadata, type ServiceError, status as GrpcStatus } from '@grpc/grpc-js';
-import { blockSeed, computeBlockHashes, encodeBlockPayload, type BlockDims } from '@kvmesh/block';
+import type { BlockDims } from '@kvmesh/block';
 import { DataChannelClient, parseDataAddress } from '@kvmesh/dataplane';
 import { loadKernels, type CodecName } from '@kvmesh/kernels';
 import {
@@ -26,6 +26,8 @@ import {
 } from '@kvmesh/protocol';
 import { grpcClientOptions } from '@kvmesh/runtime';
 
+import { chain as coreChain, randomPayload as coreRandomPayload } from './core/helpers.ts';
+
 export const kernels = loadKernels();
 export const DIMS: BlockDims = { layers: 2, kvHeads: 2, blockTokens: 16, headDim: 32, groupSize: 16 };
 export const FINGERPRINT: ModelFingerprint = parseModelFingerprint('5eed0123456789abcdef0123456789ab');
@@ -40,37 +42,21 @@ export interface TestBlock {
   payload: Uint8Array;
 }
 
+/** A random payload in `codec` (argument order of the node tests: dims first). */
 export function randomPayload(dims: BlockDims = DIMS, codec: CodecName = 'f32'): Uint8Array {
-  const n = dims.kvHeads * dims.blockTokens * dims.headDim;
-  const fill = (): Float32Array => Float32Array.from({ length: n }, () => Math.random() * 4 - 2);
-  return encodeBlockPayload(
-    kernels,
-    codec,
-    dims,
-    Array.from({ length: dims.layers }, () => ({ k: fill(), v: fill() })),
-  );
+  return coreRandomPayload(codec, dims);
 }
 
-/** `count` chained blocks of one random token sequence, parent first. */
+/** `count` chained blocks of one random token sequence, parent first (the core tests' builder). */
 export function chain(count: number, options: { namespace?: Namespace; dims?: BlockDims } = {}): TestBlock[] {
-  const namespace = options.namespace ?? NS;
-  const dims = options.dims ?? DIMS;
-  const tokens = Uint32Array.from({ length: count * dims.blockTokens }, () =>
-    Math.floor(Math.random() * 50_000),
-  );
-  const seed = blockSeed(
-    { modelFingerprint: FINGERPRINT, blockTokens: dims.blockTokens, namespace },
-    kernels,
-  );
-  const hashes = computeBlockHashes(seed, tokens, dims.blockTokens, kernels);
-  return hashes.map((hash, i) => ({
-    namespace,
-    hash,
-    parentHash: i === 0 ? null : (hashes[i - 1] as BlockHash),
-    modelFingerprint: FINGERPRINT,
-    tokenIds: tokens.slice(i * dims.blockTokens, (i + 1) * dims.blockTokens),
-    payload: randomPayload(dims),
-  }));
+  return coreChain(count, {
+    namespace: options.namespace ?? NS,
+    dims: options.dims ?? DIMS,
+    fingerprint: FINGERPRINT,
+    tokens: Uint32Array.from({ length: count * (options.dims ?? DIMS).blockTokens }, () =>
+      Math.floor(Math.random() * 50_000),
+    ),
+  }) as TestBlock[];
 }
 
 export function hashBytes(hash: BlockHash): Buffer {
