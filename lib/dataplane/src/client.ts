@@ -102,6 +102,8 @@ type ConnectionState = 'connecting' | 'ready' | 'draining' | 'closed';
 class ClientConnection {
   state: ConnectionState = 'connecting';
   readonly inFlight = new Map<number, PendingCall>();
+  /** Requests waiting for the socket to drain, in send order (each is also in inFlight). */
+  private readonly congested: PendingCall[] = [];
   /** Server bounds from HELLO_ACK. */
   ack: HelloAckBlob | undefined;
   private readonly socket: Socket;
@@ -293,15 +295,39 @@ class ClientConnection {
     call.connection = this;
     this.inFlight.set(id, call);
     this.pool.bytesOut += call.header.length + call.body.length;
-    if (!this.socket.writableNeedDrain) {
+    if (!this.socket.writableNeedDrain && this.congested.length === 0) {
       writeFrame(this.socket, FrameType.request, id, call.methodId, STATUS_OK, call.header, call.body);
       return;
     }
-    // Congested: queue behind the drain so buffered request bytes stay bounded by the in-flight bound.
-    void drained(this.socket).then(() => {
-      if (this.inFlight.get(id) === call && this.state !== 'closed')
-        writeFrame(this.socket, FrameType.request, id, call.methodId, STATUS_OK, call.header, call.body);
-    });
+    // Congested: queue behind one drain listener so buffered request bytes stay bounded by the
+    // in-flight bound (NOTE: the queue holds only in-flight calls, so it is bounded by it too).
+    this.congested.push(call);
+    if (this.congested.length === 1) void drained(this.socket).then(() => this.flushCongested());
+  }
+
+  /** Writes queued requests in order until the socket is congested again. */
+  private flushCongested(): void {
+    while (this.congested.length > 0) {
+      if (this.state === 'closed') {
+        this.congested.length = 0;
+        return;
+      }
+      if (this.socket.writableNeedDrain) {
+        void drained(this.socket).then(() => this.flushCongested());
+        return;
+      }
+      const call = this.congested.shift() as PendingCall;
+      if (this.inFlight.get(call.requestId) === call)
+        writeFrame(
+          this.socket,
+          FrameType.request,
+          call.requestId,
+          call.methodId,
+          STATUS_OK,
+          call.header,
+          call.body,
+        );
+    }
   }
 
   /** A call on this connection outlived timeoutMs: the peer is presumed dead. */
