@@ -136,6 +136,11 @@ export const suite: BenchSuite = {
         if (report.failed.length > 0)
           throw new Error(`populating the store failed: ${String(report.failed[0])}`);
       }
+      // The PUT phases store gigabytes of new blocks; pinning keeps the GET working set resident.
+      await setup.pin(
+        working.map((b) => b.hash),
+        { ttlMs: 3_600_000, holder: 'store-bench' },
+      );
       await setup.close();
       let nextPut = blocks;
       for (const c of levels) {

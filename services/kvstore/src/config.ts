@@ -47,6 +47,15 @@ export const KVSTORE_CONFIG_SCHEMA = {
     max: '1GiB',
     description: 'largest block payload; 0 means min(64MiB, bytesBudget)',
   },
+  payloadPoolBytes: {
+    type: 'bytes',
+    default: 0,
+    min: 0,
+    description:
+      'receive memory for PUT payloads, reused after the payloads are garbage (0 = bytesBudget); ' +
+      'without a free slot a put allocates fresh memory',
+  },
+  payloadPoolDisabled: { type: 'bool', default: false, description: 'allocate fresh memory for every PUT' },
   leaseMsMax: { type: 'duration', default: '60s', min: 0 },
   pinTtlMsDefault: { type: 'duration', default: '60s', min: 1 },
   pinTtlMsMax: { type: 'duration', default: '1h', min: 1 },

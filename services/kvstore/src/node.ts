@@ -7,7 +7,7 @@
 import { status as GrpcStatus } from '@grpc/grpc-js';
 import { DataChannelServer, PROTOCOL_VERSION, formatDataAddress } from '@kvmesh/dataplane';
 import { loadKernels, type Kernels } from '@kvmesh/kernels';
-import { KvStoreService, type NodeId } from '@kvmesh/protocol';
+import { KVSTORE_DATA_METHODS, KvStoreService, type NodeId } from '@kvmesh/protocol';
 import {
   MembershipTracker,
   createGrpcServer,
@@ -22,6 +22,7 @@ import {
 
 import { KvEventForwarder, connectCluster, type ClusterConnection } from './adapters/cluster.ts';
 import { registerDataHandlers } from './adapters/data-handlers.ts';
+import { PayloadPool } from './adapters/payload-pool.ts';
 import { kvStoreGrpcService } from './adapters/grpc-service.ts';
 import { PeerDirectory } from './adapters/peers.ts';
 import { Rebalancer } from './adapters/rebalancer.ts';
@@ -168,7 +169,12 @@ export async function startKvStoreNode(
 
     const advertiseHost = config.advertiseHost === '' ? config.host : config.advertiseHost;
     const dataServer = new DataChannelServer();
-    registerDataHandlers(dataServer, node);
+    const payloadPool = config.payloadPoolDisabled
+      ? undefined
+      : new PayloadPool({
+          bytesMax: config.payloadPoolBytes === 0 ? config.bytesBudget : config.payloadPoolBytes,
+        });
+    registerDataHandlers(dataServer, node, payloadPool);
     const dataBound = await dataServer.listen({
       host: config.host,
       port: config.dataPort,
@@ -176,6 +182,14 @@ export async function startKvStoreNode(
       limits: { bodyBytesMax: store.config.blockBytesMax, connectionsMax: config.dataConnectionsMax },
       closeTimeoutMs: Math.max(1, config.shutdownGraceMs),
       onError: (err, peer) => logger.debug('data channel connection fault', { peer, err }),
+      ...(payloadPool === undefined
+        ? {}
+        : {
+            requestBodies: {
+              allocate: ({ methodId, bytes }) =>
+                methodId === KVSTORE_DATA_METHODS.putBlock ? payloadPool.allocate(bytes) : undefined,
+            },
+          }),
     });
     cleanups.push(() => dataServer.close());
     const dataAddress = formatDataAddress({ host: advertiseHost, port: dataBound.port });

@@ -16,6 +16,7 @@ import {
 } from '@kvmesh/protocol';
 
 import { tierToProto, type KvNode } from '../core/index.ts';
+import type { PayloadPool } from './payload-pool.ts';
 import { blockOf, hashOf, namespaceOf, putInputOf } from './wire.ts';
 
 function decodeHeader<T>(what: string, decode: (bytes: Uint8Array) => T, request: DataRequest): T {
@@ -32,7 +33,8 @@ function decodeHeader<T>(what: string, decode: (bytes: Uint8Array) => T, request
   }
 }
 
-export function putBlockHandler(node: KvNode): DataHandler {
+export function putBlockHandler(node: KvNode, pool?: PayloadPool): DataHandler {
+  const keep = pool === undefined ? undefined : (bytes: Uint8Array): boolean => pool.owns(bytes);
   return async (request) => {
     const message = decodeHeader('PutBlocksRequest', (b) => PutBlocksRequest.decode(b), request);
     if (message.block !== undefined && message.block.payload.length > 0) {
@@ -41,7 +43,7 @@ export function putBlockHandler(node: KvNode): DataHandler {
         { headerPayloadBytes: message.block.payload.length },
       );
     }
-    const input = putInputOf(message.block, request.body);
+    const input = putInputOf(message.block, request.body, keep);
     const status = message.replica ? node.putReplica(input) : (await node.putClient(input)).status;
     const response = PutBlocksResponse.encode({
       acknowledged: [Buffer.from(blockHashToBytes(input.hash))],
@@ -78,11 +80,12 @@ export function getBlockHandler(node: KvNode): DataHandler {
   };
 }
 
-/** Registers both methods on a data channel server. */
+/** Registers both methods on a data channel server; PUT bodies land in `pool` when given. */
 export function registerDataHandlers(
   server: { handle(methodId: number, handler: DataHandler): unknown },
   node: KvNode,
+  pool?: PayloadPool,
 ): void {
-  server.handle(KVSTORE_DATA_METHODS.putBlock, putBlockHandler(node));
+  server.handle(KVSTORE_DATA_METHODS.putBlock, putBlockHandler(node, pool));
   server.handle(KVSTORE_DATA_METHODS.getBlock, getBlockHandler(node));
 }

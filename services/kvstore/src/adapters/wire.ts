@@ -54,8 +54,15 @@ export function ownedPayload(bytes: Uint8Array): Uint8Array {
   return bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
 }
 
-/** A wire block as a put input; `payload` overrides block.payload (the data channel sends it apart). */
-export function putInputOf(block: Block | undefined, payload?: Uint8Array): PutBlockInput {
+/**
+ * A wire block as a put input; `payload` overrides block.payload (the data channel sends it apart).
+ * `keep` says a view may be held as is (memory from the node's payload pool).
+ */
+export function putInputOf(
+  block: Block | undefined,
+  payload?: Uint8Array,
+  keep?: (bytes: Uint8Array) => boolean,
+): PutBlockInput {
   if (block === undefined) throw new InvalidArgumentError('put carries no block', { field: 'block' });
   return {
     namespace: namespaceOf(block.namespace),
@@ -67,7 +74,10 @@ export function putInputOf(block: Block | undefined, payload?: Uint8Array): PutB
       block.modelFingerprint,
     ),
     tokenIds: Uint32Array.from(block.tokenIds),
-    payload: ownedPayload(payload ?? block.payload),
+    payload:
+      keep !== undefined && payload !== undefined && keep(payload)
+        ? payload
+        : ownedPayload(payload ?? block.payload),
   };
 }
 

@@ -1,0 +1,54 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+
+import { PayloadPool } from '../src/adapters/payload-pool.ts';
+
+setFlagsFromString('--expose-gc');
+const gc = runInNewContext('gc') as () => void;
+
+/** Collects until the pool reports `free` slots (finalizers run as separate tasks after a GC). */
+async function collectUntil(pool: PayloadPool, free: number): Promise<void> {
+  for (let i = 0; i < 50 && pool.stats().slotsFree < free; i++) {
+    gc();
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+}
+
+describe('kvstore - payload pool', () => {
+  it('payload pool - live views never share memory; a full pool falls back; slots return only after GC', async () => {
+    const slot = 64 * 1024;
+    const pool = new PayloadPool({ bytesMax: 2 * slot, slabBytes: 2 * slot });
+    let a: Uint8Array | undefined = pool.allocate(slot);
+    const b = pool.allocate(slot);
+    assert.ok(a !== undefined && b !== undefined);
+    a.fill(0xaa);
+    b.fill(0xbb);
+    assert.ok(pool.owns(a) && pool.owns(b));
+    assert.equal(pool.allocate(slot), undefined, 'no free slot and no room for a slab: fresh memory');
+    assert.equal(pool.stats().fallbacks, 1);
+    await collectUntil(pool, 1);
+    assert.equal(pool.stats().slotsFree, 0, 'views still referenced keep their slots');
+    a = undefined;
+    await collectUntil(pool, 1);
+    assert.equal(pool.stats().slotsFree, 1);
+    const c = pool.allocate(slot) as Uint8Array;
+    c.fill(0xcc);
+    assert.ok(
+      b.every((v) => v === 0xbb),
+      'the live view was not overwritten',
+    );
+    assert.equal(pool.stats().slabs, 1);
+  });
+
+  it('payload pool - small payloads and too many sizes are not pooled', () => {
+    const pool = new PayloadPool({ bytesMax: 1 << 24, sizeClassesMax: 1 });
+    assert.equal(pool.allocate(1000), undefined);
+    assert.ok(pool.allocate(100_000) !== undefined);
+    assert.equal(pool.allocate(100_001), undefined);
+    const view = pool.allocate(100_000) as Uint8Array;
+    assert.equal(view.byteLength, 100_000);
+    assert.equal(pool.owns(new Uint8Array(100_000)), false);
+  });
+});
