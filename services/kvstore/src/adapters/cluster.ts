@@ -84,7 +84,7 @@ export class KvEventForwarder {
         err,
       });
       try {
-        publisher.publish({ ...event, stored: [], removed: [], cleared: true });
+        publisher.publish({ ...event, stored: [], removed: [], removedNamespaces: [], cleared: true });
       } catch (markerErr) {
         this.logger.error('cannot publish a kv event resync marker', { seq: event.seq, err: markerErr });
       }

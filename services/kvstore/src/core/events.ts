@@ -39,6 +39,7 @@ export function storedBlockOf(record: BlockRecord): StoredBlock {
     tier: tierToProto(record.tier),
     codec: codecToProto(record.codec),
     bytes: BigInt(record.payload.byteLength),
+    namespace: record.namespace,
   };
 }
 
@@ -75,6 +76,7 @@ export class KvEventLog {
       seq: this.seq,
       stored: stored.map(storedBlockOf),
       removed: removed.map((record) => Buffer.from(record.hash, 'hex')),
+      removedNamespaces: removed.map((record) => record.namespace),
       cleared,
       timestampMs: BigInt(Math.floor(this.now())),
     });

@@ -39,6 +39,7 @@ test('events - contents are exact and seq is contiguous from 1 across put, evict
     tier: Tier.TIER_DRAM,
     codec,
     bytes: BigInt(input!.payload.byteLength),
+    namespace: input!.namespace,
   });
   assert.deepEqual(
     evicted.map((r) => r.hash),
@@ -50,6 +51,7 @@ test('events - contents are exact and seq is contiguous from 1 across put, evict
       seq: 1n,
       stored: [stored(a, null, Codec.CODEC_F32)],
       removed: [],
+      removedNamespaces: [],
       cleared: false,
       timestampMs: 1000n,
     },
@@ -58,6 +60,7 @@ test('events - contents are exact and seq is contiguous from 1 across put, evict
       seq: 2n,
       stored: [stored(b, a!.hash, Codec.CODEC_F32)],
       removed: [],
+      removedNamespaces: [],
       cleared: false,
       timestampMs: 1001n,
     },
@@ -66,6 +69,7 @@ test('events - contents are exact and seq is contiguous from 1 across put, evict
       seq: 3n,
       stored: [stored(c, null, Codec.CODEC_KIVI4)],
       removed: [],
+      removedNamespaces: [],
       cleared: false,
       timestampMs: 1002n,
     },
@@ -74,11 +78,28 @@ test('events - contents are exact and seq is contiguous from 1 across put, evict
       seq: 4n,
       stored: [stored(d, null, Codec.CODEC_F32)],
       removed: [bytes(b!.hash)],
+      removedNamespaces: [b!.namespace],
       cleared: false,
       timestampMs: 1003n,
     },
-    { nodeId: NODE_ID, seq: 5n, stored: [], removed: [bytes(d!.hash)], cleared: false, timestampMs: 1004n },
-    { nodeId: NODE_ID, seq: 6n, stored: [], removed: [], cleared: true, timestampMs: 1005n },
+    {
+      nodeId: NODE_ID,
+      seq: 5n,
+      stored: [],
+      removed: [bytes(d!.hash)],
+      removedNamespaces: [d!.namespace],
+      cleared: false,
+      timestampMs: 1004n,
+    },
+    {
+      nodeId: NODE_ID,
+      seq: 6n,
+      stored: [],
+      removed: [],
+      removedNamespaces: [],
+      cleared: true,
+      timestampMs: 1005n,
+    },
   ]);
   assert.equal(store.lastEventSeq, 6n);
   assert.deepEqual(store.stats().blocks, 0);

@@ -19,6 +19,8 @@ export interface StoredBlock {
   tier: Tier;
   codec: Codec;
   bytes: bigint;
+  /** Tenant namespace of the block; the same hash may be held under two namespaces. */
+  namespace: string;
 }
 
 export interface KvEvent {
@@ -30,6 +32,8 @@ export interface KvEvent {
   /** The node dropped every block (restart or clear). */
   cleared: boolean;
   timestampMs: bigint;
+  /** Namespace of removed[i], index for index. */
+  removedNamespaces: string[];
 }
 
 export interface NodeHeartbeat {
@@ -48,7 +52,7 @@ export interface NodeHeartbeat {
 }
 
 function createBaseStoredBlock(): StoredBlock {
-  return { hash: Buffer.alloc(0), parentHash: Buffer.alloc(0), tier: 0, codec: 0, bytes: 0n };
+  return { hash: Buffer.alloc(0), parentHash: Buffer.alloc(0), tier: 0, codec: 0, bytes: 0n, namespace: '' };
 }
 
 export const StoredBlock: MessageFns<StoredBlock> = {
@@ -70,6 +74,9 @@ export const StoredBlock: MessageFns<StoredBlock> = {
         throw new globalThis.Error('value provided for field message.bytes of type uint64 too large');
       }
       writer.uint32(40).uint64(message.bytes);
+    }
+    if (message.namespace !== '') {
+      writer.uint32(50).string(message.namespace);
     }
     return writer;
   },
@@ -127,6 +134,14 @@ export const StoredBlock: MessageFns<StoredBlock> = {
             message.bytes = reader.uint64() as bigint;
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.namespace = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -150,6 +165,7 @@ export const StoredBlock: MessageFns<StoredBlock> = {
       tier: isSet(object.tier) ? tierFromJSON(object.tier) : 0,
       codec: isSet(object.codec) ? codecFromJSON(object.codec) : 0,
       bytes: isSet(object.bytes) ? BigInt(object.bytes) : 0n,
+      namespace: isSet(object.namespace) ? globalThis.String(object.namespace) : '',
     };
   },
 
@@ -170,6 +186,9 @@ export const StoredBlock: MessageFns<StoredBlock> = {
     if (message.bytes !== 0n) {
       obj.bytes = message.bytes.toString();
     }
+    if (message.namespace !== '') {
+      obj.namespace = message.namespace;
+    }
     return obj;
   },
 
@@ -183,12 +202,21 @@ export const StoredBlock: MessageFns<StoredBlock> = {
     message.tier = object.tier ?? 0;
     message.codec = object.codec ?? 0;
     message.bytes = object.bytes !== undefined && object.bytes !== null ? BigInt(object.bytes) : 0n;
+    message.namespace = object.namespace ?? '';
     return message;
   },
 };
 
 function createBaseKvEvent(): KvEvent {
-  return { nodeId: '', seq: 0n, stored: [], removed: [], cleared: false, timestampMs: 0n };
+  return {
+    nodeId: '',
+    seq: 0n,
+    stored: [],
+    removed: [],
+    cleared: false,
+    timestampMs: 0n,
+    removedNamespaces: [],
+  };
 }
 
 export const KvEvent: MessageFns<KvEvent> = {
@@ -216,6 +244,9 @@ export const KvEvent: MessageFns<KvEvent> = {
         throw new globalThis.Error('value provided for field message.timestampMs of type int64 too large');
       }
       writer.uint32(48).int64(message.timestampMs);
+    }
+    for (const v of message.removedNamespaces) {
+      writer.uint32(58).string(v!);
     }
     return writer;
   },
@@ -281,6 +312,14 @@ export const KvEvent: MessageFns<KvEvent> = {
             message.timestampMs = reader.int64() as bigint;
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.removedNamespaces.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -313,6 +352,11 @@ export const KvEvent: MessageFns<KvEvent> = {
         : isSet(object.timestamp_ms)
           ? BigInt(object.timestamp_ms)
           : 0n,
+      removedNamespaces: globalThis.Array.isArray(object?.removedNamespaces)
+        ? object.removedNamespaces.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.removed_namespaces)
+          ? object.removed_namespaces.map((e: any) => globalThis.String(e))
+          : [],
     };
   },
 
@@ -336,6 +380,9 @@ export const KvEvent: MessageFns<KvEvent> = {
     if (message.timestampMs !== 0n) {
       obj.timestampMs = message.timestampMs.toString();
     }
+    if (message.removedNamespaces?.length) {
+      obj.removedNamespaces = message.removedNamespaces;
+    }
     return obj;
   },
 
@@ -351,6 +398,7 @@ export const KvEvent: MessageFns<KvEvent> = {
     message.cleared = object.cleared ?? false;
     message.timestampMs =
       object.timestampMs !== undefined && object.timestampMs !== null ? BigInt(object.timestampMs) : 0n;
+    message.removedNamespaces = object.removedNamespaces?.map((e) => e) || [];
     return message;
   },
 };
