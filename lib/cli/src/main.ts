@@ -47,9 +47,11 @@ export async function main(argv: string[]): Promise<number> {
 async function runUp(): Promise<number> {
   const code = await runDoctor([]);
   process.stdout.write(
-    '\nkvmesh up: the serving services (router, prefill, decode, kvstore, tiering) are not built yet;\n' +
-      'what exists today is the foundation: block identity, payload format and the native KV kernels.\n' +
-      'Try: npm run bench -- codec   |   npm run bench -- hash   |   npm test\n',
+    '\nkvmesh up: the serving mesh (router, prefill and decode workers, tiering) is not built yet.\n' +
+      'What runs today: the model engine (kvmesh generate), the kvstore node and its SDK:\n' +
+      '  node --import tsx services/kvstore/src/main.ts --help\n' +
+      'Try: kvmesh model init --out /tmp/m --preset tiny && kvmesh generate --model /tmp/m --prompt Hello\n' +
+      '     npm run bench -- engine | store | transport | codec | hash | dense\n',
   );
   return code;
 }
