@@ -1,0 +1,240 @@
+// Routing policies of the router: which worker of a pool gets a request, and whether the request
+// needs a prefill worker at all (conditional disaggregation). Pure and deterministic: the same input
+// (and, for round-robin, the same previous choice) gives the same worker, and every tie falls to the
+// lowest node id. The kv-aware cost model is documented on RoutingConfig.
+import { InvalidArgumentError } from '@kvmesh/errors';
+import type { NodeId } from '@kvmesh/protocol';
+
+import type { IndexMatch } from './block-index.ts';
+import {
+  resolveRoutingConfig,
+  type ResolvedRoutingConfig,
+  type RoutingConfig,
+  type RoutingPolicyName,
+} from './config.ts';
+import { NoWorkerAvailableError } from './errors.ts';
+
+export interface WorkerCandidate {
+  readonly nodeId: NodeId;
+  /** Requests waiting on the worker (from its heartbeat). */
+  readonly queueDepth: number;
+  /** Sequences the worker is running (from its heartbeat). */
+  readonly activeSequences: number;
+  /**
+   * Leading prompt blocks in the worker's own pool, when the worker publishes kv events (its entry in
+   * IndexMatch.leadingBlocksByNode); 0 or absent when unknown.
+   */
+  readonly localCachedBlocks?: number;
+}
+
+export interface RouteInput {
+  /** Prompt length; only its full blocks can be cached. */
+  readonly promptTokens: number;
+  readonly blockSizeTokens: number;
+  /** Leading prompt blocks the store can serve to any worker (see storeCachedBlocks). */
+  readonly storeCachedBlocks: number;
+  readonly workers: readonly WorkerCandidate[];
+}
+
+/** How a request would start on one worker under the cost model. */
+export interface TtftEstimate {
+  readonly nodeId: NodeId;
+  readonly promptTokens: number;
+  /** Prompt tokens reused: already on the worker plus fetched from the store. */
+  readonly cachedTokens: number;
+  readonly localCachedTokens: number;
+  readonly fetchedTokens: number;
+  /** Prompt tokens that must be computed. */
+  readonly uncachedTokens: number;
+  readonly ttftMs: number;
+}
+
+export interface RouteDecision {
+  readonly nodeId: NodeId;
+  readonly policy: RoutingPolicyName;
+  /** The chosen worker's estimate, computed under every policy so their choices can be compared. */
+  readonly estimate: TtftEstimate;
+}
+
+export type RequestPlanKind = 'decode-only' | 'prefill-then-decode';
+
+export interface RequestPlan {
+  readonly kind: RequestPlanKind;
+  readonly uncachedTokens: number;
+}
+
+type CostModel = Pick<
+  ResolvedRoutingConfig,
+  'prefillMsPerToken' | 'transferMsPerToken' | 'queueWaitMsPerRequest'
+>;
+
+const compareIds = (a: NodeId, b: NodeId): number => (a < b ? -1 : a > b ? 1 : 0);
+
+function checkCount(name: string, value: unknown, min: number): void {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) {
+    throw new InvalidArgumentError(`${name} must be an integer >= ${min}, got ${String(value)}`, {
+      [name]: value,
+    });
+  }
+}
+
+function checkInput(input: RouteInput, pool: string): void {
+  checkCount('promptTokens', input.promptTokens, 1);
+  checkCount('blockSizeTokens', input.blockSizeTokens, 1);
+  checkCount('storeCachedBlocks', input.storeCachedBlocks, 0);
+  if (input.workers.length === 0) throw new NoWorkerAvailableError(pool);
+  const seen = new Set<NodeId>();
+  for (const w of input.workers) {
+    if (seen.has(w.nodeId)) {
+      throw new InvalidArgumentError(`worker '${w.nodeId}' is listed twice`, { nodeId: w.nodeId });
+    }
+    seen.add(w.nodeId);
+    checkCount('queueDepth', w.queueDepth, 0);
+    checkCount('activeSequences', w.activeSequences, 0);
+    checkCount('localCachedBlocks', w.localCachedBlocks ?? 0, 0);
+  }
+}
+
+/**
+ * Leading blocks of a match that nodes accepted by `isStoreNode` can serve (each block by any of
+ * them), e.g. the kvstore nodes as opposed to workers that also publish their pools' events.
+ */
+export function storeCachedBlocks(match: IndexMatch, isStoreNode: (nodeId: NodeId) => boolean): number {
+  let blocks = 0;
+  for (const position of match.positions) {
+    if (!position.holders.some((h) => isStoreNode(h.nodeId))) break;
+    blocks++;
+  }
+  return blocks;
+}
+
+/**
+ * The worker's estimated TTFT: computed tokens at prefill cost, tokens the store has beyond the
+ * worker's own prefix at transfer cost, tokens already on the worker for free, plus its queue.
+ */
+export function estimateTtft(worker: WorkerCandidate, input: RouteInput, costs: CostModel): TtftEstimate {
+  const { promptTokens, blockSizeTokens } = input;
+  const localCachedTokens = Math.min((worker.localCachedBlocks ?? 0) * blockSizeTokens, promptTokens);
+  const storeTokens = Math.min(input.storeCachedBlocks * blockSizeTokens, promptTokens);
+  const cachedTokens = Math.max(localCachedTokens, storeTokens);
+  const fetchedTokens = cachedTokens - localCachedTokens;
+  const uncachedTokens = promptTokens - cachedTokens;
+  const ttftMs =
+    uncachedTokens * costs.prefillMsPerToken +
+    fetchedTokens * costs.transferMsPerToken +
+    worker.queueDepth * costs.queueWaitMsPerRequest;
+  return {
+    nodeId: worker.nodeId,
+    promptTokens,
+    cachedTokens,
+    localCachedTokens,
+    fetchedTokens,
+    uncachedTokens,
+    ttftMs,
+  };
+}
+
+/** Lowest queue depth, then fewest active sequences, then lowest id. */
+export function compareLoad(a: WorkerCandidate, b: WorkerCandidate): number {
+  return (
+    a.queueDepth - b.queueDepth || a.activeSequences - b.activeSequences || compareIds(a.nodeId, b.nodeId)
+  );
+}
+
+export function pickLeastLoaded(workers: readonly WorkerCandidate[]): WorkerCandidate {
+  let best = workers[0];
+  if (best === undefined) throw new NoWorkerAvailableError('any');
+  for (const w of workers) if (compareLoad(w, best) < 0) best = w;
+  return best;
+}
+
+/**
+ * The worker after `previous` in id order, wrapping to the first. Keyed by id rather than by a
+ * position, so a worker joining or leaving neither skips nor repeats the others.
+ */
+export function pickRoundRobin(
+  workers: readonly WorkerCandidate[],
+  previous: NodeId | null,
+): WorkerCandidate {
+  const sorted = [...workers].sort((a, b) => compareIds(a.nodeId, b.nodeId));
+  const first = sorted[0];
+  if (first === undefined) throw new NoWorkerAvailableError('any');
+  if (previous === null) return first;
+  return sorted.find((w) => w.nodeId > previous) ?? first;
+}
+
+/** Minimum estimated TTFT; ties by the least-loaded order (queue, active sequences, id). */
+export function pickKvAware(input: RouteInput, costs: CostModel): TtftEstimate {
+  let best: { worker: WorkerCandidate; estimate: TtftEstimate } | undefined;
+  for (const worker of input.workers) {
+    const estimate = estimateTtft(worker, input, costs);
+    if (
+      best === undefined ||
+      estimate.ttftMs < best.estimate.ttftMs ||
+      (estimate.ttftMs === best.estimate.ttftMs && compareLoad(worker, best.worker) < 0)
+    ) {
+      best = { worker, estimate };
+    }
+  }
+  if (best === undefined) throw new NoWorkerAvailableError('any');
+  return best.estimate;
+}
+
+/**
+ * Conditional disaggregation: a request whose uncached part is shorter than prefillUncachedTokensMin
+ * runs directly on its decode worker (a prefill hop would cost more than it saves); longer ones are
+ * prefilled on a prefill worker, which writes the blocks to the store for the decode worker to fetch.
+ */
+export function planRequest(
+  request: { readonly promptTokens: number; readonly cachedTokens: number },
+  config: Pick<ResolvedRoutingConfig, 'prefillUncachedTokensMin'>,
+): RequestPlan {
+  checkCount('promptTokens', request.promptTokens, 1);
+  checkCount('cachedTokens', request.cachedTokens, 0);
+  const uncachedTokens = Math.max(0, request.promptTokens - request.cachedTokens);
+  const kind = uncachedTokens < config.prefillUncachedTokensMin ? 'decode-only' : 'prefill-then-decode';
+  return { kind, uncachedTokens };
+}
+
+/**
+ * Routes requests within one worker pool under the configured policy. Its only state is the previous
+ * round-robin choice, so two routers fed the same requests choose the same workers.
+ */
+export class WorkerRouter {
+  readonly config: ResolvedRoutingConfig;
+  private previous: NodeId | null = null;
+
+  constructor(
+    config: RoutingConfig = {},
+    /** Names the pool in errors ('decode', 'prefill'). */
+    readonly pool = 'decode',
+  ) {
+    this.config = resolveRoutingConfig(config);
+  }
+
+  /** Chooses a worker; throws NoWorkerAvailableError for an empty pool, InvalidArgumentError for bad input. */
+  route(input: RouteInput): RouteDecision {
+    checkInput(input, this.pool);
+    const { policy } = this.config;
+    let chosen: WorkerCandidate;
+    switch (policy) {
+      case 'kv-aware': {
+        const estimate = pickKvAware(input, this.config);
+        return { nodeId: estimate.nodeId, policy, estimate };
+      }
+      case 'least-loaded':
+        chosen = pickLeastLoaded(input.workers);
+        break;
+      case 'round-robin':
+        chosen = pickRoundRobin(input.workers, this.previous);
+        this.previous = chosen.nodeId;
+        break;
+    }
+    return { nodeId: chosen.nodeId, policy, estimate: estimateTtft(chosen, input, this.config) };
+  }
+
+  /** The conditional-disaggregation decision for a request routed by this router. */
+  plan(estimate: { readonly promptTokens: number; readonly cachedTokens: number }): RequestPlan {
+    return planRequest(estimate, this.config);
+  }
+}
