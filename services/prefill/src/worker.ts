@@ -1,0 +1,364 @@
+// Assembles one prefill worker: model (loaded once) → engine → kvstore client (discovered over
+// NATS) → gRPC server (Worker.Prefill / Worker.Health + standard health) → heartbeats with role
+// 'prefill' → SERVING. A prefill imports the longest prefix of the prompt's full blocks that the
+// store holds and that fetches cleanly, computes the rest, and answers only after the store has
+// acknowledged every full block it did not already hold, so the hashes it returns are always held.
+// Requests run one at a time behind a bounded queue: the engine's forward pass is synchronous.
+import { status as GrpcStatus } from '@grpc/grpc-js';
+import type { UntypedServiceImplementation } from '@grpc/grpc-js';
+import { blockSeed, computeBlockHashes, type BlockDims } from '@kvmesh/block';
+import { Engine, loadModel, type LoadedModel } from '@kvmesh/engine';
+import { KvmeshError } from '@kvmesh/errors';
+import { loadKernels, type CodecName, type Kernels } from '@kvmesh/kernels';
+import {
+  WorkerService,
+  blockHashToBytes,
+  type BlockHash,
+  type NodeId,
+  type PrefillRequest,
+  type PrefillResponse,
+  type WorkerHealthResponse,
+} from '@kvmesh/protocol';
+import {
+  connectNats,
+  createGrpcServer,
+  createLogger,
+  isLogLevel,
+  startHeartbeats,
+  wrapUnary,
+  type Logger,
+  type NatsConnection,
+  type WrapOptions,
+} from '@kvmesh/runtime';
+import { KvStoreClient, type FetchedBlock } from '@kvmesh/sdk';
+
+import { checkPrefillConfig, resolvePrefillNodeId, type PrefillConfig } from './config.ts';
+import {
+  BlocksNotStoredError,
+  SerialQueue,
+  blocksToPut,
+  parsePrefillRequest,
+  planPrefill,
+  prefillUsage,
+  usablePrefix,
+  type PrefillInput,
+  type PrefillLimits,
+} from './core/index.ts';
+
+export const PREFILL_ROLE = 'prefill';
+export const WORKER_SERVICE_NAME = 'kvmesh.v1.Worker';
+/** Prefill requests carry token ids only; 16 MiB holds a million-token prompt. */
+const GRPC_MESSAGE_BYTES_MAX = 16 * 1024 * 1024;
+
+/** The part of KvStoreClient a prefill uses; tests may inject a faulty one. */
+export type PrefillBlockStore = Pick<KvStoreClient, 'matchPrefix' | 'get' | 'put'>;
+
+export interface StartPrefillWorkerOptions {
+  readonly logger?: Logger;
+  readonly kernels?: Kernels;
+  /** An already loaded model (must be the one in config.modelDir); skips loading it again. */
+  readonly model?: LoadedModel;
+  /** Replaces the NATS-discovered kvstore client (the worker does not close it). */
+  readonly store?: PrefillBlockStore;
+}
+
+export interface PrefillWorkerStats {
+  readonly active: number;
+  readonly waiting: number;
+  readonly requests: number;
+  readonly reusedTokens: number;
+  readonly computedTokens: number;
+  readonly blocksStored: number;
+}
+
+export interface PrefillWorker {
+  readonly nodeId: NodeId;
+  /** host:port of the gRPC server (Worker + health). */
+  readonly grpcAddress: string;
+  readonly model: LoadedModel;
+  readonly blockTokens: number;
+  readonly codec: CodecName;
+  stats(): PrefillWorkerStats;
+  /** Graceful shutdown; idempotent. */
+  close(): Promise<void>;
+}
+
+function sameDims(a: BlockDims, b: BlockDims): boolean {
+  return (
+    a.layers === b.layers &&
+    a.kvHeads === b.kvHeads &&
+    a.blockTokens === b.blockTokens &&
+    a.headDim === b.headDim &&
+    a.groupSize === b.groupSize
+  );
+}
+
+export async function startPrefillWorker(
+  config: PrefillConfig,
+  options: StartPrefillWorkerOptions = {},
+): Promise<PrefillWorker> {
+  checkPrefillConfig(config);
+  const nodeId = resolvePrefillNodeId(config.nodeId);
+  const logger =
+    options.logger ??
+    createLogger({
+      service: 'prefill',
+      nodeId,
+      level: isLogLevel(config.logLevel) ? config.logLevel : 'info',
+    });
+  const kernels = options.kernels ?? loadKernels();
+  const model = options.model ?? loadModel(config.modelDir, kernels);
+  const codec = config.codec as CodecName;
+  const B = config.blockTokens;
+  const maxContextTokens =
+    config.maxContextTokens > 0
+      ? Math.min(config.maxContextTokens, model.config.maxContextTokens)
+      : model.config.maxContextTokens;
+  // NOTE: one sequence at a time (the queue serializes requests), so the pool needs one context.
+  const engine = new Engine(model, {
+    codec,
+    blockTokens: B,
+    maxContextTokens,
+    kvBlocksMax: Math.ceil(maxContextTokens / B) + 1,
+    maxBatch: 1,
+    maxSequences: 1,
+    kernels,
+  });
+  const limits: PrefillLimits = {
+    modelName: config.modelName === '' ? model.name : config.modelName,
+    vocabSize: model.config.vocabSize,
+    maxContextTokens: engine.maxContextTokens,
+    codec,
+  };
+  const queue = new SerialQueue(config.queueDepthMax);
+  const counts = { requests: 0, reusedTokens: 0, computedTokens: 0, blocksStored: 0 };
+
+  const cleanups: (() => Promise<unknown> | void)[] = [];
+  const cleanup = async (): Promise<void> => {
+    for (const step of cleanups.splice(0).reverse()) {
+      try {
+        await step();
+      } catch (err) {
+        logger.warn('shutdown step failed', { err });
+      }
+    }
+  };
+
+  try {
+    let nc: NatsConnection | undefined;
+    let store = options.store;
+    if (config.natsUrl.trim() !== '') {
+      const natsConnection = await connectNats({
+        servers: config.natsUrl.split(',').map((s) => s.trim()),
+        name: nodeId,
+      });
+      nc = natsConnection;
+      cleanups.push(() => natsConnection.close());
+      if (store === undefined) {
+        const client = await KvStoreClient.connect({
+          nats: natsConnection,
+          replicas: config.replicas,
+          ...(config.dataToken === '' ? {} : { dataToken: config.dataToken }),
+          timeoutMs: config.storeTimeoutMs,
+          heartbeatIntervalMs: config.storeHeartbeatIntervalMs,
+          missedHeartbeatsMax: config.storeMissedHeartbeatsMax,
+          waitForNodes: config.storeNodesMin,
+          connectTimeoutMs: config.storeConnectTimeoutMs,
+          name: nodeId,
+          kernels,
+        });
+        cleanups.push(() => client.close());
+        store = client;
+      }
+    }
+    if (store === undefined)
+      logger.warn('no natsUrl and no store: prompts are computed in full and no block is stored');
+    const activeStore = store;
+
+    /** The leading blocks whose copies fetch cleanly in this worker's codec and layout. */
+    const fetchPrefix = async (hashes: readonly BlockHash[], input: PrefillInput): Promise<Uint8Array[]> => {
+      if (activeStore === undefined || hashes.length === 0) return [];
+      // One get per block, so one bad copy costs only the blocks from it on, not the whole prefix.
+      const settled = await Promise.allSettled(
+        hashes.map((hash) => activeStore.get([hash], { namespace: input.namespace })),
+      );
+      const usable = settled.map((result, i): FetchedBlock | undefined => {
+        if (result.status === 'rejected') {
+          logger.debug('prefix block fetch failed', { hash: hashes[i], err: result.reason });
+          return undefined;
+        }
+        const block = result.value[0];
+        // NOTE: a copy in another codec or layout is not what this worker would have computed;
+        // importing it would break "import then compute = compute everything".
+        if (block === undefined || block.codec !== codec || !sameDims(block.dims, engine.dims))
+          return undefined;
+        return block;
+      });
+      const count = usablePrefix(usable.map((b) => b !== undefined));
+      return usable.slice(0, count).map((b) => (b as FetchedBlock).payload);
+    };
+
+    const runPrefill = async (input: PrefillInput): Promise<PrefillResponse> => {
+      const tokens = input.promptTokens;
+      const seed = blockSeed(
+        { modelFingerprint: model.fingerprint, blockTokens: B, namespace: input.namespace },
+        kernels,
+      );
+      const hashes = computeBlockHashes(seed, tokens, B, kernels);
+      let matchedBlocks = 0;
+      let held = hashes.map(() => false);
+      if (activeStore !== undefined && hashes.length > 0) {
+        const match = await activeStore.matchPrefix(hashes, input.namespace);
+        const heldHashes = new Set<string>(match.locations.map((l) => l.hash));
+        held = hashes.map((h) => heldHashes.has(h));
+        matchedBlocks = match.matchedBlocks;
+      }
+      const plan = planPrefill({ promptTokens: tokens.length, blockTokens: B, matchedBlocks, held });
+      const prefixBlocks = await fetchPrefix(hashes.slice(0, plan.importBlocks), input);
+
+      const id = engine.addSequence({
+        promptTokens: tokens,
+        maxTokens: 1,
+        sampling: input.sampling,
+        stopTokenIds: [],
+        prefixBlocks,
+      });
+      let first: { token: number; logprob: number };
+      let payloads: Uint8Array[];
+      try {
+        const event = engine.step().find((e) => e.sequenceId === id);
+        if (event === undefined)
+          throw new KvmeshError('INTERNAL', 'internal', `engine step produced no token for sequence ${id}`);
+        first = event;
+        payloads = engine.exportBlocks(id);
+      } finally {
+        engine.removeSequence(id);
+      }
+      const importedBlocks = prefixBlocks.length;
+      const toPut = activeStore === undefined ? [] : blocksToPut(plan, importedBlocks);
+      if (activeStore !== undefined && toPut.length > 0) {
+        const report = await activeStore.put(
+          toPut.map((i) => ({
+            hash: hashes[i] as BlockHash,
+            parentHash: i === 0 ? null : (hashes[i - 1] as BlockHash),
+            namespace: input.namespace,
+            modelFingerprint: model.fingerprint,
+            tokenIds: tokens.slice(i * B, (i + 1) * B),
+            payload: payloads[i] as Uint8Array,
+          })),
+        );
+        const firstFailure = report.failed[0];
+        if (firstFailure !== undefined)
+          throw new BlocksNotStoredError(report.failed.length, toPut.length, firstFailure.error.message);
+      }
+      const usage = prefillUsage(plan, importedBlocks);
+      counts.requests++;
+      counts.reusedTokens += usage.reusedTokens;
+      counts.computedTokens += usage.computedTokens;
+      counts.blocksStored += toPut.length;
+      logger.debug('prefill done', {
+        requestId: input.requestId,
+        promptTokens: tokens.length,
+        ...usage,
+        stored: toPut.length,
+      });
+      return {
+        firstTokenId: first.token,
+        firstTokenLogprob: first.logprob,
+        // NOTE: without a store nothing is held, and the response promises only held blocks.
+        blockHashes: activeStore === undefined ? [] : hashes.map((h) => Buffer.from(blockHashToBytes(h))),
+        computedTokens: usage.computedTokens,
+        reusedTokens: usage.reusedTokens,
+      };
+    };
+
+    const wrap: WrapOptions = {
+      onError: (err, info) => {
+        if (info.status.code === GrpcStatus.INTERNAL)
+          logger.error('request failed', { path: info.path, err });
+        else
+          logger.debug('request refused', {
+            path: info.path,
+            code: info.status.code,
+            msg: info.status.details,
+          });
+      },
+    };
+    const grpc = createGrpcServer({
+      healthServices: [WORKER_SERVICE_NAME],
+      messageBytesMax: GRPC_MESSAGE_BYTES_MAX,
+    });
+    // NOTE: Decode is left out on purpose: grpc-js answers UNIMPLEMENTED for it on a prefill worker.
+    const implementation: UntypedServiceImplementation = {
+      prefill: wrapUnary<PrefillRequest, PrefillResponse>((request) => {
+        const input = parsePrefillRequest(request, limits);
+        return queue.run(() => runPrefill(input));
+      }, wrap),
+      health: wrapUnary<unknown, WorkerHealthResponse>(
+        () => ({
+          nodeId,
+          role: PREFILL_ROLE,
+          activeSequences: queue.active,
+          queueDepth: queue.waiting,
+          freeKvBlocks: BigInt(engine.pool.blocksFree),
+        }),
+        wrap,
+      ),
+    };
+    grpc.server.addService(WorkerService, implementation);
+    const advertiseHost = config.advertiseHost === '' ? config.host : config.advertiseHost;
+    const grpcPort = await grpc.bind(`${config.host}:${config.grpcPort}`);
+    cleanups.push(() => grpc.shutdown(config.shutdownGraceMs));
+    const grpcAddress = `${advertiseHost}:${grpcPort}`;
+
+    if (nc !== undefined) {
+      const heartbeats = startHeartbeats(
+        nc,
+        () => ({
+          nodeId,
+          role: PREFILL_ROLE,
+          grpcAddress,
+          queueDepth: queue.waiting,
+          activeSequences: queue.active,
+          freeBlocks: BigInt(engine.pool.blocksFree),
+        }),
+        config.heartbeatIntervalMs,
+        { onError: (err) => logger.warn('heartbeat not published', { err }) },
+      );
+      cleanups.push(() => heartbeats.stop());
+    }
+
+    grpc.setServing(true);
+    logger.info('prefill worker serving', {
+      grpcAddress,
+      model: limits.modelName,
+      blockTokens: B,
+      codec,
+      maxContextTokens: engine.maxContextTokens,
+      store: activeStore !== undefined,
+    });
+
+    let closing: Promise<void> | undefined;
+    return {
+      nodeId,
+      grpcAddress,
+      model,
+      blockTokens: B,
+      codec,
+      stats: () => ({ active: queue.active, waiting: queue.waiting, ...counts }),
+      close() {
+        closing ??= (async () => {
+          logger.info('prefill worker shutting down');
+          // NOT_SERVING first, so health checks see it while in-flight prefills drain.
+          grpc.setServing(false);
+          await cleanup();
+          logger.info('prefill worker stopped');
+        })();
+        return closing;
+      },
+    };
+  } catch (err) {
+    await cleanup();
+    throw err;
+  }
+}
