@@ -474,6 +474,8 @@ export async function* replayKvEvents(
   const messages = await consumer.consume({ max_messages: 256 });
   const abort = (): void => void messages.stop();
   options.signal?.addEventListener('abort', abort, { once: true });
+  // NOTE: an abort that came while the consumer was being created fires no event: stop now.
+  if (options.signal?.aborted === true) abort();
   try {
     for await (const msg of messages) {
       let event: KvEvent | undefined;

@@ -1,3 +1,4 @@
 // Public surface of @kvmesh/router. Today it is the pure core (block index, routing policies,
-// disaggregation plan); the HTTP / gRPC front door and the NATS adapters will be added beside it.
+// disaggregation plan) and the JetStream index feed; the HTTP / gRPC front door comes next.
 export * from './core/index.ts';
+export * from './adapters/index-feed.ts';
