@@ -109,10 +109,14 @@ describe('router - index feed from JetStream kv events', { timeout: 40_000 }, ()
     const index = new BlockIndex({});
     const feed = startIndexFeed({ js, index });
     await feed.caughtUp;
-    await waitFor(() => index.match(NS, hashes).blocks === 4, {
-      timeoutMs: 10_000,
-      message: 'index never saw 4 blocks',
-    });
+    // Each node publishes its own events after the put is acknowledged: wait for both holders.
+    await waitFor(
+      () => {
+        const m = index.match(NS, hashes);
+        return m.blocks === 4 && m.positions.every((p) => p.holders.length === 2);
+      },
+      { timeoutMs: 10_000, message: 'index never saw 4 blocks on 2 holders' },
+    );
     const match = index.match(NS, hashes);
     for (const position of match.positions) {
       assert.deepEqual(
