@@ -1,4 +1,33 @@
-// Public surface of @kvmesh/router. Today it is the pure core (block index, routing policies,
-// disaggregation plan) and the JetStream index feed; the HTTP / gRPC front door comes next.
+// Public surface of @kvmesh/router: the pure core (block index, routing policies, disaggregation
+// plan), the JetStream index feed, and the service itself (config, OpenAI-compatible HTTP server,
+// startRouter). gRPC Router.Generate comes next.
 export * from './core/index.ts';
 export * from './adapters/index-feed.ts';
+export {
+  ROUTER_CONFIG_SCHEMA,
+  checkRouterConfig,
+  loadRouterConfig,
+  routerConfig,
+  type RouterConfig,
+} from './config.ts';
+export {
+  HttpError,
+  startHttpServer,
+  type GenerationBackend,
+  type GenerationChunk,
+  type GenerationInput,
+  type GenerationUsage,
+  type HttpServer,
+  type HttpServerOptions,
+  type SamplingInput,
+} from './http.ts';
+export {
+  DECODE_ROLE,
+  KVSTORE_ROLE,
+  PREFILL_ROLE,
+  WorkerCallError,
+  startRouter,
+  type Router,
+  type RouterStats,
+  type StartRouterOptions,
+} from './router.ts';

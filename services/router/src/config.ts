@@ -1,0 +1,123 @@
+// Configuration of the router service: the model it serves (tokenizer, chat template, context), the
+// HTTP listener and its bounds (request bytes, requests in flight, max_tokens), the optional API key,
+// NATS (worker heartbeats and the kv-event stream) and the routing policy. Loaded once at start from
+// defaults < KVMESH_* env < --flags; a bad value fails the start with a message naming the field.
+import { InvalidArgumentError } from '@kvmesh/errors';
+import { loadConfig, type ConfigOf, type LoadConfigOptions } from '@kvmesh/runtime';
+
+import { ROUTING_DEFAULTS, ROUTING_POLICIES } from './core/index.ts';
+
+export const ROUTER_CONFIG_SCHEMA = {
+  host: { type: 'string', default: '127.0.0.1', description: 'address the HTTP server binds' },
+  advertiseHost: { type: 'string', default: '', description: 'host clients dial; empty means --host' },
+  httpPort: { type: 'int', default: 8000, min: 0, max: 65535, description: '0 picks a free port' },
+  modelDir: { type: 'string', default: '', description: 'Hugging Face model directory (required)' },
+  modelName: {
+    type: 'string',
+    default: '',
+    lengthMax: 256,
+    description: "name requests use for the model; empty means the directory's last component",
+  },
+  natsUrl: { type: 'string', default: '', description: 'NATS server(s), comma-separated (required)' },
+  policy: {
+    type: 'string',
+    default: ROUTING_DEFAULTS.policy,
+    choices: ROUTING_POLICIES,
+    description: 'how a decode worker is chosen',
+  },
+  prefillUncachedTokensMin: {
+    type: 'int',
+    default: ROUTING_DEFAULTS.prefillUncachedTokensMin,
+    min: 0,
+    description: 'uncached prompt tokens from which a request is prefilled on a prefill worker',
+  },
+  blockTokens: {
+    type: 'int',
+    default: 64,
+    min: 16,
+    max: 256,
+    description: 'tokens per KV block (a multiple of 16); must match the workers',
+  },
+  codec: {
+    type: 'string',
+    default: 'f32',
+    choices: ['f32', 'f16', 'kivi8', 'kivi4', 'kivi2'],
+    description: 'codec the workers compute KV in',
+  },
+  maxContextTokens: {
+    type: 'int',
+    default: 0,
+    min: 0,
+    description: "longest sequence (prompt + max_tokens); 0 means the model's max_position_embeddings",
+  },
+  maxTokensDefault: { type: 'int', default: 256, min: 1, description: 'max_tokens when a request omits it' },
+  maxTokensMax: { type: 'int', default: 4096, min: 1, description: 'largest max_tokens a request may ask' },
+  requestBytesMax: {
+    type: 'bytes',
+    default: '1MiB',
+    min: 1024,
+    description: 'largest HTTP request body; larger ones are refused with 413',
+  },
+  requestsInFlightMax: {
+    type: 'int',
+    default: 256,
+    min: 1,
+    description: 'generations running at once; more are refused with 429',
+  },
+  apiKey: {
+    type: 'string',
+    default: '',
+    lengthMax: 512,
+    description: 'when set, /v1 requests need "Authorization: Bearer <key>"',
+  },
+  workerHeartbeatIntervalMs: {
+    type: 'duration',
+    default: '1s',
+    min: 10,
+    max: '1m',
+    description: "the workers' and kvstore nodes' heartbeat interval (liveness is judged on it)",
+  },
+  workerMissedHeartbeatsMax: { type: 'int', default: 3, min: 1, max: 100 },
+  workerTimeoutMs: {
+    type: 'duration',
+    default: '10m',
+    min: 1,
+    description: 'deadline of one prefill call and of one whole decode stream',
+  },
+  shutdownGraceMs: { type: 'duration', default: '5s', min: 0 },
+  logLevel: { type: 'string', default: 'info', choices: ['debug', 'info', 'warn', 'error'] },
+} as const;
+
+export type RouterConfig = ConfigOf<typeof ROUTER_CONFIG_SCHEMA>;
+
+/** Loads the router's config from env and argv (see ROUTER_CONFIG_SCHEMA for every field). */
+export function loadRouterConfig(options: LoadConfigOptions = {}): RouterConfig {
+  return loadConfig(ROUTER_CONFIG_SCHEMA, options);
+}
+
+/** Defaults overlaid with `overrides`: for an in-process router (tests, the local launcher). */
+export function routerConfig(overrides: Partial<RouterConfig> = {}): RouterConfig {
+  return { ...loadConfig(ROUTER_CONFIG_SCHEMA, {}), ...overrides };
+}
+
+/** Checks the rules loadConfig cannot express; throws InvalidArgumentError naming the field. */
+export function checkRouterConfig(config: RouterConfig): void {
+  if (config.modelDir.trim() === '')
+    throw new InvalidArgumentError('config modelDir is required (--model-dir or KVMESH_MODEL_DIR)', {
+      field: 'modelDir',
+    });
+  if (config.natsUrl.trim() === '')
+    throw new InvalidArgumentError('config natsUrl is required (--nats-url or KVMESH_NATS_URL)', {
+      field: 'natsUrl',
+    });
+  if (config.blockTokens % 16 !== 0)
+    throw new InvalidArgumentError(`config blockTokens ${config.blockTokens} must be a multiple of 16`, {
+      field: 'blockTokens',
+      blockTokens: config.blockTokens,
+    });
+  if (config.maxTokensDefault > config.maxTokensMax)
+    throw new InvalidArgumentError(
+      `config maxTokensDefault ${config.maxTokensDefault} exceeds maxTokensMax ${config.maxTokensMax}`,
+      { field: 'maxTokensDefault' },
+    );
+}

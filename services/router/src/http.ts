@@ -1,0 +1,523 @@
+// The OpenAI-compatible HTTP front door on node:http: POST /v1/completions, POST /v1/chat/completions
+// (SSE with `stream: true`), GET /v1/models and GET /health. It validates every field before any work
+// starts (an error is an OpenAI-style body `{error: {message, type, param, code}}`), bounds the body
+// size and the requests in flight, checks the API key when one is configured, and hands a tokenized
+// prompt to the backend. A client that goes away aborts the generation, which cancels the workers.
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+import type { ChatMessage, ModelTokenizer } from '@kvmesh/engine';
+import { KvmeshError, type ErrorKind } from '@kvmesh/errors';
+import type { Logger } from '@kvmesh/runtime';
+
+export interface SamplingInput {
+  readonly temperature: number;
+  readonly topP: number;
+  readonly topK: number;
+  readonly seed: number | undefined;
+}
+
+export interface GenerationInput {
+  readonly requestId: string;
+  readonly promptTokens: readonly number[];
+  readonly maxTokens: number;
+  readonly sampling: SamplingInput;
+  readonly stop: readonly string[];
+  /** Aborted when the client goes away. */
+  readonly signal: AbortSignal;
+}
+
+export interface GenerationUsage {
+  readonly promptTokens: number;
+  readonly completionTokens: number;
+  readonly cachedTokens: number;
+}
+
+export interface GenerationChunk {
+  readonly text: string;
+  readonly tokenIds: readonly number[];
+  readonly finishReason: 'stop' | 'length' | null;
+  /** On the last chunk. */
+  readonly usage?: GenerationUsage;
+}
+
+/** What the HTTP layer needs from the router: the model's identity and a token stream per request. */
+export interface GenerationBackend {
+  readonly modelName: string;
+  /** Prompt + max_tokens must fit. */
+  readonly maxContextTokens: number;
+  readonly blockTokens: number;
+  readonly tokenizer: Pick<ModelTokenizer, 'encode' | 'applyChatTemplate'>;
+  generate(input: GenerationInput): AsyncIterable<GenerationChunk>;
+  health(): { readonly ok: boolean; readonly reason?: string };
+}
+
+export interface HttpServerOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly requestBytesMax: number;
+  readonly requestsInFlightMax: number;
+  readonly maxTokensDefault: number;
+  readonly maxTokensMax: number;
+  /** Empty: no authentication. */
+  readonly apiKey: string;
+  readonly logger: Logger;
+}
+
+export interface HttpServer {
+  readonly port: number;
+  /** Stops accepting, waits up to graceMs for requests in flight, then closes the rest. */
+  close(graceMs: number): Promise<void>;
+}
+
+/** Stop strings per request (OpenAI allows 4). */
+const STOP_STRINGS_MAX = 4;
+const CHAT_MESSAGES_MAX = 1024;
+
+/** An OpenAI-style error: HTTP status plus the body's type, param and code. */
+export class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly type: string,
+    readonly param: string | null = null,
+    readonly code: string | null = null,
+  ) {
+    super(message);
+    this.name = 'HttpError';
+  }
+}
+
+const invalid = (message: string, param: string | null, code: string | null = null): HttpError =>
+  new HttpError(400, message, 'invalid_request_error', param, code);
+
+const STATUS_OF_KIND: Readonly<Record<ErrorKind, number>> = {
+  'invalid-argument': 400,
+  'not-found': 404,
+  'already-exists': 409,
+  'resource-exhausted': 429,
+  'failed-precondition': 400,
+  'data-loss': 500,
+  unavailable: 503,
+  internal: 500,
+};
+
+function httpErrorOf(err: unknown): HttpError {
+  if (err instanceof HttpError) return err;
+  if (err instanceof KvmeshError) {
+    const status = STATUS_OF_KIND[err.kind];
+    const type =
+      status === 400 ? 'invalid_request_error' : status === 503 ? 'service_unavailable' : 'server_error';
+    return new HttpError(status, err.message, type, null, err.code.toLowerCase());
+  }
+  return new HttpError(500, 'internal error', 'server_error', null, 'internal_error');
+}
+
+const errorBody = (err: HttpError): unknown => ({
+  error: { message: err.message, type: err.type, param: err.param, code: err.code },
+});
+
+// ---------------------------------------------------------------------------------------------
+// Request parsing
+
+type Body = Readonly<Record<string, unknown>>;
+
+interface ParsedRequest {
+  readonly stream: boolean;
+  readonly includeUsage: boolean;
+  readonly maxTokens: number;
+  readonly sampling: SamplingInput;
+  readonly stop: readonly string[];
+}
+
+function optionalNumber(body: Body, name: string, min: number, max: number, fallback: number): number {
+  const value = body[name];
+  if (value === undefined || value === null) return fallback;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < min || value > max)
+    throw invalid(`${name} must be a number in [${min}, ${max}], got ${JSON.stringify(value)}`, name);
+  return value;
+}
+
+function optionalInteger(body: Body, name: string, min: number, max: number, fallback: number): number {
+  const value = optionalNumber(body, name, min, max, fallback);
+  if (!Number.isInteger(value))
+    throw invalid(`${name} must be an integer in [${min}, ${max}], got ${value}`, name);
+  return value;
+}
+
+function parseCommon(body: Body, options: HttpServerOptions, maxTokensParam: string): ParsedRequest {
+  const stream = body.stream ?? false;
+  if (typeof stream !== 'boolean') throw invalid('stream must be a boolean', 'stream');
+  const streamOptions = body.stream_options;
+  let includeUsage = false;
+  if (streamOptions !== undefined && streamOptions !== null) {
+    if (typeof streamOptions !== 'object' || Array.isArray(streamOptions))
+      throw invalid('stream_options must be an object', 'stream_options');
+    includeUsage = (streamOptions as Body).include_usage === true;
+  }
+  // NOTE: one choice per request; n > 1 is refused rather than silently ignored.
+  optionalInteger(body, 'n', 1, 1, 1);
+  const maxTokens =
+    body[maxTokensParam] !== undefined && body[maxTokensParam] !== null
+      ? optionalInteger(body, maxTokensParam, 1, options.maxTokensMax, options.maxTokensDefault)
+      : optionalInteger(body, 'max_tokens', 1, options.maxTokensMax, options.maxTokensDefault);
+  const temperature = optionalNumber(body, 'temperature', 0, 2, 1);
+  const topP = optionalNumber(body, 'top_p', 0, 1, 1);
+  const topK = optionalInteger(body, 'top_k', 0, 1 << 20, 0);
+  const seedValue = body.seed;
+  const seed =
+    seedValue === undefined || seedValue === null
+      ? undefined
+      : optionalInteger(body, 'seed', 0, 2 ** 32 - 1, 0);
+  let stop: string[] = [];
+  const stopValue = body.stop;
+  if (typeof stopValue === 'string') stop = [stopValue];
+  else if (Array.isArray(stopValue)) {
+    if (stopValue.length > STOP_STRINGS_MAX || !stopValue.every((s) => typeof s === 'string'))
+      throw invalid(`stop must be a string or at most ${STOP_STRINGS_MAX} strings`, 'stop');
+    stop = stopValue as string[];
+  } else if (stopValue !== undefined && stopValue !== null)
+    throw invalid('stop must be a string or an array of strings', 'stop');
+  if (stop.some((s) => s.length === 0)) throw invalid('stop strings must not be empty', 'stop');
+  return { stream, includeUsage, maxTokens, sampling: { temperature, topP, topK, seed }, stop };
+}
+
+function parseChatMessages(value: unknown): ChatMessage[] {
+  if (!Array.isArray(value) || value.length === 0)
+    throw invalid('messages must be a non-empty array', 'messages');
+  if (value.length > CHAT_MESSAGES_MAX)
+    throw invalid(`messages holds ${value.length} entries, at most ${CHAT_MESSAGES_MAX}`, 'messages');
+  return value.map((entry: unknown, i): ChatMessage => {
+    const param = `messages[${i}]`;
+    if (typeof entry !== 'object' || entry === null) throw invalid(`${param} must be an object`, param);
+    const { role, content } = entry as Body;
+    if (role !== 'system' && role !== 'user' && role !== 'assistant' && role !== 'developer')
+      throw invalid(`${param}.role must be system, developer, user or assistant`, `${param}.role`);
+    let text: string;
+    if (typeof content === 'string') text = content;
+    else if (Array.isArray(content)) {
+      // Content parts: only text parts are understood.
+      text = content
+        .map((part: unknown, j) => {
+          const p = part as Body | null;
+          if (p === null || typeof p !== 'object' || p.type !== 'text' || typeof p.text !== 'string')
+            throw invalid(`${param}.content[${j}] must be a text part`, `${param}.content`);
+          return p.text;
+        })
+        .join('');
+    } else throw invalid(`${param}.content must be a string or an array of text parts`, `${param}.content`);
+    return { role: role === 'developer' ? 'system' : role, content: text };
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server
+
+export async function startHttpServer(
+  backend: GenerationBackend,
+  options: HttpServerOptions,
+): Promise<HttpServer> {
+  const { logger } = options;
+  const apiKey = options.apiKey === '' ? undefined : Buffer.from(`Bearer ${options.apiKey}`);
+  const created = (): number => Math.floor(Date.now() / 1000);
+  let inFlight = 0;
+
+  const sendJson = (res: ServerResponse, status: number, body: unknown): void => {
+    const text = JSON.stringify(body);
+    res.writeHead(status, {
+      'content-type': 'application/json',
+      'content-length': Buffer.byteLength(text),
+    });
+    res.end(text);
+  };
+  const sendError = (res: ServerResponse, err: HttpError): void => {
+    if (res.headersSent) {
+      if (!res.writableEnded) res.end();
+      return;
+    }
+    sendJson(res, err.status, errorBody(err));
+  };
+
+  const authorized = (req: IncomingMessage): boolean => {
+    if (apiKey === undefined) return true;
+    const given = Buffer.from(req.headers.authorization ?? '');
+    return given.length === apiKey.length && timingSafeEqual(given, apiKey);
+  };
+
+  const readBody = (req: IncomingMessage): Promise<Buffer> =>
+    new Promise((resolve, reject) => {
+      const declared = Number(req.headers['content-length'] ?? 0);
+      const tooLarge = (): HttpError =>
+        new HttpError(
+          413,
+          `request body exceeds ${options.requestBytesMax} bytes`,
+          'invalid_request_error',
+          null,
+          'request_too_large',
+        );
+      if (declared > options.requestBytesMax) {
+        reject(tooLarge());
+        return;
+      }
+      const chunks: Buffer[] = [];
+      let bytes = 0;
+      req.on('data', (chunk: Buffer) => {
+        bytes += chunk.length;
+        if (bytes > options.requestBytesMax) {
+          req.removeAllListeners('data');
+          reject(tooLarge());
+          return;
+        }
+        chunks.push(chunk);
+      });
+      req.on('end', () => resolve(Buffer.concat(chunks)));
+      req.on('error', reject);
+    });
+
+  const parseJson = (raw: Buffer): Body => {
+    let body: unknown;
+    try {
+      body = JSON.parse(raw.toString('utf8'));
+    } catch (err) {
+      throw invalid(`request body is not valid JSON: ${(err as Error).message}`, null, 'invalid_json');
+    }
+    if (typeof body !== 'object' || body === null || Array.isArray(body))
+      throw invalid('request body must be a JSON object', null, 'invalid_json');
+    return body as Body;
+  };
+
+  const checkModel = (body: Body): void => {
+    const model = body.model;
+    if (typeof model !== 'string' || model === '') throw invalid('model is required', 'model');
+    if (model !== backend.modelName)
+      throw new HttpError(
+        404,
+        `The model '${model}' does not exist; this server serves '${backend.modelName}'`,
+        'invalid_request_error',
+        'model',
+        'model_not_found',
+      );
+  };
+
+  const tokenizePrompt = (body: Body, chat: boolean): number[] => {
+    if (chat) {
+      const messages = parseChatMessages(body.messages);
+      // NOTE: the chat template writes its own BOS, so no special tokens are added on top.
+      return backend.tokenizer.encode(backend.tokenizer.applyChatTemplate(messages, true), {
+        addSpecialTokens: false,
+      });
+    }
+    const prompt = body.prompt;
+    if (typeof prompt === 'string') {
+      if (prompt === '') throw invalid('prompt must not be empty', 'prompt');
+      return backend.tokenizer.encode(prompt, { addSpecialTokens: true });
+    }
+    if (Array.isArray(prompt) && prompt.length > 0 && prompt.every((t) => Number.isInteger(t) && t >= 0))
+      return prompt as number[];
+    throw invalid('prompt must be a non-empty string or a non-empty array of token ids', 'prompt');
+  };
+
+  const handleGeneration = async (
+    req: IncomingMessage,
+    res: ServerResponse,
+    chat: boolean,
+  ): Promise<void> => {
+    const body = parseJson(await readBody(req));
+    checkModel(body);
+    const parsed = parseCommon(body, options, chat ? 'max_completion_tokens' : 'max_tokens');
+    const promptTokens = tokenizePrompt(body, chat);
+    if (promptTokens.length + parsed.maxTokens > backend.maxContextTokens)
+      throw invalid(
+        `This model's maximum context length is ${backend.maxContextTokens} tokens; the prompt has ` +
+          `${promptTokens.length} and max_tokens asks ${parsed.maxTokens} more`,
+        chat ? 'messages' : 'prompt',
+        'context_length_exceeded',
+      );
+    if (inFlight >= options.requestsInFlightMax)
+      throw new HttpError(
+        429,
+        `${inFlight} requests are running, limit is ${options.requestsInFlightMax}; retry later`,
+        'rate_limit_error',
+        null,
+        'too_many_requests',
+      );
+    inFlight++;
+    const abort = new AbortController();
+    // NOTE: 'close' on the response fires once it is done or the socket went away; only the latter
+    // (before our end) means the client left mid-request.
+    const onClose = (): void => {
+      if (!res.writableFinished) abort.abort();
+    };
+    res.on('close', onClose);
+    const id = `${chat ? 'chatcmpl' : 'cmpl'}-${randomBytes(12).toString('hex')}`;
+    const object = chat ? 'chat.completion' : 'text_completion';
+    const base = {
+      id,
+      object: chat ? 'chat.completion.chunk' : 'text_completion',
+      created: created(),
+      model: backend.modelName,
+    };
+    const chunkChoice = (text: string, finishReason: string | null, first: boolean): unknown =>
+      chat
+        ? {
+            index: 0,
+            delta: first ? { role: 'assistant', content: text } : text === '' ? {} : { content: text },
+            logprobs: null,
+            finish_reason: finishReason,
+          }
+        : { index: 0, text, logprobs: null, finish_reason: finishReason };
+    const usageOf = (u: GenerationUsage | undefined): unknown =>
+      u === undefined
+        ? null
+        : {
+            prompt_tokens: u.promptTokens,
+            completion_tokens: u.completionTokens,
+            total_tokens: u.promptTokens + u.completionTokens,
+            prompt_tokens_details: { cached_tokens: u.cachedTokens },
+          };
+    try {
+      const chunks = backend.generate({
+        requestId: id.slice(0, 64),
+        promptTokens,
+        maxTokens: parsed.maxTokens,
+        sampling: parsed.sampling,
+        stop: parsed.stop,
+        signal: abort.signal,
+      });
+      if (parsed.stream) {
+        const iterator = chunks[Symbol.asyncIterator]();
+        // Routing or prefill errors come before the first chunk: they still get a proper status.
+        let next = await iterator.next();
+        res.writeHead(200, {
+          'content-type': 'text/event-stream',
+          'cache-control': 'no-cache',
+          connection: 'keep-alive',
+        });
+        const send = (payload: unknown): void => void res.write(`data: ${JSON.stringify(payload)}\n\n`);
+        let first = true;
+        let usage: GenerationUsage | undefined;
+        try {
+          for (; next.done !== true; next = await iterator.next()) {
+            const chunk = next.value;
+            usage = chunk.usage ?? usage;
+            if (abort.signal.aborted) break;
+            send({ ...base, choices: [chunkChoice(chunk.text, chunk.finishReason, first)] });
+            first = false;
+          }
+        } catch (err) {
+          const httpErr = httpErrorOf(err);
+          logger.warn('stream failed', { requestId: id, err });
+          send(errorBody(httpErr));
+        }
+        if (!abort.signal.aborted) {
+          if (parsed.includeUsage) send({ ...base, choices: [], usage: usageOf(usage) });
+          res.write('data: [DONE]\n\n');
+          res.end();
+        }
+        return;
+      }
+      let text = '';
+      let finishReason: string | null = null;
+      let usage: GenerationUsage | undefined;
+      for await (const chunk of chunks) {
+        text += chunk.text;
+        finishReason = chunk.finishReason ?? finishReason;
+        usage = chunk.usage ?? usage;
+      }
+      if (abort.signal.aborted) return;
+      const choice = chat
+        ? {
+            index: 0,
+            message: { role: 'assistant', content: text },
+            logprobs: null,
+            finish_reason: finishReason,
+          }
+        : { index: 0, text, logprobs: null, finish_reason: finishReason };
+      sendJson(res, 200, {
+        id,
+        object,
+        created: base.created,
+        model: backend.modelName,
+        choices: [choice],
+        usage: usageOf(usage),
+      });
+    } finally {
+      inFlight--;
+      res.removeListener('close', onClose);
+    }
+  };
+
+  const route = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const path = (req.url ?? '/').split('?')[0];
+    if (path === '/health' && req.method === 'GET') {
+      const health = backend.health();
+      sendJson(res, health.ok ? 200 : 503, { status: health.ok ? 'ok' : 'unavailable', ...health });
+      return;
+    }
+    if (!authorized(req))
+      throw new HttpError(
+        401,
+        'Incorrect or missing API key',
+        'invalid_request_error',
+        null,
+        'invalid_api_key',
+      );
+    if (path === '/v1/models') {
+      if (req.method !== 'GET') throw new HttpError(405, 'use GET', 'invalid_request_error');
+      sendJson(res, 200, {
+        object: 'list',
+        data: [{ id: backend.modelName, object: 'model', created: 0, owned_by: 'kvmesh' }],
+      });
+      return;
+    }
+    if (path === '/v1/completions' || path === '/v1/chat/completions') {
+      if (req.method !== 'POST') throw new HttpError(405, 'use POST', 'invalid_request_error');
+      await handleGeneration(req, res, path === '/v1/chat/completions');
+      return;
+    }
+    throw new HttpError(
+      404,
+      `no route for ${req.method ?? ''} ${path}`,
+      'invalid_request_error',
+      null,
+      'not_found',
+    );
+  };
+
+  const server = createServer((req, res) => {
+    route(req, res).catch((err: unknown) => {
+      const httpErr = httpErrorOf(err);
+      if (httpErr.status >= 500) logger.error('request failed', { url: req.url, err });
+      if (httpErr.status === 413) {
+        // The rest of the body is not read: close the connection once the answer is out.
+        res.setHeader('connection', 'close');
+        res.on('finish', () => req.destroy());
+      }
+      sendError(res, httpErr);
+    });
+  });
+  server.headersTimeout = 30_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(options.port, options.host, () => {
+      server.removeListener('error', reject);
+      resolve();
+    });
+  });
+  const port = (server.address() as AddressInfo).port;
+
+  return {
+    port,
+    close: (graceMs) =>
+      new Promise<void>((resolve) => {
+        const timer = setTimeout(() => server.closeAllConnections(), graceMs);
+        timer.unref();
+        server.close(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+        server.closeIdleConnections();
+      }),
+  };
+}

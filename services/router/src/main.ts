@@ -1,0 +1,54 @@
+// Entry point of the router process: config (KVMESH_* env, --flags) → startRouter (logger, model
+// tokenizer, NATS, membership, index feed, HTTP server) → the ready line on stdout → graceful
+// shutdown on SIGTERM / SIGINT (a second signal exits at once). Wiring only.
+import { announceReady, describeConfig } from '@kvmesh/runtime';
+
+import { ROUTER_CONFIG_SCHEMA, checkRouterConfig, loadRouterConfig, type RouterConfig } from './config.ts';
+import { startRouter } from './router.ts';
+
+const argv = process.argv.slice(2);
+if (argv.includes('--help')) {
+  process.stdout.write(
+    `router; every setting is a --flag or a KVMESH_* variable:\n${describeConfig(ROUTER_CONFIG_SCHEMA)}\n`,
+  );
+  process.exit(0);
+}
+
+let config: RouterConfig;
+try {
+  config = loadRouterConfig({ env: process.env, argv });
+  checkRouterConfig(config);
+} catch (err) {
+  process.stderr.write(`router: ${(err as Error).message}\n`);
+  process.exit(2);
+}
+
+const router = await startRouter(config).catch((err: unknown) => {
+  process.stderr.write(`router: cannot start: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exit(1);
+});
+
+let stopping = false;
+const stop = (signal: NodeJS.Signals): void => {
+  if (stopping) {
+    process.stderr.write(`router: ${signal} again, exiting now\n`);
+    process.exit(1);
+  }
+  stopping = true;
+  router.close().then(
+    () => process.exit(0),
+    (err: unknown) => {
+      process.stderr.write(`router: shutdown failed: ${err instanceof Error ? err.message : String(err)}\n`);
+      process.exit(1);
+    },
+  );
+};
+process.on('SIGTERM', stop);
+process.on('SIGINT', stop);
+
+announceReady({
+  role: 'router',
+  httpAddress: router.httpAddress,
+  model: router.modelName,
+  policy: router.policy,
+});

@@ -1,0 +1,333 @@
+// End to end through the router's OpenAI-compatible HTTP API with plain fetch: a real nats-server,
+// two kvstore nodes as child processes (R = 2), a tiny generated model, one prefill and one decode
+// worker and the router in-process. A greedy completion through the mesh equals an in-process
+// engine's continuation (f32); a streamed chat completion is SSE ending with [DONE]; a request that
+// shares a long prefix with an earlier one reports cached tokens; bad requests get OpenAI error bodies.
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+
+import { decodeConfig, startDecodeWorker, type DecodeWorker } from '@kvmesh/decode';
+import { Engine, NO_PROGRESS, TextStream, generateModel, loadModel, type LoadedModel } from '@kvmesh/engine';
+import { prefillConfig, startPrefillWorker, type PrefillWorker } from '@kvmesh/prefill';
+import { createLogger } from '@kvmesh/runtime';
+import {
+  spawnService,
+  startNatsServer,
+  waitFor,
+  type NatsServerHandle,
+  type ServiceHandle,
+} from '@kvmesh/test-harness';
+
+import { routerConfig } from '../src/config.ts';
+import { startHttpServer, type GenerationBackend } from '../src/http.ts';
+import { startRouter, type Router } from '../src/router.ts';
+
+const B = 16;
+const TOKEN = 'router-test-token';
+const HEARTBEAT_MS = 100;
+const MISSED_HEARTBEATS_MAX = 5;
+
+interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+  prompt_tokens_details: { cached_tokens: number };
+}
+interface CompletionBody {
+  object: string;
+  model: string;
+  choices: { text: string; finish_reason: string }[];
+  usage: Usage;
+}
+interface ErrorBody {
+  error: { message: string; type: string; param: string | null; code: string | null };
+}
+
+describe('router - OpenAI HTTP API over prefill and decode workers and a 2-node kvstore', () => {
+  let dir = '';
+  let model: LoadedModel;
+  let nats: NatsServerHandle;
+  const kvNodes: ServiceHandle[] = [];
+  let prefill: PrefillWorker;
+  let decode: DecodeWorker;
+  let router: Router;
+  let base = '';
+
+  const post = (path: string, body: unknown): Promise<Response> =>
+    fetch(`${base}${path}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: typeof body === 'string' ? body : JSON.stringify(body),
+    });
+
+  /** The text a fresh in-process engine generates greedily from `prompt` (model EOS, f32). */
+  const reference = (prompt: string, maxTokens: number): string => {
+    const tokens = model.tokenizer.encode(prompt, { addSpecialTokens: true });
+    const engine = new Engine(model, { codec: 'f32', blockTokens: B });
+    // NOTE: the engine's default sampling is greedy.
+    const id = engine.addSequence({ promptTokens: tokens, maxTokens });
+    const stream = new TextStream(model.tokenizer);
+    let text = '';
+    for (;;) {
+      const event = engine.step().find((e) => e.sequenceId === id);
+      assert.ok(event);
+      text += stream.push(event.token).text;
+      if (event.finishReason != null) return text + stream.finish();
+    }
+  };
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'kvmesh-router-'));
+    const modelDir = join(dir, 'tiny');
+    generateModel({ outDir: modelDir, preset: 'tiny', seed: 5, progress: NO_PROGRESS });
+    model = loadModel(modelDir);
+    nats = await startNatsServer({ jetstream: true });
+    kvNodes.push(
+      ...(await Promise.all(
+        ['kv-a', 'kv-b'].map((nodeId) =>
+          spawnService({
+            name: nodeId,
+            entry: 'services/kvstore/src/main.ts',
+            env: {
+              KVMESH_NODE_ID: nodeId,
+              KVMESH_NATS_URL: nats.url,
+              KVMESH_REPLICAS: '2',
+              KVMESH_HEARTBEAT_INTERVAL_MS: String(HEARTBEAT_MS),
+              KVMESH_MISSED_HEARTBEATS_MAX: String(MISSED_HEARTBEATS_MAX),
+              KVMESH_BYTES_BUDGET: '64MiB',
+              KVMESH_DATA_TOKEN: TOKEN,
+              KVMESH_LOG_LEVEL: 'warn',
+            },
+          }),
+        ),
+      )),
+    );
+    const store = {
+      modelDir,
+      blockTokens: B,
+      codec: 'f32',
+      natsUrl: nats.url,
+      replicas: 2,
+      dataToken: TOKEN,
+      storeNodesMin: 2,
+      storeHeartbeatIntervalMs: HEARTBEAT_MS,
+      storeMissedHeartbeatsMax: MISSED_HEARTBEATS_MAX,
+      heartbeatIntervalMs: HEARTBEAT_MS,
+    };
+    const quiet = (service: string) => createLogger({ service, level: 'error' });
+    [prefill, decode] = await Promise.all([
+      startPrefillWorker(prefillConfig({ ...store, nodeId: 'prefill-0' }), {
+        model,
+        logger: quiet('prefill'),
+      }),
+      startDecodeWorker(decodeConfig({ ...store, nodeId: 'decode-0' }), { model, logger: quiet('decode') }),
+    ]);
+    router = await startRouter(
+      routerConfig({
+        modelDir,
+        httpPort: 0,
+        natsUrl: nats.url,
+        policy: 'kv-aware',
+        blockTokens: B,
+        codec: 'f32',
+        prefillUncachedTokensMin: 2 * B,
+        workerHeartbeatIntervalMs: HEARTBEAT_MS,
+        workerMissedHeartbeatsMax: MISSED_HEARTBEATS_MAX,
+      }),
+      { model, logger: quiet('router') },
+    );
+    base = `http://${router.httpAddress}`;
+    await waitFor(
+      () => {
+        const live = router.stats().liveWorkers;
+        return live.prefill === 1 && live.decode === 1 && live.kvstore === 2;
+      },
+      { timeoutMs: 10_000, message: 'the router sees both workers and both kvstore nodes' },
+    );
+    // The nodes refuse puts until each sees the other, and a prefill fails until then: warm up with
+    // a prompt long enough to be prefilled, unrelated to the tests' prompts.
+    const warmup = 'warm up the store '.repeat(8);
+    await waitFor(
+      async () =>
+        (await post('/v1/completions', { model: model.name, prompt: warmup, max_tokens: 1 })).status === 200,
+      { timeoutMs: 15_000, message: 'a prefilled completion through the router' },
+    );
+  });
+
+  after(async () => {
+    await router?.close();
+    await prefill?.close();
+    await decode?.close();
+    for (const node of kvNodes) await node.stop();
+    await nats?.stop();
+    if (dir !== '') rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('router - /v1/models lists the served model and /health is ok', async () => {
+    const res = await fetch(`${base}/v1/models`);
+    assert.equal(res.status, 200);
+    const body = (await res.json()) as { object: string; data: { id: string; object: string }[] };
+    assert.equal(body.object, 'list');
+    assert.deepEqual(
+      body.data.map((m) => [m.id, m.object]),
+      [[model.name, 'model']],
+    );
+    assert.equal((await fetch(`${base}/health`)).status, 200);
+  });
+
+  it('router - a greedy completion equals an in-process engine continuation (f32)', async () => {
+    const prompt = 'The mesh computes every prefix once';
+    const res = await post('/v1/completions', { model: model.name, prompt, max_tokens: 12, temperature: 0 });
+    assert.equal(res.status, 200);
+    const body = (await res.json()) as CompletionBody;
+    assert.equal(body.object, 'text_completion');
+    assert.equal(body.choices.length, 1);
+    assert.equal(body.choices[0]?.text, reference(prompt, 12));
+    const promptTokens = model.tokenizer.encode(prompt, { addSpecialTokens: true }).length;
+    assert.equal(body.usage.prompt_tokens, promptTokens);
+    assert.equal(body.usage.total_tokens, promptTokens + body.usage.completion_tokens);
+  });
+
+  it('router - a streamed chat completion is SSE chunks ending with [DONE]', async () => {
+    const res = await post('/v1/chat/completions', {
+      model: model.name,
+      messages: [{ role: 'user', content: 'hello there' }],
+      max_tokens: 6,
+      temperature: 0,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    assert.equal(res.status, 200);
+    assert.match(res.headers.get('content-type') ?? '', /^text\/event-stream/);
+    const events = (await res.text()).split('\n\n').filter((e) => e !== '');
+    assert.ok(events.every((e) => e.startsWith('data: ')));
+    assert.equal(events.at(-1), 'data: [DONE]');
+    const chunks = events.slice(0, -1).map(
+      (e) =>
+        JSON.parse(e.slice('data: '.length)) as {
+          object: string;
+          choices: { delta: { role?: string; content?: string }; finish_reason: string | null }[];
+          usage?: Usage;
+        },
+    );
+    assert.ok(chunks.length >= 2);
+    assert.ok(chunks.every((c) => c.object === 'chat.completion.chunk'));
+    assert.equal(chunks[0]?.choices[0]?.delta.role, 'assistant');
+    const withChoice = chunks.filter((c) => c.choices.length > 0);
+    assert.ok(withChoice.at(-1)?.choices[0]?.finish_reason !== null);
+    assert.equal(chunks.at(-1)?.usage?.completion_tokens, withChoice.length);
+  });
+
+  it('router - a second request sharing a long prefix reports cached tokens', async () => {
+    const prefix = 'Shared system prompt: answer briefly and precisely. '.repeat(4);
+    const ask = async (question: string): Promise<Usage> => {
+      const res = await post('/v1/completions', {
+        model: model.name,
+        prompt: prefix + question,
+        max_tokens: 2,
+        temperature: 0,
+      });
+      assert.equal(res.status, 200);
+      return ((await res.json()) as CompletionBody).usage;
+    };
+    const first = await ask('What is a block?');
+    assert.ok(first.prompt_tokens >= 4 * B, `prompt has ${first.prompt_tokens} tokens`);
+    assert.equal(first.prompt_tokens_details.cached_tokens, 0);
+    const second = await ask('Where do blocks live?');
+    assert.ok(second.prompt_tokens_details.cached_tokens >= 2 * B, JSON.stringify(second));
+    assert.equal(second.prompt_tokens_details.cached_tokens % B, 0);
+    assert.ok(router.stats().plans['prefill-then-decode'] >= 2, 'the warm-up and the first were prefilled');
+  });
+
+  it('router - bad requests get OpenAI error bodies', async () => {
+    const expectError = async (res: Response, status: number, param: string | null): Promise<ErrorBody> => {
+      assert.equal(res.status, status);
+      const body = (await res.json()) as ErrorBody;
+      assert.equal(typeof body.error.message, 'string');
+      assert.equal(typeof body.error.type, 'string');
+      assert.equal(body.error.param, param);
+      return body;
+    };
+    const malformed = await expectError(await post('/v1/completions', '{"model": '), 400, null);
+    assert.equal(malformed.error.code, 'invalid_json');
+    const unknown = await expectError(
+      await post('/v1/completions', { model: 'nope', prompt: 'hi' }),
+      404,
+      'model',
+    );
+    assert.equal(unknown.error.code, 'model_not_found');
+    await expectError(
+      await post('/v1/completions', { model: model.name, prompt: 'hi', max_tokens: 0 }),
+      400,
+      'max_tokens',
+    );
+    const long = await expectError(
+      await post('/v1/completions', {
+        model: model.name,
+        prompt: Array.from({ length: model.config.maxContextTokens }, () => 5),
+      }),
+      400,
+      'prompt',
+    );
+    assert.equal(long.error.code, 'context_length_exceeded');
+  });
+});
+
+describe('router - HTTP edge limits', () => {
+  const backend: GenerationBackend = {
+    modelName: 'fake',
+    maxContextTokens: 64,
+    blockTokens: 16,
+    tokenizer: { encode: (text) => [...text].map((c) => c.charCodeAt(0)), applyChatTemplate: () => 'chat' },
+    async *generate() {
+      await Promise.resolve();
+      yield {
+        text: 'ok',
+        tokenIds: [1],
+        finishReason: 'stop',
+        usage: { promptTokens: 1, completionTokens: 1, cachedTokens: 0 },
+      };
+    },
+    health: () => ({ ok: true }),
+  };
+
+  it('router - an API key is required when configured, and an oversized body is refused with 413', async () => {
+    const server = await startHttpServer(backend, {
+      host: '127.0.0.1',
+      port: 0,
+      requestBytesMax: 1024,
+      requestsInFlightMax: 4,
+      maxTokensDefault: 4,
+      maxTokensMax: 16,
+      apiKey: 'sekret',
+      logger: createLogger({ service: 'router', level: 'error' }),
+    });
+    try {
+      const url = `http://127.0.0.1:${server.port}`;
+      const body = JSON.stringify({ model: 'fake', prompt: 'hi' });
+      const denied = await fetch(`${url}/v1/completions`, { method: 'POST', body });
+      assert.equal(denied.status, 401);
+      assert.equal(((await denied.json()) as ErrorBody).error.code, 'invalid_api_key');
+      const wrong = await fetch(`${url}/v1/models`, { headers: { authorization: 'Bearer nope' } });
+      assert.equal(wrong.status, 401);
+      await wrong.body?.cancel();
+      const auth = { authorization: 'Bearer sekret' };
+      const ok = await fetch(`${url}/v1/completions`, { method: 'POST', body, headers: auth });
+      assert.equal(ok.status, 200);
+      assert.equal(((await ok.json()) as CompletionBody).choices[0]?.text, 'ok');
+      const big = await fetch(`${url}/v1/completions`, {
+        method: 'POST',
+        headers: auth,
+        body: JSON.stringify({ model: 'fake', prompt: 'x'.repeat(4096) }),
+      });
+      assert.equal(big.status, 413);
+      assert.equal(((await big.json()) as ErrorBody).error.code, 'request_too_large');
+      assert.equal((await fetch(`${url}/health`)).status, 200, 'health needs no key');
+    } finally {
+      await server.close(100);
+    }
+  });
+});
