@@ -3,6 +3,7 @@
 import { runGenerateCommand, runModelCommand } from '@kvmesh/engine';
 
 import { runDoctor } from './doctor.ts';
+import { runUp } from './up.ts';
 
 const HELP = `usage: kvmesh <command> [options]
 
@@ -17,7 +18,9 @@ commands:
            [--temperature T --top-p P --top-k K --seed S --stop TEXT]
                     run one prompt through the engine; text streams to stdout, counts and
                     tokens/s to stderr
-  up                run the local mesh (for now: checks the machine and lists what is not built yet)
+  up [--model DIR --port N --kvstore N --prefill N --decode N --codec C --block-tokens N --policy P]
+                    run the local mesh: nats-server, kvstore nodes, prefill and decode workers and
+                    the router as child processes; prints the OpenAI base URL; Ctrl-C stops all
   help              this text
 `;
 
@@ -31,7 +34,7 @@ export async function main(argv: string[]): Promise<number> {
     case 'generate':
       return runGenerateCommand(rest);
     case 'up':
-      return runUp();
+      return runUp(rest);
     case undefined:
     case 'help':
     case '--help':
@@ -42,16 +45,4 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`kvmesh: unknown command '${command}'\n\n${HELP}`);
       return 2;
   }
-}
-
-async function runUp(): Promise<number> {
-  const code = await runDoctor([]);
-  process.stdout.write(
-    '\nkvmesh up: the serving mesh (router, prefill and decode workers, tiering) is not built yet.\n' +
-      'What runs today: the model engine (kvmesh generate), the kvstore node and its SDK:\n' +
-      '  node --import tsx services/kvstore/src/main.ts --help\n' +
-      'Try: kvmesh model init --out /tmp/m --preset tiny && kvmesh generate --model /tmp/m --prompt Hello\n' +
-      '     npm run bench -- engine | store | transport | codec | hash | dense\n',
-  );
-  return code;
 }

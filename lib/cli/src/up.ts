@@ -1,0 +1,363 @@
+// `kvmesh up`: the local mesh on one machine. Starts nats-server (JetStream), the kvstore nodes,
+// prefill and decode workers and the router as child processes on loopback, each waiting for the
+// previous tier's ready line; streams their logs to stderr with a per-service prefix; prints
+// `kvmesh ready: http://127.0.0.1:<port>/v1`; on Ctrl-C or SIGTERM stops them in reverse order
+// (SIGTERM, then SIGKILL after a grace period) so no child outlives it.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+
+import { generateModel } from '@kvmesh/engine';
+
+const REPO_ROOT = resolve(new URL('../../..', import.meta.url).pathname);
+const READY_TIMEOUT_MS = 60_000;
+const STOP_GRACE_MS = 8_000;
+
+export const UP_USAGE = `usage: kvmesh up [options]
+
+options:
+  --model DIR          Hugging Face model directory (default: generate the tiny model in .kvmesh/models/tiny)
+  --port N             router HTTP port (default 8000; 0 picks a free one)
+  --kvstore N          kvstore nodes (default 2)      --replicas N   copies per block (default min(2, kvstore))
+  --prefill N          prefill workers (default 1)    --decode N     decode workers (default 1)
+  --codec C            KV codec: f32, f16, kivi8, kivi4, kivi2 (default f32)
+  --block-tokens N     tokens per KV block (default 64)
+  --policy P           kv-aware | round-robin | least-loaded (default kv-aware)
+`;
+
+export interface UpOptions {
+  modelDir?: string;
+  port: number;
+  kvstore: number;
+  replicas?: number;
+  prefill: number;
+  decode: number;
+  codec: string;
+  blockTokens: number;
+  policy: string;
+}
+
+class UsageError extends Error {}
+
+function intOption(flag: string, raw: string | undefined, min: number, max: number): number {
+  const value = Number(raw);
+  if (raw === undefined || !Number.isInteger(value) || value < min || value > max) {
+    throw new UsageError(`${flag} must be an integer in [${min}, ${max}], got '${raw ?? ''}'`);
+  }
+  return value;
+}
+
+export function parseUpArgs(args: readonly string[]): UpOptions {
+  const options: UpOptions = {
+    port: 8000,
+    kvstore: 2,
+    prefill: 1,
+    decode: 1,
+    codec: 'f32',
+    blockTokens: 64,
+    policy: 'kv-aware',
+  };
+  for (let i = 0; i < args.length; i++) {
+    const flag = args[i] as string;
+    const value = (): string | undefined => args[++i];
+    switch (flag) {
+      case '--model':
+        options.modelDir = value();
+        if (options.modelDir === undefined) throw new UsageError('--model needs a directory');
+        break;
+      case '--port':
+        options.port = intOption(flag, value(), 0, 65535);
+        break;
+      case '--kvstore':
+        options.kvstore = intOption(flag, value(), 1, 16);
+        break;
+      case '--replicas':
+        options.replicas = intOption(flag, value(), 1, 16);
+        break;
+      case '--prefill':
+        options.prefill = intOption(flag, value(), 0, 16);
+        break;
+      case '--decode':
+        options.decode = intOption(flag, value(), 1, 16);
+        break;
+      case '--codec': {
+        const codec = value();
+        if (!['f32', 'f16', 'kivi8', 'kivi4', 'kivi2'].includes(codec ?? '')) {
+          throw new UsageError(`--codec must be one of f32, f16, kivi8, kivi4, kivi2, got '${codec ?? ''}'`);
+        }
+        options.codec = codec as string;
+        break;
+      }
+      case '--block-tokens':
+        options.blockTokens = intOption(flag, value(), 16, 256);
+        if (options.blockTokens % 16 !== 0) throw new UsageError('--block-tokens must be a multiple of 16');
+        break;
+      case '--policy': {
+        const policy = value();
+        if (!['kv-aware', 'round-robin', 'least-loaded'].includes(policy ?? '')) {
+          throw new UsageError(
+            `--policy must be kv-aware, round-robin or least-loaded, got '${policy ?? ''}'`,
+          );
+        }
+        options.policy = policy as string;
+        break;
+      }
+      default:
+        throw new UsageError(`unknown argument '${flag}'`);
+    }
+  }
+  if (options.replicas !== undefined && options.replicas > options.kvstore) {
+    throw new UsageError(`--replicas ${options.replicas} needs at least that many kvstore nodes`);
+  }
+  return options;
+}
+
+interface Child {
+  name: string;
+  process: ChildProcess;
+  exited: Promise<void>;
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    const probe = createServer();
+    probe.once('error', reject);
+    probe.listen(0, '127.0.0.1', () => {
+      const { port } = probe.address() as { port: number };
+      probe.close(() => resolvePort(port));
+    });
+  });
+}
+
+/** Prefixes every line of a child's stream onto our stderr. */
+function prefixLines(name: string, stream: NodeJS.ReadableStream, out: NodeJS.WritableStream): void {
+  const lines = createInterface({ input: stream });
+  lines.on('line', (line) => out.write(`[${name}] ${line}\n`));
+}
+
+function startChild(
+  name: string,
+  command: string,
+  args: string[],
+  env: Record<string, string>,
+  readyWhen: (line: string) => Record<string, unknown> | undefined,
+  children: Child[],
+): Promise<Record<string, unknown>> {
+  const child = spawn(command, args, {
+    cwd: REPO_ROOT,
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const exited = new Promise<void>((done) => child.once('exit', () => done()));
+  children.push({ name, process: child, exited });
+  prefixLines(name, child.stderr as NodeJS.ReadableStream, process.stderr);
+  return new Promise((resolveReady, reject) => {
+    const timer = setTimeout(
+      () => reject(new Error(`${name} was not ready within ${READY_TIMEOUT_MS / 1000} s`)),
+      READY_TIMEOUT_MS,
+    );
+    const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream });
+    lines.on('line', (line) => {
+      const info = readyWhen(line);
+      if (info !== undefined) {
+        clearTimeout(timer);
+        resolveReady(info);
+      } else {
+        process.stderr.write(`[${name}] ${line}\n`);
+      }
+    });
+    child.once('exit', (code, signal) => {
+      clearTimeout(timer);
+      reject(new Error(`${name} exited (code ${code}, signal ${signal}) before it was ready`));
+    });
+  });
+}
+
+const readyLine = (line: string): Record<string, unknown> | undefined => {
+  if (!line.startsWith('{')) return undefined;
+  try {
+    const parsed = JSON.parse(line) as Record<string, unknown>;
+    return parsed.ready === true ? parsed : undefined;
+  } catch {
+    return undefined;
+  }
+};
+
+async function stopAll(children: Child[]): Promise<void> {
+  for (const child of [...children].reverse()) {
+    if (child.process.exitCode !== null || child.process.signalCode !== null) continue;
+    child.process.kill('SIGTERM');
+    const killed = setTimeout(() => child.process.kill('SIGKILL'), STOP_GRACE_MS);
+    await child.exited;
+    clearTimeout(killed);
+  }
+}
+
+function ensureModel(modelDir: string | undefined): string {
+  if (modelDir !== undefined) {
+    if (!existsSync(join(modelDir, 'config.json')))
+      throw new UsageError(`--model ${modelDir} has no config.json`);
+    return modelDir;
+  }
+  const dir = join(REPO_ROOT, '.kvmesh', 'models', 'tiny');
+  if (!existsSync(join(dir, 'config.json'))) {
+    process.stderr.write(`kvmesh up: generating the tiny model in ${dir}\n`);
+    mkdirSync(dir, { recursive: true });
+    generateModel({ outDir: dir, preset: 'tiny', seed: 0 });
+  }
+  return dir;
+}
+
+/** Runs the mesh until SIGINT/SIGTERM; resolves with the exit code. */
+export async function runUp(args: readonly string[]): Promise<number> {
+  let options: UpOptions;
+  let modelDir: string;
+  try {
+    options = parseUpArgs(args);
+    modelDir = ensureModel(options.modelDir);
+  } catch (err) {
+    if (err instanceof UsageError) {
+      process.stderr.write(`kvmesh up: ${err.message}\n\n${UP_USAGE}`);
+      return 2;
+    }
+    throw err;
+  }
+  const children: Child[] = [];
+  const storeDir = mkdtempSync(join(tmpdir(), 'kvmesh-up-'));
+  const tsx = createRequire(import.meta.url).resolve('tsx');
+  const node = (entry: string): [string, string[]] => [
+    process.execPath,
+    ['--import', tsx, join(REPO_ROOT, entry)],
+  ];
+  const token = randomBytes(16).toString('hex');
+  let stopping: Promise<number> | undefined;
+  const stop = (code: number): Promise<number> => {
+    stopping ??= (async () => {
+      process.stderr.write('kvmesh up: stopping\n');
+      await stopAll(children);
+      rmSync(storeDir, { recursive: true, force: true });
+      return code;
+    })();
+    return stopping;
+  };
+  let signalled: (code: number) => void = () => undefined;
+  const stopped = new Promise<number>((done) => (signalled = done));
+  const onSignal = (): void => void stop(0).then(signalled);
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    const natsPort = await freePort();
+    const natsUrl = `nats://127.0.0.1:${natsPort}`;
+    // nats-server prints no ready line of ours: its readiness is its port accepting connections.
+    void startChild(
+      'nats',
+      'nats-server',
+      ['-js', '-a', '127.0.0.1', '-p', String(natsPort), '-sd', storeDir],
+      {},
+      () => undefined,
+      children,
+    ).catch(() => undefined);
+    await waitForPort(natsPort);
+    const replicas = options.replicas ?? Math.min(2, options.kvstore);
+    const common = {
+      KVMESH_NATS_URL: natsUrl,
+      KVMESH_DATA_TOKEN: token,
+      KVMESH_REPLICAS: String(replicas),
+      KVMESH_BLOCK_TOKENS: String(options.blockTokens),
+      KVMESH_CODEC: options.codec,
+      KVMESH_MODEL_DIR: modelDir,
+    };
+    const [cmd, kvArgs] = node('services/kvstore/src/main.ts');
+    await Promise.all(
+      Array.from({ length: options.kvstore }, (_, i) =>
+        startChild(
+          `kvstore-${i}`,
+          cmd,
+          kvArgs,
+          { ...common, KVMESH_NODE_ID: `kvstore-${i}` },
+          readyLine,
+          children,
+        ),
+      ),
+    );
+    const workers: Promise<unknown>[] = [];
+    for (let i = 0; i < options.prefill; i++) {
+      const [c, a] = node('services/prefill/src/main.ts');
+      workers.push(
+        startChild(`prefill-${i}`, c, a, { ...common, KVMESH_NODE_ID: `prefill-${i}` }, readyLine, children),
+      );
+    }
+    for (let i = 0; i < options.decode; i++) {
+      const [c, a] = node('services/decode/src/main.ts');
+      workers.push(
+        startChild(`decode-${i}`, c, a, { ...common, KVMESH_NODE_ID: `decode-${i}` }, readyLine, children),
+      );
+    }
+    await Promise.all(workers);
+    const [rc, ra] = node('services/router/src/main.ts');
+    const router = await startChild(
+      'router',
+      rc,
+      ra,
+      { ...common, KVMESH_HTTP_PORT: String(options.port), KVMESH_POLICY: options.policy },
+      readyLine,
+      children,
+    );
+    const base = `http://${String(router.httpAddress)}`;
+    await warmUp(base);
+    process.stdout.write(`kvmesh ready: ${base}/v1\n`);
+  } catch (err) {
+    process.stderr.write(`kvmesh up: ${(err as Error).message}\n`);
+    return stop(1);
+  }
+  return stopped;
+}
+
+async function waitForPort(port: number): Promise<void> {
+  const { connect } = await import('node:net');
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  for (;;) {
+    const ok = await new Promise<boolean>((done) => {
+      const socket = connect({ host: '127.0.0.1', port });
+      socket.once('connect', () => {
+        socket.destroy();
+        done(true);
+      });
+      socket.once('error', () => done(false));
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`nats-server did not listen on port ${port}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/**
+ * Ready means a request goes through: workers have been seen by the router and the kvstore nodes
+ * by each other. One tiny completion, retried while the mesh answers 503, proves the whole path.
+ */
+async function warmUp(base: string): Promise<void> {
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  let last = '';
+  while (Date.now() < deadline) {
+    try {
+      const models = (await (await fetch(`${base}/v1/models`)).json()) as { data?: { id: string }[] };
+      const model = models.data?.[0]?.id;
+      const response = await fetch(`${base}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model, prompt: 'warm up', max_tokens: 1 }),
+      });
+      if (response.ok) return;
+      last = `${response.status} ${await response.text()}`;
+    } catch (err) {
+      last = (err as Error).message;
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  throw new Error(`the mesh did not serve a request within ${READY_TIMEOUT_MS / 1000} s: ${last}`);
+}

@@ -1,0 +1,87 @@
+// `kvmesh up` as a user runs it: the real CLI in a child process starts nats-server, 2 kvstore
+// nodes, a prefill and a decode worker and the router; the OpenAI endpoints answer; SIGTERM stops
+// every child (no orphans) and the launcher exits 0.
+import assert from 'node:assert/strict';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { after, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+
+import { generateModel, NO_PROGRESS } from '@kvmesh/engine';
+
+const bin = fileURLToPath(new URL('../bin/kvmesh.mjs', import.meta.url));
+
+const alive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+describe('cli - kvmesh up', { timeout: 120_000 }, () => {
+  const dir = mkdtempSync(join(tmpdir(), 'kvmesh-up-test-'));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('up - serves the OpenAI API from child processes and stops all of them on SIGTERM', async () => {
+    const modelDir = join(dir, 'tiny');
+    generateModel({ outDir: modelDir, preset: 'tiny', seed: 3, progress: NO_PROGRESS });
+    const launcher = spawn(
+      process.execPath,
+      [bin, 'up', '--model', modelDir, '--port', '0', '--block-tokens', '16'],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
+    let stderr = '';
+    launcher.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-8000)));
+    const exited = new Promise<number | null>((done) => launcher.once('exit', (code) => done(code)));
+    try {
+      const base = await new Promise<string>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no ready line; stderr:\n${stderr}`)), 90_000);
+        createInterface({ input: launcher.stdout }).on('line', (line) => {
+          const m = /^kvmesh ready: (http:\/\/\S+)$/.exec(line);
+          if (m) {
+            clearTimeout(timer);
+            resolve(m[1] as string);
+          }
+        });
+        void exited.then((code) => reject(new Error(`launcher exited ${code}; stderr:\n${stderr}`)));
+      });
+      const models = (await (await fetch(`${base}/models`)).json()) as { data: { id: string }[] };
+      assert.equal(models.data.length, 1);
+      const response = await fetch(`${base}/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: models.data[0]?.id, prompt: 'Once upon a time', max_tokens: 8 }),
+      });
+      assert.equal(response.status, 200, `completion failed: ${await response.clone().text()}\n${stderr}`);
+      const body = (await response.json()) as {
+        choices: { text: string }[];
+        usage: { completion_tokens: number };
+      };
+      assert.equal(body.choices.length, 1);
+      assert.ok(body.usage.completion_tokens >= 1);
+
+      const children = execFileSync('ps', ['-o', 'pid=', '--ppid', String(launcher.pid)], {
+        encoding: 'utf8',
+      })
+        .split('\n')
+        .map((s) => Number(s.trim()))
+        .filter((pid) => pid > 0);
+      assert.ok(
+        children.length >= 6,
+        `nats + 2 kvstore + prefill + decode + router, got ${children.length}\n${stderr}`,
+      );
+      launcher.kill('SIGTERM');
+      assert.equal(await exited, 0, stderr);
+      assert.deepEqual(children.filter(alive), [], 'every child stopped with the launcher');
+    } finally {
+      if (launcher.exitCode === null) launcher.kill('SIGKILL');
+    }
+  });
+});
