@@ -11,6 +11,7 @@ import { after, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
 import { generateModel, NO_PROGRESS } from '@kvmesh/engine';
+import OpenAI from 'openai';
 
 const bin = fileURLToPath(new URL('../bin/kvmesh.mjs', import.meta.url));
 
@@ -66,6 +67,34 @@ describe('cli - kvmesh up', { timeout: 120_000 }, () => {
       };
       assert.equal(body.choices.length, 1);
       assert.ok(body.usage.completion_tokens >= 1);
+
+      // The official client, unmodified, pointed at the router.
+      const openai = new OpenAI({ baseURL: base, apiKey: 'unused' });
+      const listed = await openai.models.list();
+      assert.deepEqual(
+        listed.data.map((m) => m.id),
+        [models.data[0]?.id],
+      );
+      const completion = await openai.completions.create({
+        model: models.data[0]?.id as string,
+        prompt: 'The quick brown fox',
+        max_tokens: 6,
+      });
+      assert.equal(completion.choices.length, 1);
+      const stream = await openai.chat.completions.create({
+        model: models.data[0]?.id as string,
+        messages: [{ role: 'user', content: 'Hello there' }],
+        max_tokens: 8,
+        stream: true,
+      });
+      let chunks = 0;
+      let finish: string | null = null;
+      for await (const chunk of stream) {
+        chunks++;
+        finish = chunk.choices[0]?.finish_reason ?? finish;
+      }
+      assert.ok(chunks >= 2, `streamed ${chunks} chunks`);
+      assert.ok(finish === 'stop' || finish === 'length', `finish_reason ${finish}`);
 
       const children = execFileSync('ps', ['-o', 'pid=', '--ppid', String(launcher.pid)], {
         encoding: 'utf8',
