@@ -2,80 +2,22 @@
 // size, codec, context), the store it reads and writes (NATS discovery, replicas, data token), its
 // own listener, heartbeats and the request queue bound. Loaded once at start from defaults <
 // KVMESH_* env < --flags; a bad value fails the start with a message naming the field.
-import { hostname } from 'node:os';
-import { randomBytes } from 'node:crypto';
-
-import { InvalidArgumentError } from '@kvmesh/errors';
-import { parseNodeId, type NodeId } from '@kvmesh/protocol';
+import type { NodeId } from '@kvmesh/protocol';
 import { loadConfig, type ConfigOf, type LoadConfigOptions } from '@kvmesh/runtime';
+import {
+  WORKER_CONFIG_TAIL_FIELDS,
+  checkWorkerConfig,
+  resolveWorkerNodeId,
+  workerConfigFields,
+} from '@kvmesh/worker';
 
 export const PREFILL_CONFIG_SCHEMA = {
-  nodeId: {
-    type: 'string',
-    default: '',
-    lengthMax: 63,
-    description: 'unique node id in the cluster; empty picks prefill-<host>-<random>',
-  },
-  host: { type: 'string', default: '127.0.0.1', description: 'address the gRPC server binds' },
-  advertiseHost: { type: 'string', default: '', description: 'host others dial; empty means --host' },
-  grpcPort: { type: 'int', default: 0, min: 0, max: 65535, description: '0 picks a free port' },
-  modelDir: { type: 'string', default: '', description: 'Hugging Face model directory (required)' },
-  modelName: {
-    type: 'string',
-    default: '',
-    lengthMax: 256,
-    description: "name requests use for the model; empty means the directory's last component",
-  },
-  blockTokens: {
-    type: 'int',
-    default: 64,
-    min: 16,
-    max: 256,
-    description: 'tokens per KV block (a multiple of 16); must match the rest of the cluster',
-  },
-  codec: {
-    type: 'string',
-    default: 'f32',
-    choices: ['f32', 'f16', 'kivi8', 'kivi4', 'kivi2'],
-    description: 'codec of the KV blocks this worker computes and stores',
-  },
-  maxContextTokens: {
-    type: 'int',
-    default: 0,
-    min: 0,
-    description: "longest sequence; 0 means the model's max_position_embeddings",
-  },
-  natsUrl: {
-    type: 'string',
-    default: '',
-    description: 'NATS server(s), comma-separated; empty runs without a store (no reuse, no heartbeats)',
-  },
-  replicas: { type: 'int', default: 2, min: 1, max: 16, description: 'copies the kvstore cluster keeps (R)' },
-  dataToken: {
-    type: 'string',
-    default: '',
-    lengthMax: 256,
-    description: 'kvstore data channel token; empty asks each node with OpenDataChannel',
-  },
-  storeNodesMin: {
-    type: 'int',
-    default: 0,
-    min: 0,
-    max: 1024,
-    description:
-      'kvstore nodes to see before serving (0 serves at once; requests fail UNAVAILABLE meanwhile)',
-  },
-  storeConnectTimeoutMs: { type: 'duration', default: '30s', min: 1 },
-  storeTimeoutMs: { type: 'duration', default: '10s', min: 1, description: 'deadline of each store call' },
-  storeHeartbeatIntervalMs: {
-    type: 'duration',
-    default: '1s',
-    min: 10,
-    max: '1m',
-    description: "the kvstore nodes' heartbeat interval (their liveness is judged on it)",
-  },
-  storeMissedHeartbeatsMax: { type: 'int', default: 3, min: 1, max: 100 },
-  heartbeatIntervalMs: { type: 'duration', default: '1s', min: 10, max: '1m' },
+  ...workerConfigFields({
+    role: 'prefill',
+    codecDescription: 'codec of the KV blocks this worker computes and stores',
+    natsUrlDescription:
+      'NATS server(s), comma-separated; empty runs without a store (no reuse, no heartbeats)',
+  }),
   queueDepthMax: {
     type: 'int',
     default: 16,
@@ -83,8 +25,7 @@ export const PREFILL_CONFIG_SCHEMA = {
     max: 65536,
     description: 'requests waiting behind the running one; more are refused with RESOURCE_EXHAUSTED',
   },
-  shutdownGraceMs: { type: 'duration', default: '5s', min: 0 },
-  logLevel: { type: 'string', default: 'info', choices: ['debug', 'info', 'warn', 'error'] },
+  ...WORKER_CONFIG_TAIL_FIELDS,
 } as const;
 
 export type PrefillConfig = ConfigOf<typeof PREFILL_CONFIG_SCHEMA>;
@@ -101,22 +42,10 @@ export function prefillConfig(overrides: Partial<PrefillConfig> = {}): PrefillCo
 
 /** Checks the rules loadConfig cannot express; throws InvalidArgumentError naming the field. */
 export function checkPrefillConfig(config: PrefillConfig): void {
-  if (config.modelDir.trim() === '')
-    throw new InvalidArgumentError('config modelDir is required (--model-dir or KVMESH_MODEL_DIR)', {
-      field: 'modelDir',
-    });
-  if (config.blockTokens % 16 !== 0)
-    throw new InvalidArgumentError(`config blockTokens ${config.blockTokens} must be a multiple of 16`, {
-      field: 'blockTokens',
-      blockTokens: config.blockTokens,
-    });
+  checkWorkerConfig(config);
 }
 
 /** The configured node id, or `prefill-<host>-<6 hex>`. */
 export function resolvePrefillNodeId(configured: string): NodeId {
-  if (configured !== '') return parseNodeId(configured);
-  const host = hostname()
-    .replace(/[^A-Za-z0-9_-]/g, '-')
-    .slice(0, 40);
-  return parseNodeId(`prefill-${host || 'node'}-${randomBytes(3).toString('hex')}`);
+  return resolveWorkerNodeId('prefill', configured);
 }

@@ -1,35 +1,7 @@
 // Typed errors of the decode worker. Each maps to a gRPC status through its `kind` and carries what
-// the caller needs to act on it (the codec this worker decodes in, the sequence bound, the first
-// token the prefill worker and this engine disagree on), so the router can retry elsewhere.
+// the caller needs to act on it (the sequence bound, the first token the prefill worker and this
+// engine disagree on), so the router can retry elsewhere. Codec and model mismatches are @kvmesh/worker's.
 import { KvmeshError } from '@kvmesh/errors';
-
-/** The request asks for a KV codec this worker does not decode in; route it to a worker that does. */
-export class CodecMismatchError extends KvmeshError {
-  constructor(requested: string, served: string) {
-    super(
-      'CODEC_MISMATCH',
-      'failed-precondition',
-      `codec: this worker decodes KV in ${served}, the request asks for ${requested}`,
-      { field: 'codec', requested, served },
-    );
-  }
-}
-
-/** The request names a model this worker does not serve. */
-export class ModelMismatchError extends KvmeshError {
-  constructor(requested: string, served: string) {
-    super(
-      'MODEL_MISMATCH',
-      'failed-precondition',
-      `model: this worker serves '${served}', not '${requested}'`,
-      {
-        field: 'model',
-        requested,
-        served,
-      },
-    );
-  }
-}
 
 /** Every sequence slot is taken; retry later or on another worker. */
 export class TooManySequencesError extends KvmeshError {

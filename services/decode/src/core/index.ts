@@ -9,12 +9,8 @@ export {
   type FinishedSequence,
   type SequenceEvent,
 } from './batcher.ts';
-export {
-  CodecMismatchError,
-  FirstTokenMismatchError,
-  ModelMismatchError,
-  TooManySequencesError,
-} from './errors.ts';
+export { CodecMismatchError, ModelMismatchError } from '@kvmesh/worker';
+export { FirstTokenMismatchError, TooManySequencesError } from './errors.ts';
 export {
   blocksToFetch,
   blocksToWriteBack,

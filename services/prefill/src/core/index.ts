@@ -1,7 +1,8 @@
 // Public surface of the prefill worker's pure core: request validation, the import / put plan over
 // the prompt's full blocks, the bounded serial queue the engine runs behind, and the typed errors.
 // Adapters and the worker import from here only.
-export { BlocksNotStoredError, CodecMismatchError, ModelMismatchError, QueueFullError } from './errors.ts';
+export { CodecMismatchError, ModelMismatchError } from '@kvmesh/worker';
+export { BlocksNotStoredError, QueueFullError } from './errors.ts';
 export {
   blocksToPut,
   importableBlocks,
