@@ -8,3 +8,4 @@ export {
   type WorkerConfigTexts,
 } from './config.ts';
 export * from './core/index.ts';
+export * from './store.ts';

@@ -25,7 +25,6 @@ import {
   type WorkerHealthResponse,
 } from '@kvmesh/protocol';
 import {
-  connectNats,
   createGrpcServer,
   createLogger,
   isLogLevel,
@@ -33,10 +32,11 @@ import {
   wrapServerStream,
   wrapUnary,
   type Logger,
-  type NatsConnection,
   type WrapOptions,
 } from '@kvmesh/runtime';
-import { KvStoreClient, type FetchedBlock } from '@kvmesh/sdk';
+import type { KvStoreClient } from '@kvmesh/sdk';
+import { type FetchedBlock } from '@kvmesh/sdk';
+import { CleanupStack, connectWorkerStore } from '@kvmesh/worker';
 
 import { checkDecodeConfig, resolveDecodeNodeId, type DecodeConfig } from './config.ts';
 import {
@@ -181,44 +181,13 @@ export async function startDecodeWorker(
     await Promise.allSettled([...writeBacks]);
   };
 
-  const cleanups: (() => Promise<unknown> | void)[] = [];
-  const cleanup = async (): Promise<void> => {
-    for (const step of cleanups.splice(0).reverse()) {
-      try {
-        await step();
-      } catch (err) {
-        logger.warn('shutdown step failed', { err });
-      }
-    }
-  };
+  const cleanups = new CleanupStack(logger);
+  const cleanup = (): Promise<void> => cleanups.run();
 
   try {
-    let nc: NatsConnection | undefined;
-    let store = options.store;
-    if (config.natsUrl.trim() !== '') {
-      const natsConnection = await connectNats({
-        servers: config.natsUrl.split(',').map((s) => s.trim()),
-        name: nodeId,
-      });
-      nc = natsConnection;
-      cleanups.push(() => natsConnection.close());
-      if (store === undefined) {
-        const client = await KvStoreClient.connect({
-          nats: natsConnection,
-          replicas: config.replicas,
-          ...(config.dataToken === '' ? {} : { dataToken: config.dataToken }),
-          timeoutMs: config.storeTimeoutMs,
-          heartbeatIntervalMs: config.storeHeartbeatIntervalMs,
-          missedHeartbeatsMax: config.storeMissedHeartbeatsMax,
-          waitForNodes: config.storeNodesMin,
-          connectTimeoutMs: config.storeConnectTimeoutMs,
-          name: nodeId,
-          kernels,
-        });
-        cleanups.push(() => client.close());
-        store = client;
-      }
-    }
+    const connected = await connectWorkerStore(config, { nodeId, kernels, store: options.store, cleanups });
+    const nc = connected.nc;
+    const store = connected.store;
     if (store === undefined)
       logger.warn('no natsUrl and no store: prompts are computed in full and no block is written back');
     const activeStore = store;

@@ -20,17 +20,17 @@ import {
   type WorkerHealthResponse,
 } from '@kvmesh/protocol';
 import {
-  connectNats,
   createGrpcServer,
   createLogger,
   isLogLevel,
   startHeartbeats,
   wrapUnary,
   type Logger,
-  type NatsConnection,
   type WrapOptions,
 } from '@kvmesh/runtime';
-import { KvStoreClient, type FetchedBlock } from '@kvmesh/sdk';
+import type { KvStoreClient } from '@kvmesh/sdk';
+import { type FetchedBlock } from '@kvmesh/sdk';
+import { CleanupStack, connectWorkerStore } from '@kvmesh/worker';
 
 import { checkPrefillConfig, resolvePrefillNodeId, type PrefillConfig } from './config.ts';
 import {
@@ -133,44 +133,13 @@ export async function startPrefillWorker(
   const queue = new SerialQueue(config.queueDepthMax);
   const counts = { requests: 0, reusedTokens: 0, computedTokens: 0, blocksStored: 0 };
 
-  const cleanups: (() => Promise<unknown> | void)[] = [];
-  const cleanup = async (): Promise<void> => {
-    for (const step of cleanups.splice(0).reverse()) {
-      try {
-        await step();
-      } catch (err) {
-        logger.warn('shutdown step failed', { err });
-      }
-    }
-  };
+  const cleanups = new CleanupStack(logger);
+  const cleanup = (): Promise<void> => cleanups.run();
 
   try {
-    let nc: NatsConnection | undefined;
-    let store = options.store;
-    if (config.natsUrl.trim() !== '') {
-      const natsConnection = await connectNats({
-        servers: config.natsUrl.split(',').map((s) => s.trim()),
-        name: nodeId,
-      });
-      nc = natsConnection;
-      cleanups.push(() => natsConnection.close());
-      if (store === undefined) {
-        const client = await KvStoreClient.connect({
-          nats: natsConnection,
-          replicas: config.replicas,
-          ...(config.dataToken === '' ? {} : { dataToken: config.dataToken }),
-          timeoutMs: config.storeTimeoutMs,
-          heartbeatIntervalMs: config.storeHeartbeatIntervalMs,
-          missedHeartbeatsMax: config.storeMissedHeartbeatsMax,
-          waitForNodes: config.storeNodesMin,
-          connectTimeoutMs: config.storeConnectTimeoutMs,
-          name: nodeId,
-          kernels,
-        });
-        cleanups.push(() => client.close());
-        store = client;
-      }
-    }
+    const connected = await connectWorkerStore(config, { nodeId, kernels, store: options.store, cleanups });
+    const nc = connected.nc;
+    const store = connected.store;
     if (store === undefined)
       logger.warn('no natsUrl and no store: prompts are computed in full and no block is stored');
     const activeStore = store;

@@ -1,0 +1,69 @@
+// Process plumbing both workers share: an ordered stack of shutdown steps, and the NATS connection
+// plus block-store client a worker opens when it is given a NATS URL. Without one (or when a test
+// injects its own store) the worker runs without the store and says so.
+import type { Kernels } from '@kvmesh/kernels';
+import { connectNats, type Logger, type NatsConnection } from '@kvmesh/runtime';
+import { KvStoreClient } from '@kvmesh/sdk';
+
+/** Shutdown steps, run last-in first-out; a failing step is logged and the rest still run. */
+export class CleanupStack {
+  private readonly steps: (() => Promise<unknown> | void)[] = [];
+
+  constructor(private readonly logger: Logger) {}
+
+  push(step: () => Promise<unknown> | void): void {
+    this.steps.push(step);
+  }
+
+  async run(): Promise<void> {
+    for (const step of this.steps.splice(0).reverse()) {
+      try {
+        await step();
+      } catch (err) {
+        this.logger.warn('shutdown step failed', { err });
+      }
+    }
+  }
+}
+
+export interface WorkerStoreConfig {
+  natsUrl: string;
+  replicas: number;
+  dataToken: string;
+  storeTimeoutMs: number;
+  storeHeartbeatIntervalMs: number;
+  storeMissedHeartbeatsMax: number;
+  storeNodesMin: number;
+  storeConnectTimeoutMs: number;
+}
+
+/**
+ * Connects NATS (when configured) and, unless `store` is given, a KvStoreClient discovering the
+ * kvstore nodes through it. Both are closed by `cleanups`.
+ */
+export async function connectWorkerStore<S>(
+  config: WorkerStoreConfig,
+  options: { nodeId: string; kernels: Kernels; store: S | undefined; cleanups: CleanupStack },
+): Promise<{ nc: NatsConnection | undefined; store: S | KvStoreClient | undefined }> {
+  if (config.natsUrl.trim() === '') return { nc: undefined, store: options.store };
+  const nc = await connectNats({
+    servers: config.natsUrl.split(',').map((s) => s.trim()),
+    name: options.nodeId,
+  });
+  options.cleanups.push(() => nc.close());
+  if (options.store !== undefined) return { nc, store: options.store };
+  const client = await KvStoreClient.connect({
+    nats: nc,
+    replicas: config.replicas,
+    ...(config.dataToken === '' ? {} : { dataToken: config.dataToken }),
+    timeoutMs: config.storeTimeoutMs,
+    heartbeatIntervalMs: config.storeHeartbeatIntervalMs,
+    missedHeartbeatsMax: config.storeMissedHeartbeatsMax,
+    waitForNodes: config.storeNodesMin,
+    connectTimeoutMs: config.storeConnectTimeoutMs,
+    name: options.nodeId,
+    kernels: options.kernels,
+  });
+  options.cleanups.push(() => client.close());
+  return { nc, store: client };
+}
