@@ -9,3 +9,4 @@ export {
 } from './config.ts';
 export * from './core/index.ts';
 export * from './store.ts';
+export * from './main.ts';

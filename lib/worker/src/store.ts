@@ -1,9 +1,14 @@
-// Process plumbing both workers share: an ordered stack of shutdown steps, and the NATS connection
-// plus block-store client a worker opens when it is given a NATS URL. Without one (or when a test
+// Process plumbing both workers share: their node id, logger, kernels and model; an ordered stack of
+// shutdown steps; and the NATS connection plus block-store client a worker opens when it is given a
+// NATS URL. Without one (or when a test
 // injects its own store) the worker runs without the store and says so.
-import type { Kernels } from '@kvmesh/kernels';
-import { connectNats, type Logger, type NatsConnection } from '@kvmesh/runtime';
+import { loadModel, type LoadedModel } from '@kvmesh/engine';
+import { loadKernels, type Kernels } from '@kvmesh/kernels';
+import type { NodeId } from '@kvmesh/protocol';
+import { connectNats, createLogger, isLogLevel, type Logger, type NatsConnection } from '@kvmesh/runtime';
 import { KvStoreClient } from '@kvmesh/sdk';
+
+import { resolveWorkerNodeId } from './config.ts';
 
 /** Shutdown steps, run last-in first-out; a failing step is logged and the rest still run. */
 export class CleanupStack {
@@ -66,4 +71,32 @@ export async function connectWorkerStore<S>(
   });
   options.cleanups.push(() => client.close());
   return { nc, store: client };
+}
+
+export interface WorkerBasics {
+  nodeId: NodeId;
+  logger: Logger;
+  kernels: Kernels;
+  model: LoadedModel;
+  /** The configured context bound, capped by the model's (0 = the model's). */
+  maxContextTokens: number;
+}
+
+/** Node id, logger, kernels and model of a worker (injected ones win), and its context bound. */
+export function workerBasics(
+  role: string,
+  config: { nodeId: string; logLevel: string; modelDir: string; maxContextTokens: number },
+  options: { logger?: Logger; kernels?: Kernels; model?: LoadedModel },
+): WorkerBasics {
+  const nodeId = resolveWorkerNodeId(role, config.nodeId);
+  const logger =
+    options.logger ??
+    createLogger({ service: role, nodeId, level: isLogLevel(config.logLevel) ? config.logLevel : 'info' });
+  const kernels = options.kernels ?? loadKernels();
+  const model = options.model ?? loadModel(config.modelDir, kernels);
+  const maxContextTokens =
+    config.maxContextTokens > 0
+      ? Math.min(config.maxContextTokens, model.config.maxContextTokens)
+      : model.config.maxContextTokens;
+  return { nodeId, logger, kernels, model, maxContextTokens };
 }

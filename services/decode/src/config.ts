@@ -2,14 +2,8 @@
 // size, codec, context), the store it reads and writes back to (NATS discovery, replicas, data
 // token), its own listener, heartbeats, and the bounds on sequences, batch, KV pool and write-backs. Loaded once at start from defaults <
 // KVMESH_* env < --flags; a bad value fails the start with a message naming the field.
-import type { NodeId } from '@kvmesh/protocol';
 import { loadConfig, type ConfigOf, type LoadConfigOptions } from '@kvmesh/runtime';
-import {
-  WORKER_CONFIG_TAIL_FIELDS,
-  checkWorkerConfig,
-  resolveWorkerNodeId,
-  workerConfigFields,
-} from '@kvmesh/worker';
+import { WORKER_CONFIG_TAIL_FIELDS, checkWorkerConfig, workerConfigFields } from '@kvmesh/worker';
 
 export const DECODE_CONFIG_SCHEMA = {
   ...workerConfigFields({
@@ -69,9 +63,4 @@ export function decodeConfig(overrides: Partial<DecodeConfig> = {}): DecodeConfi
 /** Checks the rules loadConfig cannot express; throws InvalidArgumentError naming the field. */
 export function checkDecodeConfig(config: DecodeConfig): void {
   checkWorkerConfig(config);
-}
-
-/** The configured node id, or `decode-<host>-<6 hex>`. */
-export function resolveDecodeNodeId(configured: string): NodeId {
-  return resolveWorkerNodeId('decode', configured);
 }

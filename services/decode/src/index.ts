@@ -6,7 +6,6 @@ export {
   checkDecodeConfig,
   decodeConfig,
   loadDecodeConfig,
-  resolveDecodeNodeId,
   type DecodeConfig,
 } from './config.ts';
 export {

@@ -13,8 +13,8 @@
 import { status as GrpcStatus } from '@grpc/grpc-js';
 import type { ServerWritableStream, UntypedServiceImplementation } from '@grpc/grpc-js';
 import { blockSeed, computeBlockHashes, type BlockDims } from '@kvmesh/block';
-import { Engine, TextStream, loadModel, type LoadedModel } from '@kvmesh/engine';
-import { loadKernels, type CodecName, type Kernels } from '@kvmesh/kernels';
+import { Engine, TextStream, type LoadedModel } from '@kvmesh/engine';
+import type { CodecName, Kernels } from '@kvmesh/kernels';
 import {
   FinishReason,
   WorkerService,
@@ -26,8 +26,6 @@ import {
 } from '@kvmesh/protocol';
 import {
   createGrpcServer,
-  createLogger,
-  isLogLevel,
   startHeartbeats,
   wrapServerStream,
   wrapUnary,
@@ -36,9 +34,9 @@ import {
 } from '@kvmesh/runtime';
 import type { KvStoreClient } from '@kvmesh/sdk';
 import { type FetchedBlock } from '@kvmesh/sdk';
-import { CleanupStack, connectWorkerStore } from '@kvmesh/worker';
+import { CleanupStack, connectWorkerStore, workerBasics } from '@kvmesh/worker';
 
-import { checkDecodeConfig, resolveDecodeNodeId, type DecodeConfig } from './config.ts';
+import { checkDecodeConfig, type DecodeConfig } from './config.ts';
 import {
   DecodeBatcher,
   EventChannel,
@@ -124,22 +122,9 @@ export async function startDecodeWorker(
   options: StartDecodeWorkerOptions = {},
 ): Promise<DecodeWorker> {
   checkDecodeConfig(config);
-  const nodeId = resolveDecodeNodeId(config.nodeId);
-  const logger =
-    options.logger ??
-    createLogger({
-      service: 'decode',
-      nodeId,
-      level: isLogLevel(config.logLevel) ? config.logLevel : 'info',
-    });
-  const kernels = options.kernels ?? loadKernels();
-  const model = options.model ?? loadModel(config.modelDir, kernels);
+  const { nodeId, logger, kernels, model, maxContextTokens } = workerBasics('decode', config, options);
   const codec = config.codec as CodecName;
   const B = config.blockTokens;
-  const maxContextTokens =
-    config.maxContextTokens > 0
-      ? Math.min(config.maxContextTokens, model.config.maxContextTokens)
-      : model.config.maxContextTokens;
   // NOTE: the default pool holds sequencesMax full contexts, so a step never finds it full; a
   // smaller kvBlocksMax trades that for memory, and a full pool fails the sequences of that step.
   const kvBlocksMax =

@@ -2,14 +2,8 @@
 // size, codec, context), the store it reads and writes (NATS discovery, replicas, data token), its
 // own listener, heartbeats and the request queue bound. Loaded once at start from defaults <
 // KVMESH_* env < --flags; a bad value fails the start with a message naming the field.
-import type { NodeId } from '@kvmesh/protocol';
 import { loadConfig, type ConfigOf, type LoadConfigOptions } from '@kvmesh/runtime';
-import {
-  WORKER_CONFIG_TAIL_FIELDS,
-  checkWorkerConfig,
-  resolveWorkerNodeId,
-  workerConfigFields,
-} from '@kvmesh/worker';
+import { WORKER_CONFIG_TAIL_FIELDS, checkWorkerConfig, workerConfigFields } from '@kvmesh/worker';
 
 export const PREFILL_CONFIG_SCHEMA = {
   ...workerConfigFields({
@@ -43,9 +37,4 @@ export function prefillConfig(overrides: Partial<PrefillConfig> = {}): PrefillCo
 /** Checks the rules loadConfig cannot express; throws InvalidArgumentError naming the field. */
 export function checkPrefillConfig(config: PrefillConfig): void {
   checkWorkerConfig(config);
-}
-
-/** The configured node id, or `prefill-<host>-<6 hex>`. */
-export function resolvePrefillNodeId(configured: string): NodeId {
-  return resolveWorkerNodeId('prefill', configured);
 }

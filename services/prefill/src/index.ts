@@ -6,7 +6,6 @@ export {
   checkPrefillConfig,
   loadPrefillConfig,
   prefillConfig,
-  resolvePrefillNodeId,
   type PrefillConfig,
 } from './config.ts';
 export {

@@ -7,9 +7,9 @@
 import { status as GrpcStatus } from '@grpc/grpc-js';
 import type { UntypedServiceImplementation } from '@grpc/grpc-js';
 import { blockSeed, computeBlockHashes, type BlockDims } from '@kvmesh/block';
-import { Engine, loadModel, type LoadedModel } from '@kvmesh/engine';
+import { Engine, type LoadedModel } from '@kvmesh/engine';
 import { KvmeshError } from '@kvmesh/errors';
-import { loadKernels, type CodecName, type Kernels } from '@kvmesh/kernels';
+import type { CodecName, Kernels } from '@kvmesh/kernels';
 import {
   WorkerService,
   blockHashToBytes,
@@ -19,20 +19,12 @@ import {
   type PrefillResponse,
   type WorkerHealthResponse,
 } from '@kvmesh/protocol';
-import {
-  createGrpcServer,
-  createLogger,
-  isLogLevel,
-  startHeartbeats,
-  wrapUnary,
-  type Logger,
-  type WrapOptions,
-} from '@kvmesh/runtime';
+import { createGrpcServer, startHeartbeats, wrapUnary, type Logger, type WrapOptions } from '@kvmesh/runtime';
 import type { KvStoreClient } from '@kvmesh/sdk';
 import { type FetchedBlock } from '@kvmesh/sdk';
-import { CleanupStack, connectWorkerStore } from '@kvmesh/worker';
+import { CleanupStack, connectWorkerStore, workerBasics } from '@kvmesh/worker';
 
-import { checkPrefillConfig, resolvePrefillNodeId, type PrefillConfig } from './config.ts';
+import { checkPrefillConfig, type PrefillConfig } from './config.ts';
 import {
   BlocksNotStoredError,
   SerialQueue,
@@ -98,22 +90,9 @@ export async function startPrefillWorker(
   options: StartPrefillWorkerOptions = {},
 ): Promise<PrefillWorker> {
   checkPrefillConfig(config);
-  const nodeId = resolvePrefillNodeId(config.nodeId);
-  const logger =
-    options.logger ??
-    createLogger({
-      service: 'prefill',
-      nodeId,
-      level: isLogLevel(config.logLevel) ? config.logLevel : 'info',
-    });
-  const kernels = options.kernels ?? loadKernels();
-  const model = options.model ?? loadModel(config.modelDir, kernels);
+  const { nodeId, logger, kernels, model, maxContextTokens } = workerBasics('prefill', config, options);
   const codec = config.codec as CodecName;
   const B = config.blockTokens;
-  const maxContextTokens =
-    config.maxContextTokens > 0
-      ? Math.min(config.maxContextTokens, model.config.maxContextTokens)
-      : model.config.maxContextTokens;
   // NOTE: one sequence at a time (the queue serializes requests), so the pool needs one context.
   const engine = new Engine(model, {
     codec,
