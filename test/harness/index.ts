@@ -7,3 +7,4 @@ export * from './nats-server.ts';
 export * from './service.ts';
 // llama.cpp as the engine's reference (node-llama-cpp is imported lazily, only when used).
 export * from './llamacpp.ts';
+export * from './kvstore.ts';

@@ -44,7 +44,7 @@ import {
 } from '@kvmesh/runtime';
 import { KvStoreClient } from '@kvmesh/sdk';
 import {
-  spawnService,
+  spawnKvStoreNodes,
   startNatsServer,
   waitFor,
   type NatsServerHandle,
@@ -147,24 +147,13 @@ describe('decode worker - over a 2-node kvstore cluster (R = 2) on a real nats-s
         if (err === null && heartbeats.length < 100) heartbeats.push(NodeHeartbeat.decode(msg.data));
       },
     });
-    const spawned = await Promise.all(
-      ['kv-a', 'kv-b'].map((nodeId) =>
-        spawnService({
-          name: nodeId,
-          entry: 'services/kvstore/src/main.ts',
-          env: {
-            KVMESH_NODE_ID: nodeId,
-            KVMESH_NATS_URL: nats.url,
-            KVMESH_REPLICAS: '2',
-            KVMESH_HEARTBEAT_INTERVAL_MS: String(HEARTBEAT_MS),
-            KVMESH_MISSED_HEARTBEATS_MAX: String(MISSED_HEARTBEATS_MAX),
-            KVMESH_BYTES_BUDGET: '64MiB',
-            KVMESH_DATA_TOKEN: TOKEN,
-            KVMESH_LOG_LEVEL: 'warn',
-          },
-        }),
-      ),
-    );
+    const spawned = await spawnKvStoreNodes({
+      natsUrl: nats.url,
+      nodeIds: ['kv-a', 'kv-b'],
+      heartbeatIntervalMs: HEARTBEAT_MS,
+      missedHeartbeatsMax: MISSED_HEARTBEATS_MAX,
+      dataToken: TOKEN,
+    });
     kvNodes.push(...spawned);
     worker = await startDecodeWorker(
       decodeConfig({

@@ -12,7 +12,7 @@ import { parseNamespace, type BlockHash } from '@kvmesh/protocol';
 import { connectNats, type NatsConnection } from '@kvmesh/runtime';
 import { chainBlocks, KvStoreClient } from '@kvmesh/sdk';
 import {
-  spawnService,
+  spawnKvStoreNodes,
   startNatsServer,
   waitFor,
   type NatsServerHandle,
@@ -60,23 +60,12 @@ describe('router - index feed from JetStream kv events', { timeout: 40_000 }, ()
     nats = await startNatsServer({ jetstream: true });
     nc = await connectNats({ servers: nats.url, name: 'router-feed-test' });
     nodes.push(
-      ...(await Promise.all(
-        ['kv-a', 'kv-b'].map((nodeId) =>
-          spawnService({
-            name: nodeId,
-            entry: 'services/kvstore/src/main.ts',
-            env: {
-              KVMESH_NODE_ID: nodeId,
-              KVMESH_NATS_URL: nats.url,
-              KVMESH_REPLICAS: '2',
-              KVMESH_HEARTBEAT_INTERVAL_MS: '200',
-              KVMESH_MISSED_HEARTBEATS_MAX: '5',
-              KVMESH_BYTES_BUDGET: '64MiB',
-              KVMESH_LOG_LEVEL: 'warn',
-            },
-          }),
-        ),
-      )),
+      ...(await spawnKvStoreNodes({
+        natsUrl: nats.url,
+        nodeIds: ['kv-a', 'kv-b'],
+        heartbeatIntervalMs: 200,
+        missedHeartbeatsMax: 5,
+      })),
     );
     store = await KvStoreClient.connect({
       natsUrl: nats.url,

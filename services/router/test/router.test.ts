@@ -14,7 +14,7 @@ import { Engine, NO_PROGRESS, TextStream, generateModel, loadModel, type LoadedM
 import { prefillConfig, startPrefillWorker, type PrefillWorker } from '@kvmesh/prefill';
 import { createLogger } from '@kvmesh/runtime';
 import {
-  spawnService,
+  spawnKvStoreNodes,
   startNatsServer,
   waitFor,
   type NatsServerHandle,
@@ -86,24 +86,13 @@ describe('router - OpenAI HTTP API over prefill and decode workers and a 2-node 
     model = loadModel(modelDir);
     nats = await startNatsServer({ jetstream: true });
     kvNodes.push(
-      ...(await Promise.all(
-        ['kv-a', 'kv-b'].map((nodeId) =>
-          spawnService({
-            name: nodeId,
-            entry: 'services/kvstore/src/main.ts',
-            env: {
-              KVMESH_NODE_ID: nodeId,
-              KVMESH_NATS_URL: nats.url,
-              KVMESH_REPLICAS: '2',
-              KVMESH_HEARTBEAT_INTERVAL_MS: String(HEARTBEAT_MS),
-              KVMESH_MISSED_HEARTBEATS_MAX: String(MISSED_HEARTBEATS_MAX),
-              KVMESH_BYTES_BUDGET: '64MiB',
-              KVMESH_DATA_TOKEN: TOKEN,
-              KVMESH_LOG_LEVEL: 'warn',
-            },
-          }),
-        ),
-      )),
+      ...(await spawnKvStoreNodes({
+        natsUrl: nats.url,
+        nodeIds: ['kv-a', 'kv-b'],
+        heartbeatIntervalMs: HEARTBEAT_MS,
+        missedHeartbeatsMax: MISSED_HEARTBEATS_MAX,
+        dataToken: TOKEN,
+      })),
     );
     const store = {
       modelDir,
