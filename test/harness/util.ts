@@ -1,21 +1,8 @@
-// Small waiting and networking helpers for tests: a free loopback port and a polling `waitFor` that
+// Small helpers for tests: a free loopback port (from @kvmesh/runtime) and a polling `waitFor` that
 // fails with the last observed error instead of hanging. Tests assert on events and states through
 // these, never on sleeps of guessed length.
-import { createServer } from 'node:net';
 
-/** A TCP port that was free on 127.0.0.1 a moment ago (the OS picks it; reuse races are possible). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.unref();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address !== null ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
-}
+export { freePort } from '@kvmesh/runtime';
 
 export interface WaitForOptions {
   /** Default 5000 ms. */

@@ -6,10 +6,11 @@
 // on the faster, so Redis is never handicapped by its client.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { connect, createServer, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
+import { freePort } from '@kvmesh/runtime';
 import { createClient, RESP_TYPES } from 'redis';
 
 import { measureClosedLoop, type ThroughputResult } from './closed-loop.ts';
@@ -27,17 +28,6 @@ export interface StartRedisOptions {
   /** Default 'redis-server' from PATH. */
   binary?: string;
   readyTimeoutMs?: number;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = createServer();
-    probe.once('error', reject);
-    probe.listen(0, '127.0.0.1', () => {
-      const { port } = probe.address() as { port: number };
-      probe.close(() => resolve(port));
-    });
-  });
 }
 
 /** Sends PING on a fresh connection; resolves true on +PONG. */

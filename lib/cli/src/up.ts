@@ -7,12 +7,13 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { createServer } from 'node:net';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 
 import { generateModel } from '@kvmesh/engine';
+import { freePort, parseReadyLine } from '@kvmesh/runtime';
 
 const REPO_ROOT = resolve(new URL('../../..', import.meta.url).pathname);
 const READY_TIMEOUT_MS = 60_000;
@@ -123,17 +124,6 @@ interface Child {
   exited: Promise<void>;
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const probe = createServer();
-    probe.once('error', reject);
-    probe.listen(0, '127.0.0.1', () => {
-      const { port } = probe.address() as { port: number };
-      probe.close(() => resolvePort(port));
-    });
-  });
-}
-
 /** Prefixes every line of a child's stream onto our stderr. */
 function prefixLines(name: string, stream: NodeJS.ReadableStream, out: NodeJS.WritableStream): void {
   const lines = createInterface({ input: stream });
@@ -177,16 +167,6 @@ function startChild(
     });
   });
 }
-
-const readyLine = (line: string): Record<string, unknown> | undefined => {
-  if (!line.startsWith('{')) return undefined;
-  try {
-    const parsed = JSON.parse(line) as Record<string, unknown>;
-    return parsed.ready === true ? parsed : undefined;
-  } catch {
-    return undefined;
-  }
-};
 
 async function stopAll(children: Child[]): Promise<void> {
   for (const child of [...children].reverse()) {
@@ -280,7 +260,7 @@ export async function runUp(args: readonly string[]): Promise<number> {
           cmd,
           kvArgs,
           { ...common, KVMESH_NODE_ID: `kvstore-${i}` },
-          readyLine,
+          parseReadyLine,
           children,
         ),
       ),
@@ -289,13 +269,27 @@ export async function runUp(args: readonly string[]): Promise<number> {
     for (let i = 0; i < options.prefill; i++) {
       const [c, a] = node('services/prefill/src/main.ts');
       workers.push(
-        startChild(`prefill-${i}`, c, a, { ...common, KVMESH_NODE_ID: `prefill-${i}` }, readyLine, children),
+        startChild(
+          `prefill-${i}`,
+          c,
+          a,
+          { ...common, KVMESH_NODE_ID: `prefill-${i}` },
+          parseReadyLine,
+          children,
+        ),
       );
     }
     for (let i = 0; i < options.decode; i++) {
       const [c, a] = node('services/decode/src/main.ts');
       workers.push(
-        startChild(`decode-${i}`, c, a, { ...common, KVMESH_NODE_ID: `decode-${i}` }, readyLine, children),
+        startChild(
+          `decode-${i}`,
+          c,
+          a,
+          { ...common, KVMESH_NODE_ID: `decode-${i}` },
+          parseReadyLine,
+          children,
+        ),
       );
     }
     await Promise.all(workers);
@@ -305,7 +299,7 @@ export async function runUp(args: readonly string[]): Promise<number> {
       rc,
       ra,
       { ...common, KVMESH_HTTP_PORT: String(options.port), KVMESH_POLICY: options.policy },
-      readyLine,
+      parseReadyLine,
       children,
     );
     const base = `http://${String(router.httpAddress)}`;
@@ -319,7 +313,6 @@ export async function runUp(args: readonly string[]): Promise<number> {
 }
 
 async function waitForPort(port: number): Promise<void> {
-  const { connect } = await import('node:net');
   const deadline = Date.now() + READY_TIMEOUT_MS;
   for (;;) {
     const ok = await new Promise<boolean>((done) => {

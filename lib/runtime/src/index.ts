@@ -12,3 +12,4 @@ export * from './grpc.ts';
 export * from './nats.ts';
 export * from './membership-nats.ts';
 export * from './events.ts';
+export * from './net.ts';
