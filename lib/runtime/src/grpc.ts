@@ -38,6 +38,7 @@ import {
 } from '@kvmesh/errors';
 
 import { UnavailableError } from './errors.ts';
+import type { Logger } from './logger.ts';
 
 export const ERROR_CODE_METADATA_KEY = 'kvmesh-error-code';
 /** Binary (`-bin`) so any JSON survives HTTP/2 header encoding. */
@@ -210,6 +211,21 @@ export function fromGrpcError(err: unknown): KvmeshError {
 export interface WrapOptions {
   /** Called for every failed call (after the status is chosen), e.g. to log INTERNAL errors. */
   readonly onError?: (err: unknown, info: { path: string; status: StatusObject }) => void;
+}
+
+/** Logs INTERNAL failures as errors (with the cause) and refusals (bad input, limits) at debug. */
+export function loggingWrapOptions(logger: Logger): WrapOptions {
+  return {
+    onError: (err, info) => {
+      if (info.status.code === GrpcCode.INTERNAL) logger.error('request failed', { path: info.path, err });
+      else
+        logger.debug('request refused', {
+          path: info.path,
+          code: info.status.code,
+          msg: info.status.details,
+        });
+    },
+  };
 }
 
 function report(options: WrapOptions | undefined, err: unknown, path: string, status: StatusObject): void {

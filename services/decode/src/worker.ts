@@ -10,7 +10,6 @@
 // thin slice does not inject the prefill worker's token: under greedy sampling the engine's first
 // token must equal it (else FAILED_PRECONDITION before any token is sent); under sampling the
 // stream carries the engine's own tokens, which may differ from the prefill worker's draw.
-import { status as GrpcStatus } from '@grpc/grpc-js';
 import type { ServerWritableStream, UntypedServiceImplementation } from '@grpc/grpc-js';
 import { blockSeed, computeBlockHashes, type BlockDims } from '@kvmesh/block';
 import { Engine, TextStream, type LoadedModel } from '@kvmesh/engine';
@@ -30,7 +29,7 @@ import {
   wrapServerStream,
   wrapUnary,
   type Logger,
-  type WrapOptions,
+  loggingWrapOptions,
 } from '@kvmesh/runtime';
 import type { KvStoreClient } from '@kvmesh/sdk';
 import { type FetchedBlock } from '@kvmesh/sdk';
@@ -351,18 +350,7 @@ export async function startDecodeWorker(
       }
     }
 
-    const wrap: WrapOptions = {
-      onError: (err, info) => {
-        if (info.status.code === GrpcStatus.INTERNAL)
-          logger.error('request failed', { path: info.path, err });
-        else
-          logger.debug('request refused', {
-            path: info.path,
-            code: info.status.code,
-            msg: info.status.details,
-          });
-      },
-    };
+    const wrap = loggingWrapOptions(logger);
     const grpc = createGrpcServer({
       healthServices: [WORKER_SERVICE_NAME],
       messageBytesMax: GRPC_MESSAGE_BYTES_MAX,

@@ -4,7 +4,6 @@
 // in reverse: heartbeats stop first so peers start re-replicating, then NOT_SERVING, in-flight
 // requests drain, peers and NATS close, and queued events are flushed. Without a NATS url the node
 // runs standalone: the only member, R = 1, no events.
-import { status as GrpcStatus } from '@grpc/grpc-js';
 import { DataChannelServer, PROTOCOL_VERSION, formatDataAddress } from '@kvmesh/dataplane';
 import { loadKernels, type Kernels } from '@kvmesh/kernels';
 import { KVSTORE_DATA_METHODS, KvStoreService, type NodeId } from '@kvmesh/protocol';
@@ -18,6 +17,7 @@ import {
   type HeartbeatPublisher,
   type Logger,
   type MembershipWatch,
+  loggingWrapOptions,
 } from '@kvmesh/runtime';
 
 import { KvEventForwarder, connectCluster, type ClusterConnection } from './adapters/cluster.ts';
@@ -206,18 +206,7 @@ export async function startKvStoreNode(
         dataProtocolVersion: PROTOCOL_VERSION,
         putMessagesPerStreamMax: config.putMessagesPerStreamMax,
         putStreamConcurrency: config.putStreamConcurrency,
-        wrap: {
-          onError: (err, info) => {
-            if (info.status.code === GrpcStatus.INTERNAL)
-              logger.error('request failed', { path: info.path, err });
-            else
-              logger.debug('request refused', {
-                path: info.path,
-                code: info.status.code,
-                msg: info.status.details,
-              });
-          },
-        },
+        wrap: loggingWrapOptions(logger),
       }),
     );
     const grpcPort = await grpc.bind(formatDataAddress({ host: config.host, port: config.grpcPort }));

@@ -4,7 +4,6 @@
 // store holds and that fetches cleanly, computes the rest, and answers only after the store has
 // acknowledged every full block it did not already hold, so the hashes it returns are always held.
 // Requests run one at a time behind a bounded queue: the engine's forward pass is synchronous.
-import { status as GrpcStatus } from '@grpc/grpc-js';
 import type { UntypedServiceImplementation } from '@grpc/grpc-js';
 import { blockSeed, computeBlockHashes, type BlockDims } from '@kvmesh/block';
 import { Engine, type LoadedModel } from '@kvmesh/engine';
@@ -19,7 +18,13 @@ import {
   type PrefillResponse,
   type WorkerHealthResponse,
 } from '@kvmesh/protocol';
-import { createGrpcServer, startHeartbeats, wrapUnary, type Logger, type WrapOptions } from '@kvmesh/runtime';
+import {
+  createGrpcServer,
+  startHeartbeats,
+  wrapUnary,
+  type Logger,
+  loggingWrapOptions,
+} from '@kvmesh/runtime';
 import type { KvStoreClient } from '@kvmesh/sdk';
 import { type FetchedBlock } from '@kvmesh/sdk';
 import { CleanupStack, connectWorkerStore, workerBasics } from '@kvmesh/worker';
@@ -220,18 +225,7 @@ export async function startPrefillWorker(
       };
     };
 
-    const wrap: WrapOptions = {
-      onError: (err, info) => {
-        if (info.status.code === GrpcStatus.INTERNAL)
-          logger.error('request failed', { path: info.path, err });
-        else
-          logger.debug('request refused', {
-            path: info.path,
-            code: info.status.code,
-            msg: info.status.details,
-          });
-      },
-    };
+    const wrap = loggingWrapOptions(logger);
     const grpc = createGrpcServer({
       healthServices: [WORKER_SERVICE_NAME],
       messageBytesMax: GRPC_MESSAGE_BYTES_MAX,
