@@ -1,0 +1,2 @@
+// The tiering service's public surface.
+export {};
