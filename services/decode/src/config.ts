@@ -32,6 +32,13 @@ export const DECODE_CONFIG_SCHEMA = {
     min: 0,
     description: 'full KV blocks the local pool holds; 0 means sequencesMax full contexts (never full)',
   },
+  sequenceKvBlocksMax: {
+    type: 'int',
+    default: 0,
+    min: 0,
+    description:
+      'full KV blocks one sequence keeps in the local pool; older ones stay in the store and are attended to there (DistAttention); 0 keeps the whole context local',
+  },
   maxTokensDefault: {
     type: 'int',
     default: 256,

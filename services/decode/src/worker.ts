@@ -5,6 +5,10 @@
 // (block-aligned, so bit-identical to computing everything), and streams one message per token
 // while a step loop batches every running sequence (continuous batching). Once a sequence finishes,
 // its final message is sent first and its full blocks the store lacks are put in the background.
+// While it runs, each newly completed block is put as soon as it is sealed, so the next turn can
+// reuse it even before this one ends. With sequenceKvBlocksMax set, a sequence keeps at most that
+// many blocks in the pool: older ones (stored, pinned for the sequence's life) are attended to on
+// the kvstore nodes that hold them (DistAttention) and merged exactly with the local part.
 //
 // NOTE on first_token_id: the engine samples its own first token from the prompt's last logits. A
 // thin slice does not inject the prefill worker's token: under greedy sampling the engine's first
@@ -39,6 +43,8 @@ import { checkDecodeConfig, type DecodeConfig } from './config.ts';
 import {
   DecodeBatcher,
   EventChannel,
+  blocksToDemote,
+  farBlocksAtAdmission,
   FirstTokenMismatchError,
   SequenceSlots,
   blocksToFetch,
@@ -58,7 +64,13 @@ export const WORKER_SERVICE_NAME = 'kvmesh.v1.Worker';
 const GRPC_MESSAGE_BYTES_MAX = 16 * 1024 * 1024;
 
 /** The part of KvStoreClient a decode uses; tests may inject a faulty one. */
-export type DecodeBlockStore = Pick<KvStoreClient, 'matchPrefix' | 'get' | 'put'>;
+export type DecodeBlockStore = Pick<
+  KvStoreClient,
+  'matchPrefix' | 'get' | 'put' | 'partialAttention' | 'pin' | 'unpin'
+>;
+
+/** Pins on far blocks outlive any sequence we expect; they are released when it ends. */
+const FAR_PIN_TTL_MS = 30 * 60 * 1000;
 
 export interface StartDecodeWorkerOptions {
   readonly logger?: Logger;
@@ -86,6 +98,9 @@ export interface DecodeWorkerStats {
   readonly writeBacksPending: number;
   readonly writeBacksSkipped: number;
   readonly writeBackFailures: number;
+  /** Blocks left in the store and attended to there (DistAttention), over all sequences. */
+  readonly farBlocks: number;
+  readonly farAttentionCalls: number;
 }
 
 export interface DecodeWorker {
@@ -159,6 +174,8 @@ export async function startDecodeWorker(
     blocksStored: 0,
     writeBacksSkipped: 0,
     writeBackFailures: 0,
+    farBlocks: 0,
+    farAttentionCalls: 0,
   };
   const writeBacks = new Set<Promise<void>>();
   const writeBacksSettled = async (): Promise<void> => {
@@ -210,50 +227,181 @@ export async function startDecodeWorker(
       return usable.slice(0, count).map((b) => (b as FetchedBlock).payload);
     };
 
-    /** Puts the finished sequence's full blocks the store lacks; never throws (logs and counts). */
-    const startWriteBack = (finished: FinishedSequence, input: DecodeInput): void => {
-      if (activeStore === undefined || finished.blocks.length === 0) return;
+    /** Runs store work in the background, bounded by writeBacksMax; close() waits for it. */
+    const inBackground = (what: string, input: DecodeInput, run: () => Promise<void>): Promise<void> => {
       if (writeBacks.size >= config.writeBacksMax) {
         counts.writeBacksSkipped++;
-        logger.warn('write-back skipped: too many pending', { writeBacksMax: config.writeBacksMax });
-        return;
+        logger.warn(`${what} skipped: too many pending`, { writeBacksMax: config.writeBacksMax });
+        return Promise.resolve();
       }
-      const run = async (): Promise<void> => {
-        const covered = finished.tokens.slice(0, finished.blocks.length * B);
-        const hashes = computeBlockHashes(seedOf(input), covered, B, kernels);
-        const match = await activeStore.matchPrefix(hashes, input.namespace);
-        const held = new Set<string>(match.locations.map((l) => l.hash));
-        const toPut = blocksToWriteBack(hashes.map((h) => held.has(h)));
-        if (toPut.length === 0) return;
-        const report = await activeStore.put(
-          toPut.map((i) => ({
-            hash: hashes[i] as BlockHash,
-            parentHash: i === 0 ? null : (hashes[i - 1] as BlockHash),
-            namespace: input.namespace,
-            modelFingerprint: model.fingerprint,
-            tokenIds: covered.slice(i * B, (i + 1) * B),
-            payload: finished.blocks[i] as Uint8Array,
-          })),
-        );
-        counts.blocksStored += report.acknowledged.length;
-        const firstFailure = report.failed[0];
-        if (firstFailure !== undefined) {
-          counts.writeBackFailures++;
-          logger.warn('write-back: blocks not acknowledged', {
-            requestId: input.requestId,
-            failed: report.failed.length,
-            total: toPut.length,
-            err: firstFailure.error,
-          });
-        }
-      };
       const pending: Promise<void> = run()
         .catch((err: unknown) => {
           counts.writeBackFailures++;
-          logger.warn('write-back failed', { requestId: input.requestId, err });
+          logger.warn(`${what} failed`, { requestId: input.requestId, err });
         })
         .finally(() => writeBacks.delete(pending));
       writeBacks.add(pending);
+      return pending;
+    };
+
+    /** Puts blocks `indices` of `tokens` (payload of block i: payloadOf(i)); returns the acknowledged. */
+    const putBlocks = async (
+      input: DecodeInput,
+      tokens: readonly number[],
+      hashes: readonly BlockHash[],
+      indices: readonly number[],
+      payloadOf: (index: number) => Uint8Array,
+    ): Promise<Set<string>> => {
+      if (activeStore === undefined || indices.length === 0) return new Set();
+      const report = await activeStore.put(
+        indices.map((i) => ({
+          hash: hashes[i] as BlockHash,
+          parentHash: i === 0 ? null : (hashes[i - 1] as BlockHash),
+          namespace: input.namespace,
+          modelFingerprint: model.fingerprint,
+          tokenIds: tokens.slice(i * B, (i + 1) * B),
+          payload: payloadOf(i),
+        })),
+      );
+      counts.blocksStored += report.acknowledged.length;
+      const firstFailure = report.failed[0];
+      if (firstFailure !== undefined) {
+        counts.writeBackFailures++;
+        logger.warn('write-back: blocks not acknowledged', {
+          requestId: input.requestId,
+          failed: report.failed.length,
+          total: indices.length,
+          err: firstFailure.error,
+        });
+      }
+      return new Set<string>(report.acknowledged);
+    };
+
+    /** Puts the finished sequence's full blocks the store lacks; never throws (logs and counts). */
+    const startWriteBack = (finished: FinishedSequence, input: DecodeInput): void => {
+      if (activeStore === undefined || finished.blocks.length === 0) return;
+      void inBackground('write-back', input, async () => {
+        const covered = finished.tokens.slice(0, (finished.firstBlock + finished.blocks.length) * B);
+        const hashes = computeBlockHashes(seedOf(input), covered, B, kernels);
+        const match = await activeStore.matchPrefix(hashes, input.namespace);
+        const held = new Set<string>(match.locations.map((l) => l.hash));
+        // Far blocks are in the store by construction (pinned until now).
+        const toPut = blocksToWriteBack(hashes.map((h, i) => i < finished.firstBlock || held.has(h)));
+        await putBlocks(
+          input,
+          covered,
+          hashes,
+          toPut,
+          (i) => finished.blocks[i - finished.firstBlock] as Uint8Array,
+        );
+      });
+    };
+
+    /**
+     * A running sequence's link to the store: puts each block as it is sealed and, with a KV budget,
+     * moves the oldest stored blocks out of the pool, pinned, to be attended to where they live.
+     */
+    let linked = 0;
+    const linkSequence = (input: DecodeInput, promptHashes: readonly BlockHash[], storedBlocks: number) => {
+      const holder = `${nodeId}/${input.requestId ?? 'anonymous'}/${++linked}`;
+      const hashes = [...promptHashes];
+      const farHashes: BlockHash[] = [];
+      let stored = storedBlocks;
+      let handled = storedBlocks;
+      let chain = Promise.resolve();
+      let sequenceId: number | undefined;
+      const budget = activeStore === undefined ? 0 : config.sequenceKvBlocksMax;
+      const store = activeStore;
+      const link = {
+        farHashes,
+        farAttention:
+          budget === 0 || store === undefined
+            ? undefined
+            : {
+                attend: (layer: number, query: Float32Array, blocks: number) => {
+                  counts.farAttentionCalls++;
+                  return store.partialAttention({
+                    layer,
+                    queryHeads: model.config.queryHeads,
+                    headDim: model.config.headDim,
+                    query,
+                    hashes: farHashes.slice(0, blocks),
+                    namespace: input.namespace,
+                  });
+                },
+              },
+        /** Pins `wanted` (the next blocks to leave the pool) for the sequence's life; false if any is missing. */
+        async pinFar(wanted: readonly BlockHash[]): Promise<boolean> {
+          if (store === undefined || wanted.length === 0) return true;
+          const report = await store.pin(wanted, {
+            namespace: input.namespace,
+            ttlMs: FAR_PIN_TTL_MS,
+            holder,
+          });
+          if (report.missing.length > 0) {
+            await store.unpin(wanted, { namespace: input.namespace, holder }).catch(() => undefined);
+            return false;
+          }
+          farHashes.push(...wanted);
+          counts.farBlocks += wanted.length;
+          return true;
+        },
+        start(id: number): void {
+          sequenceId = id;
+        },
+        /** After each token: puts newly sealed blocks, then demotes what the budget asks. */
+        advanced(): void {
+          if (store === undefined || sequenceId === undefined) return;
+          const id = sequenceId;
+          let info;
+          try {
+            info = engine.sequenceInfo(id);
+          } catch {
+            return; // the sequence already left the engine; the final write-back covers it
+          }
+          if (info.fullBlocks <= handled) return;
+          const from = handled;
+          const to = info.fullBlocks;
+          handled = to;
+          const tokens = info.tokens.slice(0, to * B);
+          hashes.push(...computeBlockHashes(seedOf(input), tokens, B, kernels).slice(hashes.length));
+          const payloads = new Map<number, Uint8Array>();
+          for (let i = from; i < to; i++) payloads.set(i, engine.exportBlock(id, i));
+          const indices = [...payloads.keys()];
+          chain = chain.then(() =>
+            inBackground('block write-back', input, async () => {
+              const acked = await putBlocks(
+                input,
+                tokens,
+                hashes,
+                indices,
+                (i) => payloads.get(i) as Uint8Array,
+              );
+              while (stored < to && acked.has(hashes[stored] as string)) stored++;
+              const count = blocksToDemote({
+                farBlocks: farHashes.length,
+                fullBlocks: to,
+                storedBlocks: stored,
+                budget,
+              });
+              if (count === 0) return;
+              const first = farHashes.length;
+              if (await link.pinFar(hashes.slice(first, first + count))) batcher.demote(id, count);
+            }),
+          );
+        },
+        /** Releases the far pins once the sequence ended (in the background). */
+        end(): void {
+          if (store === undefined || farHashes.length === 0) return;
+          const pinned = [...farHashes];
+          void chain.then(() =>
+            inBackground('unpin', input, async () => {
+              await store.unpin(pinned, { namespace: input.namespace, holder });
+            }),
+          );
+        },
+      };
+      return link;
     };
 
     const wireFinish = (reason: 'stop' | 'length'): FinishReason =>
@@ -269,6 +417,7 @@ export async function startDecodeWorker(
       const channel = new EventChannel<SequenceEvent>();
       let id: number | undefined;
       let finished: FinishedSequence | undefined;
+      let link: ReturnType<typeof linkSequence> | undefined;
       // NOTE: the stream may be waiting on the channel, not on a write, when the client goes away;
       // closing the channel is what wakes it, and removing the sequence frees its blocks at once.
       const onCancelled = (): void => {
@@ -284,17 +433,26 @@ export async function startDecodeWorker(
           input,
         );
         if (call.cancelled) return;
+        link = linkSequence(input, hashes, prefixBlocks.length);
+        let far = farBlocksAtAdmission(
+          prefixBlocks.length,
+          link.farAttention === undefined ? 0 : config.sequenceKvBlocksMax,
+        );
+        if (far > 0 && !(await link.pinFar(hashes.slice(0, far)))) far = 0;
+        if (call.cancelled) return;
         id = batcher.admit(
           {
             promptTokens: tokens,
             maxTokens: input.maxTokens,
             sampling: input.sampling,
             ...(input.stopTokenIds === undefined ? {} : { stopTokenIds: input.stopTokenIds }),
-            prefixBlocks,
+            prefixBlocks: prefixBlocks.slice(far),
+            ...(link.farAttention === undefined ? {} : { farBlocks: far, farAttention: link.farAttention }),
           },
           (event) => channel.push(event),
         );
         const sequenceId = id;
+        link.start(sequenceId);
         const text = new TextStream(model.tokenizer, input.stop);
         let completionTokens = 0;
         for (;;) {
@@ -314,6 +472,7 @@ export async function startDecodeWorker(
           finished = event.finished ?? (delta.stopped ? batcher.finish(sequenceId) : undefined);
           const logprobs = input.logprobs ? [event.logprob] : [];
           if (finished === undefined) {
+            link.advanced();
             yield {
               tokenIds: [event.token],
               text: delta.text,
@@ -347,6 +506,7 @@ export async function startDecodeWorker(
         release();
         // After the final message was handed to the stream: the client never waits on the store.
         if (finished !== undefined) startWriteBack(finished, input);
+        link?.end();
       }
     }
 

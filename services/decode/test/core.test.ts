@@ -16,9 +16,11 @@ import {
   ModelMismatchError,
   SequenceSlots,
   TooManySequencesError,
+  blocksToDemote,
   blocksToFetch,
   blocksToWriteBack,
   decodeUsage,
+  farBlocksAtAdmission,
   importableBlocks,
   parseDecodeRequest,
   usablePrefix,
@@ -214,6 +216,59 @@ describe('batcher - continuous batching over one engine', () => {
   });
 });
 
+describe('batcher - asynchronous steps (DistAttention)', () => {
+  /** The scripted engine whose steps resolve only when the test releases them. */
+  class AsyncEngine extends ScriptedEngine {
+    readonly needsAsyncStep = true;
+    inFlight = 0;
+    private release: (() => void)[] = [];
+    /** Like the engine: the step covers the sequences present when it starts. */
+    stepAsync(): Promise<TokenEvent[]> {
+      this.inFlight++;
+      const events = this.step();
+      return new Promise((resolve) =>
+        this.release.push(() => {
+          this.inFlight--;
+          resolve(events);
+        }),
+      );
+    }
+    demoteBlocks(id: number, count: number): void {
+      this.log.push(`demote ${id} ${count}`);
+    }
+    finishStep(): void {
+      (this.release.shift() as () => void)();
+    }
+  }
+
+  it('batcher - one async step at a time; admissions and demotions meanwhile join the next step', async () => {
+    const engine = new AsyncEngine();
+    const clock = manualSchedule();
+    const batcher = new DecodeBatcher(engine, { schedule: clock.schedule });
+    const got: number[] = [];
+    const listen = (event: { kind: string; token?: number }): void => {
+      if (event.kind === 'token') got.push(event.token as number);
+    };
+    batcher.admit({ promptTokens: [1], maxTokens: 2 }, listen);
+    clock.runAll();
+    assert.equal(engine.inFlight, 1);
+    const second = batcher.admit({ promptTokens: [1], maxTokens: 1 }, listen);
+    batcher.demote(second, 1);
+    clock.runAll();
+    assert.equal(engine.inFlight, 1, 'no second step while one is in flight');
+    engine.finishStep();
+    await new Promise((resolve) => setImmediate(resolve));
+    clock.runAll();
+    assert.equal(engine.inFlight, 1, 'the next step starts once the first ended');
+    engine.finishStep();
+    await new Promise((resolve) => setImmediate(resolve));
+    clock.runAll();
+    assert.deepEqual(got, [100, 101, 200]);
+    assert.ok(engine.log.includes('demote 2 1'));
+    assert.equal(batcher.active, 0);
+  });
+});
+
 describe('channel and slots', () => {
   it('channel - items arrive in order; close wakes a waiting reader and drops later pushes', async () => {
     const channel = new EventChannel<number>();
@@ -278,6 +333,19 @@ describe('plan - fetch, write-back and usage', () => {
     assert.deepEqual(blocksToWriteBack([true, true]), []);
     assert.deepEqual(decodeUsage(40, 7, 32), { promptTokens: 40, completionTokens: 7, cachedTokens: 32 });
     assert.throws(() => decodeUsage(10, 1, 16), /exceeds promptTokens/);
+  });
+
+  it('plan - DistAttention keeps the newest budget blocks local and demotes only stored ones', () => {
+    assert.equal(farBlocksAtAdmission(6, 2), 4);
+    assert.equal(farBlocksAtAdmission(2, 2), 0);
+    assert.equal(farBlocksAtAdmission(6, 0), 0, 'budget 0 is off');
+    // 4 far + 3 local with a budget of 2: one to demote, and it is stored.
+    assert.equal(blocksToDemote({ farBlocks: 4, fullBlocks: 7, storedBlocks: 7, budget: 2 }), 1);
+    // Not yet acknowledged by the store: nothing moves.
+    assert.equal(blocksToDemote({ farBlocks: 4, fullBlocks: 7, storedBlocks: 4, budget: 2 }), 0);
+    assert.equal(blocksToDemote({ farBlocks: 0, fullBlocks: 9, storedBlocks: 5, budget: 2 }), 5);
+    assert.equal(blocksToDemote({ farBlocks: 4, fullBlocks: 6, storedBlocks: 6, budget: 2 }), 0);
+    assert.equal(blocksToDemote({ farBlocks: 0, fullBlocks: 9, storedBlocks: 9, budget: 0 }), 0);
   });
 });
 

@@ -89,14 +89,17 @@ describe('decode worker - over a 2-node kvstore cluster (R = 2) on a real nats-s
   const kvNodes: ServiceHandle[] = [];
   let worker: DecodeWorker;
   let client: WorkerClient;
+  /** A second worker that keeps at most two blocks of a sequence locally (DistAttention). */
+  let farWorker: DecodeWorker;
+  let farClient: WorkerClient;
   let store: KvStoreClient;
   const heartbeats: NodeHeartbeat[] = [];
 
-  const open = (request: DecodeRequestInput) => client.decode(decodeRequest(request));
-  const decode = (request: DecodeRequestInput): Promise<DecodeResponse[]> =>
+  const open = (request: DecodeRequestInput, via = client) => via.decode(decodeRequest(request));
+  const decode = (request: DecodeRequestInput, via = client): Promise<DecodeResponse[]> =>
     new Promise((resolve, reject) => {
       const out: DecodeResponse[] = [];
-      const stream = open(request);
+      const stream = open(request, via);
       stream.on('data', (message: DecodeResponse) => out.push(message));
       stream.on('error', reject);
       stream.on('end', () => resolve(out));
@@ -155,9 +158,9 @@ describe('decode worker - over a 2-node kvstore cluster (R = 2) on a real nats-s
       dataToken: TOKEN,
     });
     kvNodes.push(...spawned);
-    worker = await startDecodeWorker(
+    const workerConfig = (nodeId: string, sequenceKvBlocksMax: number) =>
       decodeConfig({
-        nodeId: 'decode-0',
+        nodeId,
         modelDir: join(dir, 'tiny'),
         blockTokens: B,
         codec: 'f32',
@@ -169,11 +172,14 @@ describe('decode worker - over a 2-node kvstore cluster (R = 2) on a real nats-s
         storeMissedHeartbeatsMax: MISSED_HEARTBEATS_MAX,
         heartbeatIntervalMs: HEARTBEAT_MS,
         sequencesMax: SEQUENCES_MAX,
-      }),
-      // NOTE: 'error', because warm-up write-backs fail (logged as warnings) until the nodes meet.
-      { model, logger: createLogger({ service: 'decode', level: 'error' }) },
-    );
+        sequenceKvBlocksMax,
+      });
+    // NOTE: 'error', because warm-up write-backs fail (logged as warnings) until the nodes meet.
+    const quiet = { model, logger: createLogger({ service: 'decode', level: 'error' }) };
+    worker = await startDecodeWorker(workerConfig('decode-0', 0), quiet);
     client = new WorkerClient(worker.grpcAddress, credentials.createInsecure());
+    farWorker = await startDecodeWorker(workerConfig('decode-far', 2), quiet);
+    farClient = new WorkerClient(farWorker.grpcAddress, credentials.createInsecure());
     store = await KvStoreClient.connect({
       natsUrl: nats.url,
       replicas: 2,
@@ -197,8 +203,10 @@ describe('decode worker - over a 2-node kvstore cluster (R = 2) on a real nats-s
 
   after(async () => {
     client?.close();
+    farClient?.close();
     await store?.close();
     await worker?.close();
+    await farWorker?.close();
     for (const node of kvNodes) await node.stop();
     await nc?.close();
     await nats?.stop();
@@ -282,6 +290,33 @@ describe('decode worker - over a 2-node kvstore cluster (R = 2) on a real nats-s
       tokensOf(messages),
       reference(turn, 12).map((e) => e.token),
     );
+  });
+
+  it('decode - a context over the KV budget completes through DistAttention with the unconstrained greedy output', async () => {
+    // Six prompt blocks in the store (a decode computes and writes them back), then a worker that
+    // keeps two blocks per sequence decodes three more blocks' worth of tokens.
+    const prompt = randomTokens(6 * B + 3);
+    await decode({ promptTokenIds: prompt, sampling: { maxTokens: 1 } });
+    await worker.writeBacksSettled();
+    const hashes = hashesOf(prompt);
+    assert.equal((await store.matchPrefix(hashes, '')).matchedBlocks, 6);
+    const expected = reference(prompt, 3 * B).map((e) => e.token);
+    const before = farWorker.stats();
+    const messages = await decode(
+      { promptTokenIds: prompt, blockHashes: wireHashes(hashes), sampling: { maxTokens: 3 * B } },
+      farClient,
+    );
+    assert.deepEqual(tokensOf(messages), expected);
+    assert.equal(messages.at(-1)?.usage?.cachedTokens, 6 * B);
+    const stats = farWorker.stats();
+    assert.ok(stats.farAttentionCalls > before.farAttentionCalls, 'attention went to the store');
+    // Four prompt blocks left at admission, and generated blocks demoted once stored.
+    assert.ok(stats.farBlocks - before.farBlocks >= 4 + Math.min(2, expected.length / B - 1));
+    // The generated blocks were written back as they were sealed: the next turn can reuse them.
+    await farWorker.writeBacksSettled();
+    const turn = [...prompt, ...expected];
+    const written = Math.floor((turn.length - 1) / B);
+    assert.equal((await store.matchPrefix(hashesOf(turn).slice(0, written), '')).matchedBlocks, written);
   });
 
   it('decode - concurrent requests share engine steps and both match a lone engine', async () => {

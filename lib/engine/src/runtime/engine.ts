@@ -2,6 +2,12 @@
 // sequence, step all, remove finished ones. Computes in f32 on the dense kernels (OpenBLAS GEMM);
 // attention reads every full block in the pool's codec and the sequence's f32 tail.
 //
+// DistAttention: a sequence may leave its oldest full blocks outside the pool ("far" blocks, held
+// by the store). Attention over them is asked of an injected FarAttention per layer and merged
+// exactly with the local part (Kernels.mergePartials), so stepAsync() is needed while any sequence
+// has far blocks; step() refuses them. The forward pass is written once as a generator that yields
+// its far-attention requests; step() and stepAsync() only differ in how they answer them.
+//
 // NOTE: prefill runs in chunks that never cross a block boundary (absolute positions jB..(j+1)B).
 // Every token thus sees full blocks in their stored codec and only its own block in f32, exactly
 // as in decode, and a process that imports a sequence's first k blocks and recomputes the rest
@@ -13,6 +19,7 @@ import {
   type CodecName,
   type Kernels,
   type LayerDims,
+  type PartialAttention,
 } from '@kvmesh/kernels';
 import type { BlockDims } from '@kvmesh/block';
 
@@ -36,6 +43,12 @@ export interface EngineOptions {
   kernels?: Kernels;
 }
 
+/** Attention over a sequence's far blocks (its first `blocks` full blocks, not in the pool). */
+export interface FarAttention {
+  /** Partial attention of one query row, f32 [queryHeads][headDim], over the first `blocks` blocks. */
+  attend(layer: number, query: Float32Array, blocks: number): Promise<PartialAttention>;
+}
+
 export interface SequenceRequest {
   promptTokens: readonly number[];
   maxTokens: number;
@@ -43,6 +56,12 @@ export interface SequenceRequest {
   stopTokenIds?: readonly number[];
   /** Payloads (block format v1) of the prompt's first full blocks, imported instead of computed. */
   prefixBlocks?: readonly Uint8Array[];
+  /**
+   * Leading full blocks of the prompt left outside the pool (before prefixBlocks): their attention
+   * comes from farAttention. Needs farAttention; also needed for demoteBlocks().
+   */
+  farBlocks?: number;
+  farAttention?: FarAttention;
 }
 
 export type FinishReason = 'stop' | 'length';
@@ -56,6 +75,16 @@ export interface TokenEvent {
   logits?: Float32Array;
 }
 
+/** One far-attention request of the forward pass: one query row of one sequence at one layer. */
+interface FarRequest {
+  seq: Sequence;
+  layer: number;
+  query: Float32Array;
+}
+
+/** The forward pass as a generator: yields far requests, resumes with their partials (same order). */
+type Forward<T> = Generator<FarRequest[], T, PartialAttention[]>;
+
 export class SequenceNotFoundError extends KvmeshError {
   constructor(id: number) {
     super('SEQUENCE_NOT_FOUND', 'not-found', `no sequence ${id}`, { id });
@@ -68,7 +97,12 @@ interface Sequence {
   promptTokens: number;
   /** Tokens whose K/V are in blocks or the tail. */
   computed: number;
+  /** Pool ids of the local full blocks; they follow the far blocks. */
   blocks: number[];
+  farBlocks: number;
+  farAttention: FarAttention | undefined;
+  /** Removed while a step was running: its blocks are released when the step ends. */
+  removed: boolean;
   tail: TailBlock;
   sampling: SamplingOptions;
   rng: Xoshiro128;
@@ -129,6 +163,8 @@ export class Engine {
   private readonly sequences = new Map<number, Sequence>();
   private readonly seedStream = new Xoshiro128(0x6b766d);
   private nextId = 1;
+  /** Pool changes asked for while an async step runs; applied when it ends. */
+  private deferred: (() => void)[] | null = null;
 
   constructor(model: LoadedModel, options: EngineOptions = {}) {
     const cfg = model.config;
@@ -156,6 +192,12 @@ export class Engine {
 
   get activeSequences(): number {
     return this.sequences.size;
+  }
+
+  /** Whether a sequence with far blocks is running: step() refuses it, stepAsync() serves it. */
+  get needsAsyncStep(): boolean {
+    for (const seq of this.sequences.values()) if (seq.farBlocks > 0 && !seq.finished) return true;
+    return false;
   }
 
   /** Admits a sequence; its prompt is computed by the next step(). */
@@ -194,13 +236,21 @@ export class Engine {
     checkSampling(sampling);
     const B = this.dims.blockTokens;
     const prefix = request.prefixBlocks ?? [];
+    const farBlocks = request.farBlocks ?? 0;
+    if (!Number.isInteger(farBlocks) || farBlocks < 0)
+      throw new InvalidArgumentError(`farBlocks must be a non-negative integer, got ${farBlocks}`, {
+        farBlocks,
+      });
+    if (farBlocks > 0 && request.farAttention === undefined)
+      throw new InvalidArgumentError(`${farBlocks} far blocks given without farAttention`, { farBlocks });
     // At least the last prompt token is always computed: its logits give the first new token.
     const importable = Math.floor((prompt.length - 1) / B);
-    if (prefix.length > importable) {
+    if (farBlocks + prefix.length > importable) {
       throw new InvalidArgumentError(
-        `${prefix.length} prefix blocks given; a ${prompt.length}-token prompt takes at most ${importable}`,
+        `${farBlocks + prefix.length} prefix blocks given; a ${prompt.length}-token prompt takes at most ${importable}`,
         {
           prefixBlocks: prefix.length,
+          farBlocks,
           importable,
         },
       );
@@ -217,8 +267,11 @@ export class Engine {
       id,
       tokens: [...prompt],
       promptTokens: prompt.length,
-      computed: blocks.length * B,
+      computed: (farBlocks + blocks.length) * B,
       blocks,
+      farBlocks,
+      farAttention: request.farAttention,
+      removed: false,
       tail: new TailBlock(this.dims),
       sampling,
       rng: new Xoshiro128(sampling.seed ?? this.seedStream.nextUint32()),
@@ -226,24 +279,66 @@ export class Engine {
       stop: new Set(request.stopTokenIds ?? cfg.eosTokenIds),
       generated: 0,
       finished: null,
-      reusedTokens: blocks.length * B,
+      reusedTokens: (farBlocks + blocks.length) * B,
     });
     return id;
   }
 
-  /** Frees a sequence's blocks (finished or cancelled). */
+  /** Frees a sequence's blocks (finished or cancelled); during stepAsync(), once the step ends. */
   removeSequence(id: number): void {
-    const seq = this.sequences.get(id);
-    if (!seq) throw new SequenceNotFoundError(id);
-    for (const block of seq.blocks) this.pool.release(block);
+    const seq = this.sequence(id);
     this.sequences.delete(id);
+    seq.removed = true;
+    this.whenIdle(() => {
+      for (const block of seq.blocks) this.pool.release(block);
+    });
   }
 
-  /** Payloads of the sequence's full blocks, in order. */
+  /** Payloads of the sequence's local full blocks, in order (they follow its far blocks). */
   exportBlocks(id: number): Uint8Array[] {
+    return this.sequence(id).blocks.map((b) => this.pool.exportPayload(b));
+  }
+
+  /** Payload of full block `index` (counted from the sequence's start); it must be local. */
+  exportBlock(id: number, index: number): Uint8Array {
+    const seq = this.sequence(id);
+    const block = seq.blocks[index - seq.farBlocks];
+    if (block === undefined)
+      throw new InvalidArgumentError(
+        `block ${index} is not local (far ${seq.farBlocks}, local ${seq.blocks.length})`,
+        { index, farBlocks: seq.farBlocks, localBlocks: seq.blocks.length },
+      );
+    return this.pool.exportPayload(block);
+  }
+
+  /**
+   * Leaves the sequence's `count` oldest local blocks to farAttention (the caller made sure the
+   * store holds them) and frees them from the pool; during stepAsync(), once the step ends.
+   */
+  demoteBlocks(id: number, count: number): void {
+    const seq = this.sequence(id);
+    if (seq.farAttention === undefined)
+      throw new InvalidArgumentError(`sequence ${id} has no farAttention to demote blocks to`, { id });
+    if (!Number.isInteger(count) || count < 0)
+      throw new InvalidArgumentError(`count must be a non-negative integer, got ${count}`, { count });
+    this.whenIdle(() => {
+      if (seq.removed) return;
+      const demoted = seq.blocks.splice(0, Math.min(count, seq.blocks.length));
+      seq.farBlocks += demoted.length;
+      for (const block of demoted) this.pool.release(block);
+    });
+  }
+
+  private sequence(id: number): Sequence {
     const seq = this.sequences.get(id);
     if (!seq) throw new SequenceNotFoundError(id);
-    return seq.blocks.map((b) => this.pool.exportPayload(b));
+    return seq;
+  }
+
+  /** Runs `change` now, or when the running async step ends (blocks in use stay valid until then). */
+  private whenIdle(change: () => void): void {
+    if (this.deferred === null) change();
+    else this.deferred.push(change);
   }
 
   /** Token ids of a sequence so far (prompt + generated) and how many prompt tokens were reused. */
@@ -251,40 +346,81 @@ export class Engine {
     tokens: readonly number[];
     promptTokens: number;
     reusedTokens: number;
+    /** Full blocks, far and local. */
     fullBlocks: number;
+    farBlocks: number;
   } {
-    const seq = this.sequences.get(id);
-    if (!seq) throw new SequenceNotFoundError(id);
+    const seq = this.sequence(id);
     return {
       tokens: seq.tokens,
       promptTokens: seq.promptTokens,
       reusedTokens: seq.reusedTokens,
-      fullBlocks: seq.blocks.length,
+      fullBlocks: seq.farBlocks + seq.blocks.length,
+      farBlocks: seq.farBlocks,
     };
   }
 
   /**
    * One engine step: prefills every admitted sequence (emitting its first token), then decodes one
    * token for up to maxBatch running sequences. Finished sequences stay until removeSequence().
+   * Sequences with far blocks need stepAsync().
    */
   step(options: { logits?: boolean } = {}): TokenEvent[] {
+    if (this.deferred !== null) throw new KvmeshError('INTERNAL', 'internal', 'a step is already running');
+    if (this.needsAsyncStep) throw new InvalidArgumentError('a sequence has far blocks: use stepAsync()', {});
+    const pass = this.stepPass(options.logits === true);
+    const result = pass.next();
+    if (result.done !== true) throw new KvmeshError('INTERNAL', 'internal', 'far attention asked in step()');
+    return result.value;
+  }
+
+  /** step() that also serves sequences with far blocks (awaiting their FarAttention per layer). */
+  async stepAsync(options: { logits?: boolean } = {}): Promise<TokenEvent[]> {
+    if (this.deferred !== null) throw new KvmeshError('INTERNAL', 'internal', 'a step is already running');
+    this.deferred = [];
+    try {
+      const pass = this.stepPass(options.logits === true);
+      let next = pass.next();
+      while (next.done !== true) {
+        const requests = next.value;
+        let partials: PartialAttention[];
+        try {
+          partials = await Promise.all(
+            requests.map((r) =>
+              (r.seq.farAttention as FarAttention).attend(r.layer, r.query, r.seq.farBlocks),
+            ),
+          );
+        } catch (err) {
+          pass.return([]);
+          throw err;
+        }
+        next = pass.next(partials);
+      }
+      return next.value.filter((event) => this.sequences.has(event.sequenceId));
+    } finally {
+      const deferred = this.deferred;
+      this.deferred = null;
+      for (const change of deferred) change();
+    }
+  }
+
+  private *stepPass(keepLogits: boolean): Forward<TokenEvent[]> {
     const events: TokenEvent[] = [];
     const running: Sequence[] = [];
-    for (const seq of this.sequences.values()) {
+    // NOTE: a snapshot: sequences added while an async step runs join the next one.
+    for (const seq of [...this.sequences.values()]) {
       if (seq.finished) continue;
       if (seq.computed < seq.promptTokens) {
-        events.push(this.emit(seq, this.prefill(seq), options.logits === true));
+        events.push(this.emit(seq, yield* this.prefill(seq), keepLogits));
       } else {
         running.push(seq);
       }
     }
     for (let i = 0; i < running.length; i += this.maxBatch) {
       const batch = running.slice(i, i + this.maxBatch);
-      const logits = this.decode(batch);
+      const logits = yield* this.decode(batch);
       const V = this.model.config.vocabSize;
-      batch.forEach((seq, s) =>
-        events.push(this.emit(seq, logits.subarray(s * V, (s + 1) * V), options.logits === true)),
-      );
+      batch.forEach((seq, s) => events.push(this.emit(seq, logits.subarray(s * V, (s + 1) * V), keepLogits)));
     }
     return events;
   }
@@ -318,7 +454,7 @@ export class Engine {
   }
 
   /** Computes the rest of the prompt in block-aligned chunks; returns the last position's logits. */
-  private prefill(seq: Sequence): Float32Array {
+  private *prefill(seq: Sequence): Forward<Float32Array> {
     const B = this.dims.blockTokens;
     let logits: Float32Array | undefined;
     while (seq.computed < seq.promptTokens) {
@@ -329,18 +465,20 @@ export class Engine {
       }
       const start = seq.computed;
       const end = Math.min(seq.promptTokens, (Math.floor(start / B) + 1) * B);
-      logits = this.forwardChunk(seq, start, end);
+      logits = yield* this.forwardChunk(seq, start, end);
     }
     return logits as Float32Array;
   }
 
   /** Runs tokens [start, end) of one sequence (within one block) through every layer. */
-  private forwardChunk(seq: Sequence, start: number, end: number): Float32Array {
+  private *forwardChunk(seq: Sequence, start: number, end: number): Forward<Float32Array> {
     const cfg = this.model.config;
     const k = this.kernels;
     const s = this.scratch;
     const T = end - start;
     const H = cfg.hiddenSize;
+    const qDim = cfg.queryHeads * cfg.headDim;
+    const kvDim = cfg.kvHeads * cfg.headDim;
     const tokens = Uint32Array.from(seq.tokens.slice(start, end));
     const positions = Int32Array.from({ length: T }, (_, i) => start + i);
     const x = s.x.subarray(0, T * H);
@@ -348,19 +486,20 @@ export class Engine {
     const tailBefore = seq.tail.tokens;
     for (let l = 0; l < cfg.layers; l++) {
       const { q, kk, vv } = this.attentionInputs(l, x, T, positions);
-      const out = s.attn.subarray(0, T * cfg.queryHeads * cfg.headDim);
-      k.prefillAttention({
-        queryHeads: cfg.queryHeads,
-        kvHeads: cfg.kvHeads,
-        headDim: cfg.headDim,
-        scale: this.scale,
-        queries: q,
-        keys: kk,
-        values: vv,
-        past: { dims: this.layerDims, blocks: this.pastBlocks(seq, l, tailBefore) },
-        out,
-      });
-      const kvDim = cfg.kvHeads * cfg.headDim;
+      const out = s.attn.subarray(0, T * qDim);
+      if (seq.farBlocks === 0) {
+        k.prefillAttention({
+          queryHeads: cfg.queryHeads,
+          kvHeads: cfg.kvHeads,
+          headDim: cfg.headDim,
+          scale: this.scale,
+          queries: q,
+          keys: kk,
+          values: vv,
+          past: { dims: this.layerDims, blocks: this.pastBlocks(seq, l, tailBefore) },
+          out,
+        });
+      }
       for (let t = 0; t < T; t++) {
         seq.tail.write(
           l,
@@ -369,14 +508,36 @@ export class Engine {
           vv.subarray(t * kvDim, (t + 1) * kvDim),
         );
       }
+      if (seq.farBlocks > 0) {
+        // Row by row: each row sees the local blocks and the tail up to itself, plus the far part.
+        const rows = Array.from({ length: T }, (_, t) => q.slice(t * qDim, (t + 1) * qDim));
+        const far = yield rows.map((query) => ({ seq, layer: l, query }));
+        rows.forEach((query, t) => {
+          const local = k.attention({
+            dims: this.layerDims,
+            queryHeads: cfg.queryHeads,
+            query,
+            scale: this.scale,
+            blocks: this.pastBlocks(seq, l, tailBefore + t + 1),
+          });
+          out.set(this.withFar(local, far[t]), t * qDim);
+        });
+      }
       this.attentionOutputAndMlp(l, x, out, T);
     }
     this.advanceTail(seq, T);
     return this.logits(x.subarray((T - 1) * H, T * H), 1);
   }
 
+  /** The local partial merged with the far one (exact), as the normalized output. */
+  private withFar(local: PartialAttention, far: PartialAttention | undefined): Float32Array {
+    if (far === undefined) throw new KvmeshError('INTERNAL', 'internal', 'a far attention result is missing');
+    const cfg = this.model.config;
+    return this.kernels.mergePartials([local, far], cfg.queryHeads, cfg.headDim).o;
+  }
+
   /** One decode step for a batch: each sequence's last token, at its own position. */
-  private decode(batch: Sequence[]): Float32Array {
+  private *decode(batch: Sequence[]): Forward<Float32Array> {
     const cfg = this.model.config;
     const k = this.kernels;
     const S = batch.length;
@@ -394,9 +555,18 @@ export class Engine {
     k.embed(this.model.weights.embed, tokens, x);
     const qDim = cfg.queryHeads * cfg.headDim;
     const kvDim = cfg.kvHeads * cfg.headDim;
+    const farRows = batch.flatMap((seq, i) => (seq.farBlocks > 0 ? [i] : []));
     for (let l = 0; l < cfg.layers; l++) {
       const { q, kk, vv } = this.attentionInputs(l, x, S, positions);
       const out = this.scratch.attn.subarray(0, S * qDim);
+      const far =
+        farRows.length === 0
+          ? []
+          : yield farRows.map((i) => ({
+              seq: batch[i] as Sequence,
+              layer: l,
+              query: q.slice(i * qDim, (i + 1) * qDim),
+            }));
       batch.forEach((seq, i) => {
         const slot = seq.tail.tokens;
         seq.tail.write(
@@ -412,7 +582,8 @@ export class Engine {
           scale: this.scale,
           blocks: this.pastBlocks(seq, l, slot + 1),
         });
-        out.set(partial.o, i * qDim);
+        const farAt = seq.farBlocks > 0 ? farRows.indexOf(i) : -1;
+        out.set(farAt < 0 ? partial.o : this.withFar(partial, far[farAt]), i * qDim);
       });
       this.attentionOutputAndMlp(l, x, out, S);
     }

@@ -4,15 +4,26 @@
 // Invariants: a sequence's events go only to its own listener, in order; a sequence that finishes
 // in the engine is exported and removed in the same step, before its last event is delivered, so
 // its blocks are freed whatever the listener does; an engine failure fails every sequence it held.
+// While a sequence attends to far blocks (DistAttention) a step is asynchronous: at most one runs
+// at a time, and admissions, cancellations and demotions made meanwhile join the next one.
 import type { SequenceRequest, TokenEvent } from '@kvmesh/engine';
 
 /** The part of Engine the batcher drives; tests may pass a scripted double. */
 export interface BatchEngine {
   addSequence(request: SequenceRequest): number;
   step(): TokenEvent[];
+  /** Whether step() would refuse (some sequence has far blocks): stepAsync() runs instead. */
+  readonly needsAsyncStep?: boolean;
+  stepAsync?(): Promise<TokenEvent[]>;
   removeSequence(id: number): void;
   exportBlocks(id: number): Uint8Array[];
-  sequenceInfo(id: number): { tokens: readonly number[]; promptTokens: number; reusedTokens: number };
+  sequenceInfo(id: number): {
+    tokens: readonly number[];
+    promptTokens: number;
+    reusedTokens: number;
+    farBlocks?: number;
+  };
+  demoteBlocks?(id: number, count: number): void;
 }
 
 /** What is left of a sequence once it leaves the engine: what write-back and usage need. */
@@ -21,7 +32,9 @@ export interface FinishedSequence {
   readonly tokens: readonly number[];
   readonly promptTokens: number;
   readonly reusedTokens: number;
-  /** Payloads of its full blocks, in order (blocks[i] holds tokens [iB, (i+1)B)). */
+  /** Leading full blocks left in the store (DistAttention); `blocks` starts after them. */
+  readonly firstBlock: number;
+  /** Payloads of its local full blocks, in order (blocks[i] holds block firstBlock + i). */
   readonly blocks: readonly Uint8Array[];
 }
 
@@ -53,6 +66,8 @@ export interface BatcherStats {
 export class DecodeBatcher {
   private readonly listeners = new Map<number, (event: SequenceEvent) => void>();
   private scheduled = false;
+  /** An async step is in flight. */
+  private running = false;
   private steps = 0;
   private batchPeak = 0;
 
@@ -83,6 +98,14 @@ export class DecodeBatcher {
     return this.leave(id);
   }
 
+  /** Leaves a running sequence's `count` oldest local blocks to the store; no-op if it left. */
+  demote(id: number, count: number): void {
+    if (!this.listeners.has(id) || count <= 0) return;
+    if (this.engine.demoteBlocks === undefined) throw new Error('this engine cannot demote blocks');
+    this.engine.demoteBlocks(id, count);
+    this.kick();
+  }
+
   /** Drops a sequence (client cancelled); frees its blocks. No-op if it already left. */
   cancel(id: number): void {
     if (!this.listeners.delete(id)) return;
@@ -90,7 +113,7 @@ export class DecodeBatcher {
   }
 
   private kick(): void {
-    if (this.scheduled || this.listeners.size === 0) return;
+    if (this.scheduled || this.running || this.listeners.size === 0) return;
     this.scheduled = true;
     this.options.schedule(() => this.runStep());
   }
@@ -101,6 +124,7 @@ export class DecodeBatcher {
       tokens: [...info.tokens],
       promptTokens: info.promptTokens,
       reusedTokens: info.reusedTokens,
+      firstBlock: info.farBlocks ?? 0,
       blocks: this.engine.exportBlocks(id),
     };
     this.listeners.delete(id);
@@ -119,23 +143,45 @@ export class DecodeBatcher {
   private runStep(): void {
     this.scheduled = false;
     if (this.listeners.size === 0) return;
+    if (this.engine.needsAsyncStep === true && this.engine.stepAsync !== undefined) {
+      this.running = true;
+      this.engine.stepAsync().then(
+        (events) => {
+          this.running = false;
+          this.delivered(events);
+        },
+        (err: unknown) => {
+          this.running = false;
+          this.failAll(err);
+        },
+      );
+      return;
+    }
     let events: TokenEvent[];
     try {
       events = this.engine.step();
     } catch (err) {
-      // NOTE: a failed step may have left any sequence half-advanced; none of them can continue.
-      const failed = [...this.listeners];
-      this.listeners.clear();
-      for (const [id, listener] of failed) {
-        try {
-          this.engine.removeSequence(id);
-        } catch {
-          // Already gone: nothing to free.
-        }
-        this.deliver(listener, { kind: 'error', error: err });
-      }
+      this.failAll(err);
       return;
     }
+    this.delivered(events);
+  }
+
+  /** NOTE: a failed step may have left any sequence half-advanced; none of them can continue. */
+  private failAll(err: unknown): void {
+    const failed = [...this.listeners];
+    this.listeners.clear();
+    for (const [id, listener] of failed) {
+      try {
+        this.engine.removeSequence(id);
+      } catch {
+        // Already gone: nothing to free.
+      }
+      this.deliver(listener, { kind: 'error', error: err });
+    }
+  }
+
+  private delivered(events: TokenEvent[]): void {
     this.steps++;
     this.batchPeak = Math.max(this.batchPeak, events.length);
     for (const event of events) {

@@ -13,8 +13,10 @@ export { CodecMismatchError, ModelMismatchError } from '@kvmesh/worker';
 export { FirstTokenMismatchError, TooManySequencesError } from './errors.ts';
 export {
   blocksToFetch,
+  blocksToDemote,
   blocksToWriteBack,
   decodeUsage,
+  farBlocksAtAdmission,
   importableBlocks,
   usablePrefix,
   type DecodeUsage,

@@ -63,3 +63,27 @@ export function decodeUsage(
     });
   return { promptTokens, completionTokens, cachedTokens: reusedTokens };
 }
+
+/**
+ * DistAttention at admission: of `usable` leading prompt blocks the store holds, how many stay in
+ * the store (far) so that at most `budget` are imported; 0 when the budget is off (0) or not hit.
+ */
+export function farBlocksAtAdmission(usable: number, budget: number): number {
+  return budget > 0 && usable > budget ? usable - budget : 0;
+}
+
+/**
+ * Blocks to move from the pool to the store's side (far) once they are stored: the oldest local
+ * blocks beyond `budget`, never past the first block the store has not acknowledged.
+ */
+export function blocksToDemote(args: {
+  readonly farBlocks: number;
+  readonly fullBlocks: number;
+  /** Leading blocks the store is known to hold. */
+  readonly storedBlocks: number;
+  readonly budget: number;
+}): number {
+  const { farBlocks, fullBlocks, storedBlocks, budget } = args;
+  if (budget <= 0) return 0;
+  return Math.max(0, Math.min(fullBlocks - farBlocks - budget, storedBlocks - farBlocks));
+}
