@@ -8,3 +8,4 @@ export * from './gen/kvmesh/v1/router.js';
 export * from './gen/kvmesh/v1/tiering.js';
 export * from './gen/kvmesh/v1/events.js';
 export * from './data-methods.ts';
+export * from './codecs.ts';

@@ -18,6 +18,8 @@ import {
   JetStreamApiError,
   RetentionPolicy,
   StorageType,
+  jetstream,
+  jetstreamManager,
 } from '@nats-io/jetstream';
 import type {
   Consumer,
@@ -29,6 +31,8 @@ import type {
 
 import { KV_EVENTS_STREAM_DEFAULT, KV_EVENTS_SUBJECT_PREFIX, kvEventsSubject } from './core/subjects.ts';
 import { UnavailableError } from './errors.ts';
+import type { Logger } from './logger.ts';
+import type { NatsConnection } from './nats.ts';
 
 const MS_TO_NS = 1_000_000;
 const STREAM_NOT_FOUND = 10059;
@@ -104,6 +108,36 @@ function unavailable(what: string, err: unknown): UnavailableError {
   const message = err instanceof Error ? err.message : String(err);
   const code = err instanceof JetStreamApiError ? err.code : undefined;
   return new UnavailableError(`${what}: ${message}`, code === undefined ? {} : { jetStreamCode: code });
+}
+
+const STREAM_ATTEMPTS_MAX = 3;
+
+/**
+ * Makes sure the kv event stream exists and opens `nodeId`'s publisher on `nc`, logging failed
+ * publishes (retried) and resync markers. NOTE: services starting together race to create the
+ * stream; a lost race succeeds on retry.
+ */
+export async function openKvEventPublisher(
+  nc: NatsConnection,
+  options: { nodeId: string; logger: Logger },
+): Promise<KvEventPublisher> {
+  const jsm = await jetstreamManager(nc);
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await ensureKvEventStream(jsm);
+      break;
+    } catch (err) {
+      if (attempt >= STREAM_ATTEMPTS_MAX) throw err;
+      options.logger.warn('kv event stream not ready, retrying', { attempt, err });
+      await new Promise((resolve) => setTimeout(resolve, 100 * attempt));
+    }
+  }
+  return new KvEventPublisher(jetstream(nc), {
+    nodeId: options.nodeId,
+    onError: (err) => options.logger.warn('kv event publish failed; retrying', { err }),
+    onResync: (markerSeq, dropped) =>
+      options.logger.warn('kv event queue overflowed; published a resync marker', { markerSeq, dropped }),
+  });
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -14,12 +14,14 @@ import {
 } from '@kvmesh/block';
 import { CorruptDataError, InvalidArgumentError } from '@kvmesh/errors';
 import { checkBlockTokens, type CodecName, type Kernels } from '@kvmesh/kernels';
+import type {
+  Codec} from '@kvmesh/protocol';
 import {
-  Codec,
   PutBlocksRequest,
   Tier,
   blockHashFromBytes,
   blockHashToBytes,
+  codecFromWire,
   modelFingerprintFromBytes,
   modelFingerprintToBytes,
   parseBlockHash,
@@ -191,17 +193,9 @@ export function tierName(tier: Tier): TierName {
   }
 }
 
-const CODEC_OF_WIRE: ReadonlyMap<Codec, CodecName> = new Map([
-  [Codec.CODEC_F32, 'f32'],
-  [Codec.CODEC_F16, 'f16'],
-  [Codec.CODEC_KIVI8, 'kivi8'],
-  [Codec.CODEC_KIVI4, 'kivi4'],
-  [Codec.CODEC_KIVI2, 'kivi2'],
-]);
-
 /** The codec name of a wire Codec, undefined for UNSPECIFIED / unknown values. */
 export function codecName(codec: Codec): CodecName | undefined {
-  return CODEC_OF_WIRE.get(codec);
+  return codecFromWire(codec);
 }
 
 export interface FetchCheck {

@@ -32,6 +32,13 @@ export const DECODE_CONFIG_SCHEMA = {
     min: 0,
     description: 'full KV blocks the local pool holds; 0 means sequencesMax full contexts (never full)',
   },
+  localCacheBlocksMax: {
+    type: 'int',
+    default: 4096,
+    min: 0,
+    description:
+      'full blocks of finished sequences kept in the local pool for prefix reuse (published as kv events for kv-aware routing); freed first when the pool is full; 0 turns the cache off',
+  },
   sequenceKvBlocksMax: {
     type: 'int',
     default: 0,

@@ -9,6 +9,9 @@
 // reuse it even before this one ends. With sequenceKvBlocksMax set, a sequence keeps at most that
 // many blocks in the pool: older ones (stored, pinned for the sequence's life) are attended to on
 // the kvstore nodes that hold them (DistAttention) and merged exactly with the local part.
+// A finished sequence's blocks also stay in the pool as a local prefix cache (LRU, freed first when
+// the pool is full), announced as kv events of this worker so kv-aware routing sends the next turn
+// here; a hit imports nothing.
 //
 // NOTE on first_token_id: the engine samples its own first token from the prompt's last logits. A
 // thin slice does not inject the prefill worker's token: under greedy sampling the engine's first
@@ -20,15 +23,20 @@ import { Engine, TextStream, type LoadedModel } from '@kvmesh/engine';
 import type { CodecName, Kernels } from '@kvmesh/kernels';
 import {
   FinishReason,
+  Tier,
   WorkerService,
+  blockHashToBytes,
+  codecToWire,
   type BlockHash,
   type DecodeRequest,
   type DecodeResponse,
+  type KvEvent,
   type NodeId,
   type WorkerHealthResponse,
 } from '@kvmesh/protocol';
 import {
   createGrpcServer,
+  openKvEventPublisher,
   startHeartbeats,
   wrapServerStream,
   wrapUnary,
@@ -43,12 +51,15 @@ import { checkDecodeConfig, type DecodeConfig } from './config.ts';
 import {
   DecodeBatcher,
   EventChannel,
+  LocalPrefixCache,
+  type CachedBlock,
   blocksToDemote,
   farBlocksAtAdmission,
   FirstTokenMismatchError,
   SequenceSlots,
   blocksToFetch,
   blocksToWriteBack,
+  importableBlocks,
   decodeUsage,
   parseDecodeRequest,
   usablePrefix,
@@ -101,6 +112,9 @@ export interface DecodeWorkerStats {
   /** Blocks left in the store and attended to there (DistAttention), over all sequences. */
   readonly farBlocks: number;
   readonly farAttentionCalls: number;
+  /** Blocks in the local prefix cache, and prompt tokens served from it. */
+  readonly localCacheBlocks: number;
+  readonly localCachedTokens: number;
 }
 
 export interface DecodeWorker {
@@ -143,7 +157,11 @@ export async function startDecodeWorker(
   // smaller kvBlocksMax trades that for memory, and a full pool fails the sequences of that step.
   const kvBlocksMax =
     config.kvBlocksMax > 0 ? config.kvBlocksMax : config.sequencesMax * Math.ceil(maxContextTokens / B);
-  const engine = new Engine(model, {
+  const cache = new LocalPrefixCache(Math.min(config.localCacheBlocksMax, kvBlocksMax));
+  const cacheEvents: { emit: (change: { stored?: CachedBlock[]; removed?: CachedBlock[] }) => void } = {
+    emit: () => undefined,
+  };
+  const engine: Engine = new Engine(model, {
     codec,
     blockTokens: B,
     maxContextTokens,
@@ -151,6 +169,13 @@ export async function startDecodeWorker(
     maxBatch: config.maxBatch,
     maxSequences: config.sequencesMax,
     kernels,
+    reclaimBlock: () => {
+      const evicted = cache.evictOne();
+      if (evicted === undefined) return false;
+      engine.pool.release(evicted.poolId);
+      cacheEvents.emit({ removed: [evicted] });
+      return true;
+    },
   });
   const limits: DecodeLimits = {
     modelName: config.modelName === '' ? model.name : config.modelName,
@@ -162,6 +187,7 @@ export async function startDecodeWorker(
   };
   const slots = new SequenceSlots(config.sequencesMax);
   const batcher = new DecodeBatcher(engine, {
+    keepPoolBlocks: cache.blocksMax > 0,
     schedule: (step) => setImmediate(step),
     onListenerError: (err) => logger.error('sequence listener failed', { err }),
   });
@@ -176,6 +202,7 @@ export async function startDecodeWorker(
     writeBackFailures: 0,
     farBlocks: 0,
     farAttentionCalls: 0,
+    localCachedTokens: 0,
   };
   const writeBacks = new Set<Promise<void>>();
   const writeBacksSettled = async (): Promise<void> => {
@@ -192,6 +219,46 @@ export async function startDecodeWorker(
     if (store === undefined)
       logger.warn('no natsUrl and no store: prompts are computed in full and no block is written back');
     const activeStore = store;
+    if (nc !== undefined && cache.blocksMax > 0) {
+      const publisher = await openKvEventPublisher(nc, { nodeId, logger });
+      cleanups.push(async () => {
+        await publisher.close(config.shutdownGraceMs);
+      });
+      let seq = 0n;
+      const wire = (block: CachedBlock) => ({
+        hash: Buffer.from(blockHashToBytes(block.hash)),
+        parentHash: block.parent === null ? Buffer.alloc(0) : Buffer.from(blockHashToBytes(block.parent)),
+        tier: Tier.TIER_DRAM,
+        codec: codecToWire(codec),
+        bytes: BigInt(block.bytes),
+        namespace: block.namespace,
+      });
+      const publish = (change: { stored?: CachedBlock[]; removed?: CachedBlock[]; cleared?: boolean }) => {
+        const event: KvEvent = {
+          nodeId,
+          seq: ++seq,
+          stored: (change.stored ?? []).map(wire),
+          removed: (change.removed ?? []).map((b) => Buffer.from(blockHashToBytes(b.hash))),
+          removedNamespaces: (change.removed ?? []).map((b) => b.namespace),
+          cleared: change.cleared ?? false,
+          timestampMs: BigInt(Date.now()),
+        };
+        try {
+          publisher.publish(event);
+        } catch (err) {
+          logger.warn('local cache event not published', { err });
+        }
+      };
+      // A fresh worker holds nothing: an index that knew an earlier incarnation forgets it.
+      publish({ cleared: true });
+      cacheEvents.emit = (change) => {
+        if ((change.stored?.length ?? 0) + (change.removed?.length ?? 0) > 0) publish(change);
+      };
+    }
+    // NOTE: runs after the gRPC server drained and before the publisher closes: frees the cache.
+    cleanups.push(() => {
+      for (const entry of cache.clear()) engine.pool.release(entry.poolId);
+    });
     // Runs after the gRPC server drained (cleanups run in reverse) and before the store closes.
     cleanups.push(writeBacksSettled);
 
@@ -199,7 +266,11 @@ export async function startDecodeWorker(
       blockSeed({ modelFingerprint: model.fingerprint, blockTokens: B, namespace: input.namespace }, kernels);
 
     /** The leading blocks whose copies fetch cleanly and are exactly this prompt's blocks. */
-    const fetchPrefix = async (hashes: readonly BlockHash[], input: DecodeInput): Promise<Uint8Array[]> => {
+    const fetchPrefix = async (
+      hashes: readonly BlockHash[],
+      input: DecodeInput,
+      firstBlock: number,
+    ): Promise<Uint8Array[]> => {
       if (activeStore === undefined || hashes.length === 0) return [];
       // One get per block, so one bad copy costs only the blocks from it on, not the whole prefix.
       const settled = await Promise.allSettled(
@@ -218,7 +289,10 @@ export async function startDecodeWorker(
           block.codec !== codec ||
           !sameDims(block.dims, engine.dims) ||
           block.modelFingerprint !== model.fingerprint ||
-          !sameTokens(block.tokenIds, input.promptTokens.slice(i * B, (i + 1) * B))
+          !sameTokens(
+            block.tokenIds,
+            input.promptTokens.slice((firstBlock + i) * B, (firstBlock + i + 1) * B),
+          )
         )
           return undefined;
         return block;
@@ -277,6 +351,29 @@ export async function startDecodeWorker(
       return new Set<string>(report.acknowledged);
     };
 
+    /** Keeps a finished sequence's blocks in the local prefix cache (or releases them). */
+    const cacheFinished = (finished: FinishedSequence, input: DecodeInput): void => {
+      if (finished.poolBlocks.length === 0) return;
+      if (finished.firstBlock > 0) {
+        // Without its first blocks the chain cannot be matched from a prompt's start.
+        for (const id of finished.poolBlocks) engine.pool.release(id);
+        return;
+      }
+      const covered = finished.tokens.slice(0, finished.poolBlocks.length * B);
+      const hashes = computeBlockHashes(seedOf(input), covered, B, kernels);
+      const { added, refused, evicted } = cache.insert(
+        finished.poolBlocks.map((poolId, i) => ({
+          hash: hashes[i] as BlockHash,
+          parent: i === 0 ? null : (hashes[i - 1] as BlockHash),
+          poolId,
+          namespace: input.namespace,
+          bytes: (finished.blocks[i] as Uint8Array).byteLength,
+        })),
+      );
+      for (const entry of [...refused, ...evicted]) engine.pool.release(entry.poolId);
+      cacheEvents.emit({ stored: added, removed: evicted });
+    };
+
     /** Puts the finished sequence's full blocks the store lacks; never throws (logs and counts). */
     const startWriteBack = (finished: FinishedSequence, input: DecodeInput): void => {
       if (activeStore === undefined || finished.blocks.length === 0) return;
@@ -302,12 +399,17 @@ export async function startDecodeWorker(
      * moves the oldest stored blocks out of the pool, pinned, to be attended to where they live.
      */
     let linked = 0;
-    const linkSequence = (input: DecodeInput, promptHashes: readonly BlockHash[], storedBlocks: number) => {
+    const linkSequence = (
+      input: DecodeInput,
+      promptHashes: readonly BlockHash[],
+      handledBlocks: number,
+      storedBlocks: number,
+    ) => {
       const holder = `${nodeId}/${input.requestId ?? 'anonymous'}/${++linked}`;
       const hashes = [...promptHashes];
       const farHashes: BlockHash[] = [];
       let stored = storedBlocks;
-      let handled = storedBlocks;
+      let handled = handledBlocks;
       let chain = Promise.resolve();
       let sequenceId: number | undefined;
       const budget = activeStore === undefined ? 0 : config.sequenceKvBlocksMax;
@@ -428,16 +530,20 @@ export async function startDecodeWorker(
       try {
         const tokens = input.promptTokens;
         const hashes = computeBlockHashes(seedOf(input), tokens, B, kernels);
-        const prefixBlocks = await fetchPrefix(
-          blocksToFetch(input.blockHashes, hashes, tokens.length, B),
-          input,
-        );
+        // Local prefix cache first (no transfer), then the store for the blocks after it.
+        const requested = blocksToFetch(input.blockHashes, hashes, tokens.length, B);
+        const local = cache.match(hashes.slice(0, importableBlocks(tokens.length, B)));
+        const prefixBlocks = await fetchPrefix(requested.slice(local.length), input, local.length);
         if (call.cancelled) return;
-        link = linkSequence(input, hashes, prefixBlocks.length);
-        let far = farBlocksAtAdmission(
-          prefixBlocks.length,
-          link.farAttention === undefined ? 0 : config.sequenceKvBlocksMax,
+        counts.localCachedTokens += local.length * B;
+        link = linkSequence(
+          input,
+          hashes,
+          local.length + prefixBlocks.length,
+          local.length > 0 ? 0 : prefixBlocks.length,
         );
+        const budget = link.farAttention === undefined || local.length > 0 ? 0 : config.sequenceKvBlocksMax;
+        let far = farBlocksAtAdmission(prefixBlocks.length, budget);
         if (far > 0 && !(await link.pinFar(hashes.slice(0, far)))) far = 0;
         if (call.cancelled) return;
         id = batcher.admit(
@@ -446,6 +552,7 @@ export async function startDecodeWorker(
             maxTokens: input.maxTokens,
             sampling: input.sampling,
             ...(input.stopTokenIds === undefined ? {} : { stopTokenIds: input.stopTokenIds }),
+            prefixPoolBlocks: local,
             prefixBlocks: prefixBlocks.slice(far),
             ...(link.farAttention === undefined ? {} : { farBlocks: far, farAttention: link.farAttention }),
           },
@@ -505,7 +612,10 @@ export async function startDecodeWorker(
         channel.close();
         release();
         // After the final message was handed to the stream: the client never waits on the store.
-        if (finished !== undefined) startWriteBack(finished, input);
+        if (finished !== undefined) {
+          cacheFinished(finished, input);
+          startWriteBack(finished, input);
+        }
         link?.end();
       }
     }
@@ -581,6 +691,7 @@ export async function startDecodeWorker(
           steps: loop.steps,
           batchPeak: loop.batchPeak,
           writeBacksPending: writeBacks.size,
+          localCacheBlocks: cache.size,
         };
       },
       writeBacksSettled,

@@ -14,6 +14,7 @@ import {
   DecodeBatcher,
   EventChannel,
   ModelMismatchError,
+  LocalPrefixCache,
   SequenceSlots,
   TooManySequencesError,
   blocksToDemote,
@@ -266,6 +267,57 @@ describe('batcher - asynchronous steps (DistAttention)', () => {
     assert.deepEqual(got, [100, 101, 200]);
     assert.ok(engine.log.includes('demote 2 1'));
     assert.equal(batcher.active, 0);
+  });
+});
+
+describe('local prefix cache - bounded LRU that evicts leaves first', () => {
+  const h = (n: number): BlockHash => n.toString(16).padStart(32, '0') as BlockHash;
+  const chain = (ids: number[], poolBase: number) =>
+    ids.map((n, i) => ({
+      hash: h(n),
+      parent: i === 0 ? null : h(ids[i - 1] as number),
+      poolId: poolBase + i,
+      namespace: '',
+      bytes: 100,
+    }));
+
+  it('local cache - matches the leading held blocks and stops at the first miss', () => {
+    const cache = new LocalPrefixCache(8);
+    const { added, refused, evicted } = cache.insert(chain([1, 2, 3], 10));
+    assert.equal(added.length, 3);
+    assert.deepEqual([refused, evicted], [[], []]);
+    assert.deepEqual(cache.match([h(1), h(2), h(9), h(3)]), [10, 11]);
+    assert.deepEqual(cache.match([h(2)]), [11]);
+    assert.deepEqual(cache.match([h(9)]), []);
+  });
+
+  it('local cache - over the bound it evicts the least recently used leaf first, then its parent', () => {
+    const cache = new LocalPrefixCache(4);
+    cache.insert(chain([1, 2, 3], 10));
+    // A second chain sharing block 1: 1 is refused (held), 4 and 5 are added; 3 then 2 go.
+    const second = cache.insert(chain([1, 4, 5], 20));
+    assert.deepEqual(
+      second.refused.map((b) => b.poolId),
+      [20],
+    );
+    assert.deepEqual(
+      second.evicted.map((b) => b.hash),
+      [h(3)],
+    );
+    assert.equal(cache.size, 4);
+    assert.deepEqual(cache.evictOne()?.hash, h(2));
+    assert.deepEqual(cache.match([h(1), h(4), h(5)]), [10, 21, 22]);
+    assert.deepEqual(
+      cache.clear().map((b) => b.poolId),
+      [22, 21, 10],
+    );
+  });
+
+  it('local cache - blocksMax 0 refuses everything; a negative bound is refused', () => {
+    const cache = new LocalPrefixCache(0);
+    assert.equal(cache.insert(chain([1, 2], 10)).refused.length, 2);
+    assert.equal(cache.size, 0);
+    assert.throws(() => new LocalPrefixCache(-1), /non-negative/);
   });
 });
 

@@ -319,6 +319,23 @@ describe('decode worker - over a 2-node kvstore cluster (R = 2) on a real nats-s
     assert.equal((await store.matchPrefix(hashesOf(turn).slice(0, written), '')).matchedBlocks, written);
   });
 
+  it('decode - a finished sequence stays in the local prefix cache: the next turn reuses it without the store', async () => {
+    const prompt = randomTokens(3 * B + 5);
+    const first = await decode({ promptTokenIds: prompt, sampling: { maxTokens: B } });
+    const turn = [...prompt, ...tokensOf(first), ...randomTokens(7)];
+    const before = worker.stats();
+    assert.ok(before.localCacheBlocks >= 4, `cache holds ${before.localCacheBlocks} blocks`);
+    // No block_hashes: the worker is not told the store has anything; the cache alone serves it.
+    const messages = await decode({ promptTokenIds: turn, sampling: { maxTokens: 6 } });
+    assert.deepEqual(
+      tokensOf(messages),
+      reference(turn, 6).map((e) => e.token),
+    );
+    const reused = Math.floor((prompt.length + B - 1) / B) * B;
+    assert.equal(messages.at(-1)?.usage?.cachedTokens, reused);
+    assert.equal(worker.stats().localCachedTokens - before.localCachedTokens, reused);
+  });
+
   it('decode - concurrent requests share engine steps and both match a lone engine', async () => {
     const prompts = [randomTokens(B + 3), randomTokens(2 * B + 9)];
     const stepsBefore = worker.stats().steps;

@@ -41,6 +41,8 @@ export interface EngineOptions {
   /** Most sequences admitted at once (running + waiting). */
   maxSequences?: number;
   kernels?: Kernels;
+  /** See KvPoolOptions.reclaim: frees a block a local prefix cache holds when the pool is full. */
+  reclaimBlock?: () => boolean;
 }
 
 /** Attention over a sequence's far blocks (its first `blocks` full blocks, not in the pool). */
@@ -56,6 +58,11 @@ export interface SequenceRequest {
   stopTokenIds?: readonly number[];
   /** Payloads (block format v1) of the prompt's first full blocks, imported instead of computed. */
   prefixBlocks?: readonly Uint8Array[];
+  /**
+   * Pool ids of the prompt's first full blocks already in this engine's pool (a local prefix cache;
+   * see retainBlocks); they come before prefixBlocks and each gains a reference. Not with farBlocks.
+   */
+  prefixPoolBlocks?: readonly number[];
   /**
    * Leading full blocks of the prompt left outside the pool (before prefixBlocks): their attention
    * comes from farAttention. Needs farAttention; also needed for demoteBlocks().
@@ -180,7 +187,12 @@ export class Engine {
     this.maxSequences = options.maxSequences ?? 64;
     const kvBlocksMax =
       options.kvBlocksMax ?? Math.max(16, 4 * Math.ceil(this.maxContextTokens / blockTokens));
-    this.pool = new KvPool(this.kernels, { codec: this.codec, dims: this.dims, blocksMax: kvBlocksMax });
+    this.pool = new KvPool(this.kernels, {
+      codec: this.codec,
+      dims: this.dims,
+      blocksMax: kvBlocksMax,
+      ...(options.reclaimBlock === undefined ? {} : { reclaim: options.reclaimBlock }),
+    });
     this.invFreq = this.kernels.ropeInvFreq({
       headDim: cfg.headDim,
       theta: cfg.ropeTheta,
@@ -235,8 +247,14 @@ export class Engine {
     const sampling = request.sampling ?? GREEDY;
     checkSampling(sampling);
     const B = this.dims.blockTokens;
+    const pooled = request.prefixPoolBlocks ?? [];
     const prefix = request.prefixBlocks ?? [];
     const farBlocks = request.farBlocks ?? 0;
+    if (farBlocks > 0 && pooled.length > 0)
+      throw new InvalidArgumentError('prefixPoolBlocks and farBlocks cannot be combined', {
+        farBlocks,
+        prefixPoolBlocks: pooled.length,
+      });
     if (!Number.isInteger(farBlocks) || farBlocks < 0)
       throw new InvalidArgumentError(`farBlocks must be a non-negative integer, got ${farBlocks}`, {
         farBlocks,
@@ -245,9 +263,10 @@ export class Engine {
       throw new InvalidArgumentError(`${farBlocks} far blocks given without farAttention`, { farBlocks });
     // At least the last prompt token is always computed: its logits give the first new token.
     const importable = Math.floor((prompt.length - 1) / B);
-    if (farBlocks + prefix.length > importable) {
+    const given = farBlocks + pooled.length + prefix.length;
+    if (given > importable) {
       throw new InvalidArgumentError(
-        `${farBlocks + prefix.length} prefix blocks given; a ${prompt.length}-token prompt takes at most ${importable}`,
+        `${given} prefix blocks given; a ${prompt.length}-token prompt takes at most ${importable}`,
         {
           prefixBlocks: prefix.length,
           farBlocks,
@@ -257,6 +276,10 @@ export class Engine {
     }
     const blocks: number[] = [];
     try {
+      for (const id of pooled) {
+        this.pool.retain(id);
+        blocks.push(id);
+      }
       for (const payload of prefix) blocks.push(this.pool.importPayload(payload));
     } catch (err) {
       for (const id of blocks) this.pool.release(id);
@@ -297,6 +320,13 @@ export class Engine {
   /** Payloads of the sequence's local full blocks, in order (they follow its far blocks). */
   exportBlocks(id: number): Uint8Array[] {
     return this.sequence(id).blocks.map((b) => this.pool.exportPayload(b));
+  }
+
+  /** Pool ids of the sequence's local full blocks, each with one more reference the caller owns. */
+  retainBlocks(id: number): number[] {
+    const blocks = [...this.sequence(id).blocks];
+    for (const block of blocks) this.pool.retain(block);
+    return blocks;
   }
 
   /** Payload of full block `index` (counted from the sequence's start); it must be local. */
@@ -458,7 +488,7 @@ export class Engine {
     const B = this.dims.blockTokens;
     let logits: Float32Array | undefined;
     while (seq.computed < seq.promptTokens) {
-      if (seq.tail.tokens === 0 && this.pool.blocksFree === 0) {
+      if (seq.tail.tokens === 0 && !this.pool.ensureFree(1)) {
         throw new LimitExceededError(`KV pool full (${this.pool.blocksMax} blocks)`, {
           blocksMax: this.pool.blocksMax,
         });
@@ -543,7 +573,7 @@ export class Engine {
     const S = batch.length;
     const H = cfg.hiddenSize;
     for (const seq of batch) {
-      if (seq.tail.tokens === 0 && this.pool.blocksFree === 0) {
+      if (seq.tail.tokens === 0 && !this.pool.ensureFree(1)) {
         throw new LimitExceededError(`KV pool full (${this.pool.blocksMax} blocks)`, {
           blocksMax: this.pool.blocksMax,
         });

@@ -11,6 +11,11 @@ export interface KvPoolOptions {
   dims: BlockDims;
   /** Most full blocks held at once; allocating one more is a LimitExceededError. */
   blocksMax: number;
+  /**
+   * Asked to drop one reference it holds (a cached block) when the pool is full; returns false
+   * when it holds none. A dropped reference frees space only if nothing else holds the block.
+   */
+  reclaim?: () => boolean;
 }
 
 interface PoolBlock {
@@ -59,6 +64,7 @@ export class KvPool {
   readonly dims: BlockDims;
   readonly blocksMax: number;
   private readonly blocks = new Map<number, PoolBlock>();
+  private readonly reclaim: (() => boolean) | undefined;
   private nextId = 1;
 
   constructor(
@@ -74,6 +80,13 @@ export class KvPool {
     this.codec = options.codec;
     this.dims = options.dims;
     this.blocksMax = options.blocksMax;
+    this.reclaim = options.reclaim;
+  }
+
+  /** Whether `count` blocks are free, after reclaiming cached ones if needed. */
+  ensureFree(count: number): boolean {
+    while (this.blocksFree < count) if (this.reclaim?.() !== true) return false;
+    return true;
   }
 
   get blocksUsed(): number {
@@ -85,7 +98,7 @@ export class KvPool {
   }
 
   private add(block: PoolBlock): number {
-    if (this.blocks.size >= this.blocksMax) {
+    if (!this.ensureFree(1)) {
       throw new LimitExceededError(`KV pool full: ${this.blocksMax} blocks in use`, {
         blocksMax: this.blocksMax,
       });

@@ -5,7 +5,14 @@
 import { InvalidArgumentError } from '@kvmesh/errors';
 import type { SamplingOptions } from '@kvmesh/engine';
 import type { CodecName } from '@kvmesh/kernels';
-import { Codec, parseNamespace, parseRequestId, type Namespace, type RequestId } from '@kvmesh/protocol';
+import {
+  Codec,
+  codecFromWire,
+  parseNamespace,
+  parseRequestId,
+  type Namespace,
+  type RequestId,
+} from '@kvmesh/protocol';
 
 import { CodecMismatchError, ModelMismatchError, type CodecUse } from './errors.ts';
 
@@ -41,14 +48,6 @@ export interface WorkerInputCommon {
   /** Non-empty and shorter than the context; token ids not yet checked against the vocabulary. */
   readonly promptTokens: readonly number[];
 }
-
-const CODEC_NAMES_OF_WIRE: ReadonlyMap<Codec, CodecName> = new Map([
-  [Codec.CODEC_F32, 'f32'],
-  [Codec.CODEC_F16, 'f16'],
-  [Codec.CODEC_KIVI8, 'kivi8'],
-  [Codec.CODEC_KIVI4, 'kivi4'],
-  [Codec.CODEC_KIVI2, 'kivi2'],
-]);
 
 /** Runs `parse`, turning any failure into an InvalidArgumentError naming the proto field. */
 export function field<T>(name: string, parse: () => T): T {
@@ -106,7 +105,7 @@ export function parseWorkerRequestCommon(
   if (request.model !== '' && request.model !== limits.modelName)
     throw new ModelMismatchError(request.model, limits.modelName);
   if (request.codec !== Codec.CODEC_UNSPECIFIED) {
-    const requested = CODEC_NAMES_OF_WIRE.get(request.codec);
+    const requested = codecFromWire(request.codec);
     if (requested === undefined)
       throw new InvalidArgumentError(`codec: unknown codec value ${request.codec}`, {
         field: 'codec',

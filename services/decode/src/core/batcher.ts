@@ -24,6 +24,7 @@ export interface BatchEngine {
     farBlocks?: number;
   };
   demoteBlocks?(id: number, count: number): void;
+  retainBlocks?(id: number): number[];
 }
 
 /** What is left of a sequence once it leaves the engine: what write-back and usage need. */
@@ -36,6 +37,8 @@ export interface FinishedSequence {
   readonly firstBlock: number;
   /** Payloads of its local full blocks, in order (blocks[i] holds block firstBlock + i). */
   readonly blocks: readonly Uint8Array[];
+  /** With keepPoolBlocks: the pool ids of `blocks`, one reference each that the listener owns. */
+  readonly poolBlocks: readonly number[];
 }
 
 export type SequenceEvent =
@@ -54,6 +57,8 @@ export interface BatcherOptions {
   readonly schedule: (step: () => void) => void;
   /** Called when a listener throws (it must not stop the loop for the other sequences). */
   readonly onListenerError?: (err: unknown) => void;
+  /** Hand a finished sequence's pool blocks (retained) to its listener, for a local prefix cache. */
+  readonly keepPoolBlocks?: boolean;
 }
 
 export interface BatcherStats {
@@ -126,6 +131,7 @@ export class DecodeBatcher {
       reusedTokens: info.reusedTokens,
       firstBlock: info.farBlocks ?? 0,
       blocks: this.engine.exportBlocks(id),
+      poolBlocks: this.options.keepPoolBlocks === true ? (this.engine.retainBlocks?.(id) ?? []) : [],
     };
     this.listeners.delete(id);
     this.engine.removeSequence(id);

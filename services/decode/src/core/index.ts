@@ -23,4 +23,5 @@ export {
 } from './plan.ts';
 export { STOP_TOKEN_IDS_MAX, parseDecodeRequest, type DecodeInput, type DecodeLimits } from './request.ts';
 export { EventChannel } from './channel.ts';
+export { LocalPrefixCache, type CachedBlock } from './local-cache.ts';
 export { SequenceSlots } from './slots.ts';

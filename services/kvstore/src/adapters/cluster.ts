@@ -5,13 +5,12 @@
 import { LimitExceededError } from '@kvmesh/errors';
 import type { KvEvent } from '@kvmesh/protocol';
 import {
-  KvEventPublisher,
   connectNats,
-  ensureKvEventStream,
+  openKvEventPublisher,
+  type KvEventPublisher,
   type Logger,
   type NatsConnection,
 } from '@kvmesh/runtime';
-import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 
 import type { KvEventSink } from '../core/index.ts';
 
@@ -19,8 +18,6 @@ export interface ClusterConnection {
   readonly nc: NatsConnection;
   readonly publisher: KvEventPublisher;
 }
-
-const STREAM_ATTEMPTS_MAX = 3;
 
 /** Connects to NATS, makes sure the kv event stream exists, and opens this node's publisher. */
 export async function connectCluster(options: {
@@ -34,25 +31,7 @@ export async function connectCluster(options: {
     .filter((s) => s !== '');
   const nc = await connectNats({ servers, name: options.nodeId });
   try {
-    const jsm = await jetstreamManager(nc);
-    // NOTE: nodes starting together race to create the stream; a lost race succeeds on retry.
-    for (let attempt = 1; ; attempt++) {
-      try {
-        await ensureKvEventStream(jsm);
-        break;
-      } catch (err) {
-        if (attempt >= STREAM_ATTEMPTS_MAX) throw err;
-        options.logger.warn('kv event stream not ready, retrying', { attempt, err });
-        await new Promise((resolve) => setTimeout(resolve, 100 * attempt));
-      }
-    }
-    const publisher = new KvEventPublisher(jetstream(nc), {
-      nodeId: options.nodeId,
-      onError: (err) => options.logger.warn('kv event publish failed; retrying', { err }),
-      onResync: (markerSeq, dropped) =>
-        options.logger.warn('kv event queue overflowed; published a resync marker', { markerSeq, dropped }),
-    });
-    return { nc, publisher };
+    return { nc, publisher: await openKvEventPublisher(nc, options) };
   } catch (err) {
     await nc.close().catch(() => undefined);
     throw err;

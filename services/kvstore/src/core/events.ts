@@ -2,20 +2,12 @@
 // are. The log owns the per-node sequence: contiguous from 1, one number per event, assigned only
 // when an event is emitted (an operation that changes no block emits nothing and takes no number).
 import type { CodecName } from '@kvmesh/kernels';
-import { Codec, Tier, type KvEvent, type NodeId, type StoredBlock } from '@kvmesh/protocol';
+import { Tier, codecToWire, type Codec, type KvEvent, type NodeId, type StoredBlock } from '@kvmesh/protocol';
 
 import type { BlockRecord, BlockTier } from './types.ts';
 
 /** Receives every event synchronously, after the operation's state change is complete. */
 export type KvEventSink = (event: KvEvent) => void;
-
-const CODEC_TO_PROTO: Readonly<Record<CodecName, Codec>> = {
-  f32: Codec.CODEC_F32,
-  f16: Codec.CODEC_F16,
-  kivi8: Codec.CODEC_KIVI8,
-  kivi4: Codec.CODEC_KIVI4,
-  kivi2: Codec.CODEC_KIVI2,
-};
 
 const TIER_TO_PROTO: Readonly<Record<BlockTier, Tier>> = {
   dram: Tier.TIER_DRAM,
@@ -24,7 +16,7 @@ const TIER_TO_PROTO: Readonly<Record<BlockTier, Tier>> = {
 };
 
 export function codecToProto(codec: CodecName): Codec {
-  return CODEC_TO_PROTO[codec];
+  return codecToWire(codec);
 }
 
 export function tierToProto(tier: BlockTier): Tier {
