@@ -1,6 +1,8 @@
 // `kvmesh up` as a user runs it: the real CLI in a child process starts nats-server, 2 kvstore
 // nodes, a prefill and a decode worker and the router; the OpenAI endpoints answer; SIGTERM stops
-// every child (no orphans) and the launcher exits 0.
+// every child (no orphans) and the launcher exits 0. A greedy completion of a prompt long enough to
+// be prefilled (prefill worker → blocks through the store → decode worker, three processes) is
+// token-identical to `kvmesh generate` in one process (f32 KV), and repeating it reports cached tokens.
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -95,6 +97,56 @@ describe('cli - kvmesh up', { timeout: 120_000 }, () => {
       }
       assert.ok(chunks >= 2, `streamed ${chunks} chunks`);
       assert.ok(finish === 'stop' || finish === 'length', `finish_reason ${finish}`);
+
+      // Prefill → store → decode across processes equals one process (the router prefills prompts
+      // with at least 512 uncached tokens).
+      const words = ['cache', 'block', 'mesh', 'token', 'prefix', 'store', 'route', 'decode'];
+      const longPrompt = Array.from({ length: 700 }, (_, i) => words[(i * 7 + (i >> 3)) % 8]).join(' ');
+      const complete = async (): Promise<{ text: string; cached: number; promptTokens: number }> => {
+        const res = await fetch(`${base}/completions`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({
+            model: models.data[0]?.id,
+            prompt: longPrompt,
+            max_tokens: 16,
+            temperature: 0,
+          }),
+        });
+        assert.equal(res.status, 200, `long completion failed: ${await res.clone().text()}\n${stderr}`);
+        const b = (await res.json()) as {
+          choices: { text: string }[];
+          usage: { prompt_tokens: number; prompt_tokens_details: { cached_tokens: number } };
+        };
+        return {
+          text: b.choices[0]?.text ?? '',
+          cached: b.usage.prompt_tokens_details.cached_tokens,
+          promptTokens: b.usage.prompt_tokens,
+        };
+      };
+      const first = await complete();
+      assert.ok(first.promptTokens >= 600, `prompt has ${first.promptTokens} tokens`);
+      const local = execFileSync(
+        process.execPath,
+        [
+          bin,
+          'generate',
+          '--model',
+          modelDir,
+          '--prompt',
+          longPrompt,
+          '--max-tokens',
+          '16',
+          '--block-tokens',
+          '16',
+        ],
+        { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] },
+      );
+      assert.ok(first.text.length > 0, 'the model generates text for this prompt');
+      assert.equal(first.text, local.replace(/\n$/, ''), 'mesh and one process agree');
+      const again = await complete();
+      assert.equal(again.text, first.text);
+      assert.ok(again.cached >= 512, `repeat reused ${again.cached} tokens`);
 
       const children = execFileSync('ps', ['-o', 'pid=', '--ppid', String(launcher.pid)], {
         encoding: 'utf8',
