@@ -1,8 +1,10 @@
 // Assembles one prefill worker: model (loaded once) → engine → kvstore client (discovered over
 // NATS) → gRPC server (Worker.Prefill / Worker.Health + standard health) → heartbeats with role
 // 'prefill' → SERVING. A prefill imports the longest prefix of the prompt's full blocks that the
-// store holds and that fetches cleanly, computes the rest, and answers only after the store has
-// acknowledged every full block it did not already hold, so the hashes it returns are always held.
+// store holds and that fetches cleanly, computes the rest, and answers once the store has answered
+// the puts of the full blocks it did not hold. The hashes it returns are the leading blocks the store
+// holds; a put the store does not acknowledge (a node down, R not reachable) shortens that list
+// instead of failing the request: the KV is a cache, and the decode worker computes what is missing.
 // Requests run one at a time behind a bounded queue: the engine's forward pass is synchronous.
 import type { UntypedServiceImplementation } from '@grpc/grpc-js';
 import { blockSeed, computeBlockHashes, type BlockDims } from '@kvmesh/block';
@@ -66,6 +68,8 @@ export interface PrefillWorkerStats {
   readonly reusedTokens: number;
   readonly computedTokens: number;
   readonly blocksStored: number;
+  /** Blocks the store did not acknowledge (the request was served without them). */
+  readonly blocksNotStored: number;
 }
 
 export interface PrefillWorker {
@@ -115,7 +119,7 @@ export async function startPrefillWorker(
     codec,
   };
   const queue = new SerialQueue(config.queueDepthMax);
-  const counts = { requests: 0, reusedTokens: 0, computedTokens: 0, blocksStored: 0 };
+  const counts = { requests: 0, reusedTokens: 0, computedTokens: 0, blocksStored: 0, blocksNotStored: 0 };
 
   const cleanups = new CleanupStack(logger);
   const cleanup = (): Promise<void> => cleanups.run();
@@ -189,26 +193,44 @@ export async function startPrefillWorker(
       }
       const importedBlocks = prefixBlocks.length;
       const toPut = activeStore === undefined ? [] : blocksToPut(plan, importedBlocks);
+      const stored = new Set<string>(hashes.filter((_, i) => held[i] === true));
       if (activeStore !== undefined && toPut.length > 0) {
-        const report = await activeStore.put(
-          toPut.map((i) => ({
-            hash: hashes[i] as BlockHash,
-            parentHash: i === 0 ? null : (hashes[i - 1] as BlockHash),
-            namespace: input.namespace,
-            modelFingerprint: model.fingerprint,
-            tokenIds: tokens.slice(i * B, (i + 1) * B),
-            payload: payloads[i] as Uint8Array,
-          })),
-        );
-        const firstFailure = report.failed[0];
-        if (firstFailure !== undefined)
-          throw new BlocksNotStoredError(report.failed.length, toPut.length, firstFailure.error.message);
+        try {
+          const report = await activeStore.put(
+            toPut.map((i) => ({
+              hash: hashes[i] as BlockHash,
+              parentHash: i === 0 ? null : (hashes[i - 1] as BlockHash),
+              namespace: input.namespace,
+              modelFingerprint: model.fingerprint,
+              tokenIds: tokens.slice(i * B, (i + 1) * B),
+              payload: payloads[i] as Uint8Array,
+            })),
+          );
+          for (const hash of report.acknowledged) stored.add(hash);
+          const firstFailure = report.failed[0];
+          if (firstFailure !== undefined) {
+            counts.blocksNotStored += report.failed.length;
+            logger.warn('blocks not stored; served without them', {
+              requestId: input.requestId,
+              notStored: new BlocksNotStoredError(
+                report.failed.length,
+                toPut.length,
+                firstFailure.error.message,
+              ).message,
+            });
+          }
+        } catch (err) {
+          counts.blocksNotStored += toPut.length;
+          logger.warn('blocks not stored; served without them', { requestId: input.requestId, err });
+        }
       }
+      // NOTE: only a leading run of held blocks is usable by the decode worker.
+      const heldRun = usablePrefix(hashes.map((h) => stored.has(h)));
       const usage = prefillUsage(plan, importedBlocks);
       counts.requests++;
       counts.reusedTokens += usage.reusedTokens;
       counts.computedTokens += usage.computedTokens;
-      counts.blocksStored += toPut.length;
+      counts.blocksStored += toPut.filter((i) => stored.has(hashes[i] as string)).length;
       logger.debug('prefill done', {
         requestId: input.requestId,
         promptTokens: tokens.length,
@@ -219,7 +241,7 @@ export async function startPrefillWorker(
         firstTokenId: first.token,
         firstTokenLogprob: first.logprob,
         // NOTE: without a store nothing is held, and the response promises only held blocks.
-        blockHashes: activeStore === undefined ? [] : hashes.map((h) => Buffer.from(blockHashToBytes(h))),
+        blockHashes: hashes.slice(0, heldRun).map((h) => Buffer.from(blockHashToBytes(h))),
         computedTokens: usage.computedTokens,
         reusedTokens: usage.reusedTokens,
       };
