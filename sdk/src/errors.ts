@@ -1,8 +1,11 @@
 // Errors the SDK itself raises, on top of the ones it passes through (server errors rebuilt by
-// fromGrpcError or by the data channel keep their code, kind and details). Each carries what a
-// caller needs to act: the block hash and namespace, or the nodes that were tried.
+// fromGrpcError or by the data channel keep their code, kind and details, `details.grpcCode` included).
+// Each carries what a caller needs to act: the block hash and namespace, the nodes that were tried, or
+// the deadline that passed. The router's own error codes (MODEL_NOT_FOUND, CONTEXT_LENGTH_EXCEEDED,
+// UNAUTHENTICATED) are registered here, so a failed call comes back as these classes.
 import { KvmeshError } from '@kvmesh/errors';
 import type { BlockHash, Namespace, NodeId } from '@kvmesh/protocol';
+import { registerErrorClass } from '@kvmesh/runtime';
 
 /** No live node holds the block (DistAttention cannot cover it). */
 export class BlockNotFoundError extends KvmeshError {
@@ -56,9 +59,54 @@ export class PutNotAcknowledgedError extends KvmeshError {
   }
 }
 
-/** The client was closed; no further calls are accepted. */
+/** The client was closed; no further calls are accepted (and calls in flight were cancelled). */
 export class ClientClosedError extends KvmeshError {
-  constructor() {
-    super('CLIENT_CLOSED', 'failed-precondition', 'kvstore client is closed', {});
+  constructor(client = 'kvstore client') {
+    super('CLIENT_CLOSED', 'failed-precondition', `${client} is closed`, { client });
   }
 }
+
+/** The call's deadline passed (over all its attempts) before it completed. */
+export class DeadlineExceededError extends KvmeshError {
+  constructor(what: string, deadlineMs: number | undefined, details: Record<string, unknown> = {}) {
+    super(
+      'DEADLINE_EXCEEDED',
+      'unavailable',
+      `${what}: deadline${deadlineMs === undefined ? '' : ` of ${deadlineMs} ms`} exceeded`,
+      { ...details, what, ...(deadlineMs === undefined ? {} : { deadlineMs }) },
+    );
+  }
+}
+
+/** The caller aborted the call (its AbortSignal fired); `cause` is the signal's reason. */
+export class RequestCancelledError extends KvmeshError {
+  constructor(what: string, reason?: unknown) {
+    super('CANCELLED', 'unavailable', `${what}: cancelled by the caller`, { what });
+    if (reason !== undefined) this.cause = reason;
+  }
+}
+
+/** The server wants an API key (`apiKey` option) and got none or a wrong one. */
+export class UnauthenticatedError extends KvmeshError {
+  constructor(message: string, details: Record<string, unknown> = {}) {
+    super('UNAUTHENTICATED', 'failed-precondition', message, details);
+  }
+}
+
+/** The router serves another model than the one asked for; `details.served` names it. */
+export class ModelNotFoundError extends KvmeshError {
+  constructor(message: string, details: Record<string, unknown> = {}) {
+    super('MODEL_NOT_FOUND', 'not-found', message, details);
+  }
+}
+
+/** Prompt plus max tokens exceed the model's context; details carry the three numbers. */
+export class ContextLengthExceededError extends KvmeshError {
+  constructor(message: string, details: Record<string, unknown> = {}) {
+    super('CONTEXT_LENGTH_EXCEEDED', 'resource-exhausted', message, details);
+  }
+}
+
+registerErrorClass('UNAUTHENTICATED', (m, d) => new UnauthenticatedError(m, d));
+registerErrorClass('MODEL_NOT_FOUND', (m, d) => new ModelNotFoundError(m, d));
+registerErrorClass('CONTEXT_LENGTH_EXCEEDED', (m, d) => new ContextLengthExceededError(m, d));

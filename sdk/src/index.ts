@@ -1,7 +1,22 @@
-// Public surface of @kvmesh/sdk: KvStoreClient (put / get / matchPrefix / partialAttention / pin /
-// unpin / stats over a kvstore cluster), its options, result shapes and typed errors, and the pure
-// helpers it is built from (placement order, prefix-match merge, DistAttention assignment), which
-// callers may reuse to plan their own requests.
+// Public surface of @kvmesh/sdk: MeshClient (generate / listModels through the router's gRPC front
+// door), KvStoreClient (put / get / matchPrefix / partialAttention / pin / unpin / stats over a
+// kvstore cluster), their options, result shapes and typed errors, and the pure helpers KvStoreClient
+// is built from (placement order, prefix-match merge, DistAttention assignment), which callers may
+// reuse to plan their own requests.
+export { MESH_CLIENT_DEFAULTS, MeshClient, toGenerateRequest } from './mesh-client.ts';
+export type {
+  MeshCallOptions,
+  MeshChatMessage,
+  MeshChatRole,
+  MeshClientCounters,
+  MeshClientOptions,
+  MeshCodecName,
+  MeshFinishReason,
+  MeshGenerateChunk,
+  MeshGenerateRequest,
+  MeshModel,
+  MeshUsage,
+} from './mesh-client.ts';
 export { KvStoreClient } from './client.ts';
 export type {
   ClientCounters,
@@ -21,8 +36,13 @@ export {
   BlockNotFoundError,
   BlockUnavailableError,
   ClientClosedError,
+  ContextLengthExceededError,
+  DeadlineExceededError,
+  ModelNotFoundError,
   NoLiveNodesError,
   PutNotAcknowledgedError,
+  RequestCancelledError,
+  UnauthenticatedError,
 } from './errors.ts';
 export { isTransportFailure } from './calls.ts';
 export {

@@ -5,13 +5,14 @@
 // survivor; a NATS restart (crash, same store) is survived: the router serves again and its block
 // index recovers; a kvstore node killed with SIGKILL leaves the mesh serving from the other replica.
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import { NO_PROGRESS, generateModel } from '@kvmesh/engine';
 import {
+  REPO_ROOT,
   spawnKvStoreNodes,
   spawnService,
   startNatsServer,
@@ -121,7 +122,22 @@ describe('mesh faults - every service a child process', { timeout: 240_000 }, ()
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), 'kvmesh-mesh-faults-'));
     modelDir = join(dir, 'tiny');
-    generateModel({ outDir: modelDir, preset: 'tiny', seed: 11, progress: NO_PROGRESS });
+    // The CLI, not @kvmesh/engine: the harness package must not depend on the engine (a cycle).
+    execFileSync(
+      process.execPath,
+      [
+        join(REPO_ROOT, 'lib/cli/bin/kvmesh.mjs'),
+        'model',
+        'init',
+        '--out',
+        modelDir,
+        '--preset',
+        'tiny',
+        '--seed',
+        '11',
+      ],
+      { stdio: 'ignore' },
+    );
     nats = await startNatsServer({ jetstream: true });
     kv.push(
       ...(await spawnKvStoreNodes({

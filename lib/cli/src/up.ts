@@ -1,6 +1,7 @@
 // `kvmesh up`: the local mesh on one machine. Starts nats-server (JetStream), the kvstore nodes,
 // prefill and decode workers and the router as child processes on loopback, each waiting for the
-// previous tier's ready line; streams their logs to stderr with a per-service prefix; prints
+// previous tier's ready line; streams their logs to stderr with a per-service prefix; prints the
+// router's gRPC address (`kvmesh grpc: 127.0.0.1:<port> ...`) and then
 // `kvmesh ready: http://127.0.0.1:<port>/v1`; on Ctrl-C or SIGTERM stops them in reverse order
 // (SIGTERM, then SIGKILL after a grace period) so no child outlives it.
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -304,6 +305,8 @@ export async function runUp(args: readonly string[]): Promise<number> {
     );
     const base = `http://${String(router.httpAddress)}`;
     await warmUp(base);
+    if (typeof router.grpcAddress === 'string')
+      process.stdout.write(`kvmesh grpc: ${router.grpcAddress} (kvmesh.v1.Router)\n`);
     process.stdout.write(`kvmesh ready: ${base}/v1\n`);
   } catch (err) {
     process.stderr.write(`kvmesh up: ${(err as Error).message}\n`);

@@ -13,3 +13,4 @@ export * from './nats.ts';
 export * from './membership-nats.ts';
 export * from './events.ts';
 export * from './net.ts';
+export * from './metrics.ts';

@@ -14,8 +14,7 @@ import {
 } from '@kvmesh/block';
 import { CorruptDataError, InvalidArgumentError } from '@kvmesh/errors';
 import { checkBlockTokens, type CodecName, type Kernels } from '@kvmesh/kernels';
-import type {
-  Codec} from '@kvmesh/protocol';
+import type { Codec } from '@kvmesh/protocol';
 import {
   PutBlocksRequest,
   Tier,

@@ -1,16 +1,24 @@
 // Configuration of the router service: the model it serves (tokenizer, chat template, context), the
-// HTTP listener and its bounds (request bytes, requests in flight, max_tokens), the optional API key,
-// NATS (worker heartbeats and the kv-event stream) and the routing policy. Loaded once at start from
-// defaults < KVMESH_* env < --flags; a bad value fails the start with a message naming the field.
+// HTTP and gRPC listeners and their bounds (request bytes, requests in flight, max_tokens, label sets
+// per metric), the optional API key, NATS (worker heartbeats and the kv-event stream) and the routing
+// policy. Loaded once at start from defaults < KVMESH_* env < --flags; a bad value fails the start
+// with a message naming the field.
 import { InvalidArgumentError } from '@kvmesh/errors';
 import { loadConfig, type ConfigOf, type LoadConfigOptions } from '@kvmesh/runtime';
 
 import { ROUTING_DEFAULTS, ROUTING_POLICIES } from './core/index.ts';
 
 export const ROUTER_CONFIG_SCHEMA = {
-  host: { type: 'string', default: '127.0.0.1', description: 'address the HTTP server binds' },
+  host: { type: 'string', default: '127.0.0.1', description: 'address the HTTP and gRPC servers bind' },
   advertiseHost: { type: 'string', default: '', description: 'host clients dial; empty means --host' },
   httpPort: { type: 'int', default: 8000, min: 0, max: 65535, description: '0 picks a free port' },
+  grpcPort: {
+    type: 'int',
+    default: 0,
+    min: 0,
+    max: 65535,
+    description: 'port of the gRPC front door (kvmesh.v1.Router + health); 0 picks a free port',
+  },
   modelDir: { type: 'string', default: '', description: 'Hugging Face model directory (required)' },
   modelName: {
     type: 'string',
@@ -56,19 +64,27 @@ export const ROUTER_CONFIG_SCHEMA = {
     type: 'bytes',
     default: '1MiB',
     min: 1024,
-    description: 'largest HTTP request body; larger ones are refused with 413',
+    description:
+      'largest HTTP request body or gRPC request message; larger ones get 413 / RESOURCE_EXHAUSTED',
   },
   requestsInFlightMax: {
     type: 'int',
     default: 256,
     min: 1,
-    description: 'generations running at once; more are refused with 429',
+    description: 'generations running at once over HTTP and gRPC; more get 429 / RESOURCE_EXHAUSTED',
+  },
+  metricsLabelSetsMax: {
+    type: 'int',
+    default: 1000,
+    min: 1,
+    description: 'label sets per /metrics metric; further ones are counted in one __overflow__ series',
   },
   apiKey: {
     type: 'string',
     default: '',
     lengthMax: 512,
-    description: 'when set, /v1 requests need "Authorization: Bearer <key>"',
+    description:
+      'when set, /v1 requests and gRPC calls need "Authorization: Bearer <key>" (/health, /metrics do not)',
   },
   workerHeartbeatIntervalMs: {
     type: 'duration',

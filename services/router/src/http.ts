@@ -1,15 +1,17 @@
 // The OpenAI-compatible HTTP front door on node:http: POST /v1/completions, POST /v1/chat/completions
-// (SSE with `stream: true`), GET /v1/models and GET /health. It validates every field before any work
-// starts (an error is an OpenAI-style body `{error: {message, type, param, code}}`), bounds the body
-// size and the requests in flight, checks the API key when one is configured, and hands a tokenized
-// prompt to the backend. A client that goes away aborts the generation, which cancels the workers.
+// (SSE with `stream: true`), GET /v1/models, GET /health and GET /metrics (Prometheus). It validates
+// every field before any work starts (an error is an OpenAI-style body `{error: {message, type, param,
+// code}}`), bounds the body size and the requests in flight (an Admission shared with the gRPC front
+// door), checks the API key when one is configured, and hands a tokenized prompt to the backend. A
+// client that goes away aborts the generation, which cancels the workers. This file also defines the
+// contract both front doors share: GenerationBackend, the chat template step and Admission.
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
 import type { ChatMessage, ModelTokenizer } from '@kvmesh/engine';
 import { KvmeshError, type ErrorKind } from '@kvmesh/errors';
-import type { Logger } from '@kvmesh/runtime';
+import { METRICS_CONTENT_TYPE, type Counter, type Logger, type MetricsRegistry } from '@kvmesh/runtime';
 
 export interface SamplingInput {
   readonly temperature: number;
@@ -26,6 +28,12 @@ export interface GenerationInput {
   readonly stop: readonly string[];
   /** Aborted when the client goes away. */
   readonly signal: AbortSignal;
+  /** Tenant namespace (already validated); default ''. */
+  readonly namespace?: string;
+  /** Report each generated token's log-probability. Default false. */
+  readonly logprobs?: boolean;
+  /** Tokens that end the generation instead of the model's EOS tokens; empty or absent: EOS. */
+  readonly stopTokenIds?: readonly number[];
 }
 
 export interface GenerationUsage {
@@ -38,6 +46,8 @@ export interface GenerationChunk {
   readonly text: string;
   readonly tokenIds: readonly number[];
   readonly finishReason: 'stop' | 'length' | null;
+  /** One per token id, when the input asked for logprobs. */
+  readonly logprobs?: readonly number[];
   /** On the last chunk. */
   readonly usage?: GenerationUsage;
 }
@@ -48,6 +58,10 @@ export interface GenerationBackend {
   /** Prompt + max_tokens must fit. */
   readonly maxContextTokens: number;
   readonly blockTokens: number;
+  /** 16 bytes (block identity spec v1); absent: not reported. */
+  readonly modelFingerprint?: Uint8Array;
+  /** Token ids must be below it; absent: the workers check. */
+  readonly vocabSize?: number;
   readonly tokenizer: Pick<ModelTokenizer, 'encode' | 'applyChatTemplate'>;
   generate(input: GenerationInput): AsyncIterable<GenerationChunk>;
   health(): { readonly ok: boolean; readonly reason?: string };
@@ -63,6 +77,46 @@ export interface HttpServerOptions {
   /** Empty: no authentication. */
   readonly apiKey: string;
   readonly logger: Logger;
+  /** Shared with other front doors; default: one of requestsInFlightMax for this server alone. */
+  readonly admission?: Admission;
+  /** When given: GET /metrics serves it (no API key, like /health) and requests are counted in it. */
+  readonly metrics?: MetricsRegistry;
+}
+
+/** Bounds the generations running at once across every front door that shares it. */
+export interface Admission {
+  readonly limit: number;
+  readonly inFlight: number;
+  /** Takes a slot; false when all `limit` are taken. Every true must be paired with one release(). */
+  tryAcquire(): boolean;
+  release(): void;
+}
+
+export function createAdmission(limit: number): Admission {
+  let inFlight = 0;
+  return {
+    limit,
+    get inFlight() {
+      return inFlight;
+    },
+    tryAcquire() {
+      if (inFlight >= limit) return false;
+      inFlight++;
+      return true;
+    },
+    release() {
+      inFlight = Math.max(0, inFlight - 1);
+    },
+  };
+}
+
+/** Requests by front-door endpoint and status (HTTP code, or gRPC status name). */
+export function requestsCounter(metrics: MetricsRegistry): Counter {
+  return metrics.counter({
+    name: 'kvmesh_router_requests_total',
+    help: 'Requests to the router by endpoint and status (HTTP status code or gRPC status name).',
+    labelNames: ['endpoint', 'status'],
+  });
 }
 
 export interface HttpServer {
@@ -72,8 +126,25 @@ export interface HttpServer {
 }
 
 /** Stop strings per request (OpenAI allows 4). */
-const STOP_STRINGS_MAX = 4;
-const CHAT_MESSAGES_MAX = 1024;
+export const STOP_STRINGS_MAX = 4;
+export const CHAT_MESSAGES_MAX = 1024;
+const KNOWN_PATHS = new Set(['/health', '/metrics', '/v1/models', '/v1/completions', '/v1/chat/completions']);
+
+/** The chat role a request's role maps to ('developer' is OpenAI's newer name for 'system'). */
+export function chatRoleOf(role: unknown): ChatMessage['role'] | undefined {
+  if (role === 'system' || role === 'developer') return 'system';
+  if (role === 'user' || role === 'assistant') return role;
+  return undefined;
+}
+
+/** Prompt tokens of a chat: the model's chat template with the assistant turn opened. */
+export function chatPromptTokens(
+  tokenizer: GenerationBackend['tokenizer'],
+  messages: readonly ChatMessage[],
+): number[] {
+  // NOTE: the chat template writes its own BOS, so no special tokens are added on top.
+  return tokenizer.encode(tokenizer.applyChatTemplate([...messages], true), { addSpecialTokens: false });
+}
 
 /** An OpenAI-style error: HTTP status plus the body's type, param and code. */
 export class HttpError extends Error {
@@ -191,8 +262,9 @@ function parseChatMessages(value: unknown): ChatMessage[] {
   return value.map((entry: unknown, i): ChatMessage => {
     const param = `messages[${i}]`;
     if (typeof entry !== 'object' || entry === null) throw invalid(`${param} must be an object`, param);
-    const { role, content } = entry as Body;
-    if (role !== 'system' && role !== 'user' && role !== 'assistant' && role !== 'developer')
+    const { role: roleValue, content } = entry as Body;
+    const role = chatRoleOf(roleValue);
+    if (role === undefined)
       throw invalid(`${param}.role must be system, developer, user or assistant`, `${param}.role`);
     let text: string;
     if (typeof content === 'string') text = content;
@@ -207,7 +279,7 @@ function parseChatMessages(value: unknown): ChatMessage[] {
         })
         .join('');
     } else throw invalid(`${param}.content must be a string or an array of text parts`, `${param}.content`);
-    return { role: role === 'developer' ? 'system' : role, content: text };
+    return { role, content: text };
   });
 }
 
@@ -221,7 +293,8 @@ export async function startHttpServer(
   const { logger } = options;
   const apiKey = options.apiKey === '' ? undefined : Buffer.from(`Bearer ${options.apiKey}`);
   const created = (): number => Math.floor(Date.now() / 1000);
-  let inFlight = 0;
+  const admission = options.admission ?? createAdmission(options.requestsInFlightMax);
+  const requests = options.metrics === undefined ? undefined : requestsCounter(options.metrics);
 
   const sendJson = (res: ServerResponse, status: number, body: unknown): void => {
     const text = JSON.stringify(body);
@@ -301,13 +374,7 @@ export async function startHttpServer(
   };
 
   const tokenizePrompt = (body: Body, chat: boolean): number[] => {
-    if (chat) {
-      const messages = parseChatMessages(body.messages);
-      // NOTE: the chat template writes its own BOS, so no special tokens are added on top.
-      return backend.tokenizer.encode(backend.tokenizer.applyChatTemplate(messages, true), {
-        addSpecialTokens: false,
-      });
-    }
+    if (chat) return chatPromptTokens(backend.tokenizer, parseChatMessages(body.messages));
     const prompt = body.prompt;
     if (typeof prompt === 'string') {
       if (prompt === '') throw invalid('prompt must not be empty', 'prompt');
@@ -334,15 +401,14 @@ export async function startHttpServer(
         chat ? 'messages' : 'prompt',
         'context_length_exceeded',
       );
-    if (inFlight >= options.requestsInFlightMax)
+    if (!admission.tryAcquire())
       throw new HttpError(
         429,
-        `${inFlight} requests are running, limit is ${options.requestsInFlightMax}; retry later`,
+        `${admission.inFlight} requests are running, limit is ${admission.limit}; retry later`,
         'rate_limit_error',
         null,
         'too_many_requests',
       );
-    inFlight++;
     const abort = new AbortController();
     // NOTE: 'close' on the response fires once it is done or the socket went away; only the latter
     // (before our end) means the client left mid-request.
@@ -443,7 +509,7 @@ export async function startHttpServer(
         usage: usageOf(usage),
       });
     } finally {
-      inFlight--;
+      admission.release();
       res.removeListener('close', onClose);
     }
   };
@@ -453,6 +519,12 @@ export async function startHttpServer(
     if (path === '/health' && req.method === 'GET') {
       const health = backend.health();
       sendJson(res, health.ok ? 200 : 503, { status: health.ok ? 'ok' : 'unavailable', ...health });
+      return;
+    }
+    if (path === '/metrics' && req.method === 'GET' && options.metrics !== undefined) {
+      const text = options.metrics.render();
+      res.writeHead(200, { 'content-type': METRICS_CONTENT_TYPE, 'content-length': Buffer.byteLength(text) });
+      res.end(text);
       return;
     }
     if (!authorized(req))
@@ -486,6 +558,15 @@ export async function startHttpServer(
   };
 
   const server = createServer((req, res) => {
+    if (requests !== undefined) {
+      // NOTE: the label values come from fixed sets (known paths, HTTP codes), so series stay few.
+      const path = (req.url ?? '/').split('?')[0] ?? '/';
+      const endpoint = KNOWN_PATHS.has(path) ? path : 'other';
+      // 499: the client closed the connection before the answer was complete (nginx's convention).
+      res.once('close', () =>
+        requests.inc({ endpoint, status: res.writableFinished ? res.statusCode : 499 }),
+      );
+    }
     route(req, res).catch((err: unknown) => {
       const httpErr = httpErrorOf(err);
       if (httpErr.status >= 500) logger.error('request failed', { url: req.url, err });

@@ -1,8 +1,9 @@
 // Public surface of @kvmesh/router: the pure core (block index, routing policies, disaggregation
 // plan), the JetStream index feed, and the service itself (config, OpenAI-compatible HTTP server,
-// startRouter). gRPC Router.Generate comes next.
+// gRPC Router service, startRouter).
 export * from './core/index.ts';
 export * from './adapters/index-feed.ts';
+export * from './adapters/grpc-service.ts';
 export {
   ROUTER_CONFIG_SCHEMA,
   checkRouterConfig,
@@ -11,8 +12,15 @@ export {
   type RouterConfig,
 } from './config.ts';
 export {
+  CHAT_MESSAGES_MAX,
   HttpError,
+  STOP_STRINGS_MAX,
+  chatPromptTokens,
+  chatRoleOf,
+  createAdmission,
+  requestsCounter,
   startHttpServer,
+  type Admission,
   type GenerationBackend,
   type GenerationChunk,
   type GenerationInput,

@@ -1,5 +1,5 @@
 // Entry point of the router process: config (KVMESH_* env, --flags) → startRouter (logger, model
-// tokenizer, NATS, membership, index feed, HTTP server) → the ready line on stdout → graceful
+// tokenizer, NATS, membership, index feed, HTTP and gRPC servers) → the ready line on stdout → graceful
 // shutdown on SIGTERM / SIGINT (a second signal exits at once). Wiring only.
 import { announceReady, describeConfig } from '@kvmesh/runtime';
 
@@ -49,6 +49,7 @@ process.on('SIGINT', stop);
 announceReady({
   role: 'router',
   httpAddress: router.httpAddress,
+  grpcAddress: router.grpcAddress,
   model: router.modelName,
   policy: router.policy,
 });

@@ -1,10 +1,12 @@
 // Assembles the router service: model (tokenizer, chat template, fingerprint) → NATS → membership of
 // workers and kvstore nodes from their heartbeats → the block index fed by the JetStream kv-event
-// stream → the OpenAI-compatible HTTP server. Per request it hashes the prompt's full blocks, matches
-// them in the index (live kvstore nodes only), picks a decode worker under the configured policy and
-// either prefills on a prefill worker first (which stores the blocks) or sends the decode worker
-// straight to the blocks the index says the store holds. Decode tokens stream back as they come;
-// aborting the request cancels the gRPC calls, which frees the sequence on the worker.
+// stream → the front doors: the OpenAI-compatible HTTP server (with /metrics) and the gRPC Router
+// service, sharing one Admission bound. Per request it hashes the prompt's full blocks, matches them
+// in the index (live kvstore nodes only), picks a decode worker under the configured policy and either
+// prefills on a prefill worker first (which stores the blocks) or sends the decode worker straight to
+// the blocks the index says the store holds. Decode tokens stream back as they come; aborting the
+// request cancels the gRPC calls, which frees the sequence on the worker. Every request is measured
+// (TTFT, inter-token latency, tokens, routing decisions) in a bounded MetricsRegistry.
 import { Metadata, credentials, status as GrpcStatus, type ServiceError } from '@grpc/grpc-js';
 import { jetstream } from '@nats-io/jetstream';
 import { blockSeed, computeBlockHashes } from '@kvmesh/block';
@@ -16,16 +18,20 @@ import {
   FinishReason,
   WorkerClient,
   blockHashToBytes,
+  modelFingerprintToBytes,
   parseNamespace,
   type DecodeRequest,
   type DecodeResponse,
+  type Namespace,
   type NodeId,
   type PrefillRequest,
   type PrefillResponse,
   type SamplingParams,
 } from '@kvmesh/protocol';
 import {
+  LATENCY_BUCKETS_SECONDS,
   MembershipTracker,
+  MetricsRegistry,
   connectNats,
   createLogger,
   isLogLevel,
@@ -34,6 +40,7 @@ import {
   type Member,
 } from '@kvmesh/runtime';
 
+import { startRouterGrpcServer, type RouterGrpcServer } from './adapters/grpc-service.ts';
 import { startIndexFeed, type IndexFeed } from './adapters/index-feed.ts';
 import { checkRouterConfig, type RouterConfig } from './config.ts';
 import {
@@ -45,6 +52,7 @@ import {
   type WorkerCandidate,
 } from './core/index.ts';
 import {
+  createAdmission,
   startHttpServer,
   type GenerationBackend,
   type GenerationChunk,
@@ -74,6 +82,13 @@ const KIND_OF_GRPC: ReadonlyMap<number, ErrorKind> = new Map([
   [GrpcStatus.DEADLINE_EXCEEDED, 'unavailable'],
 ]);
 
+/** Block seeds kept per namespace; past it the oldest is recomputed when next needed. */
+const NAMESPACE_SEEDS_MAX = 1024;
+/** Inter-token latencies (seconds): a CPU decode step is milliseconds, a stalled one seconds. */
+const INTER_TOKEN_BUCKETS_SECONDS: readonly number[] = [
+  0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5,
+];
+
 /** A worker call failed; `kind` follows its gRPC status so the HTTP edge answers 400 / 429 / 503 / 500. */
 export class WorkerCallError extends KvmeshError {
   constructor(role: string, nodeId: NodeId, err: ServiceError) {
@@ -93,6 +108,10 @@ export interface StartRouterOptions {
   readonly model?: LoadedModel;
   /** Receiver clock for heartbeat liveness. Default Date.now. */
   readonly clock?: () => number;
+  /** Monotonic milliseconds for latency metrics. Default performance.now. */
+  readonly monotonicClock?: () => number;
+  /** Where the router's metrics go (and what /metrics serves). Default: a new registry. */
+  readonly metrics?: MetricsRegistry;
 }
 
 export interface RouterStats {
@@ -106,6 +125,9 @@ export interface RouterStats {
 export interface Router {
   /** host:port of the HTTP server. */
   readonly httpAddress: string;
+  /** host:port of the gRPC server (kvmesh.v1.Router and grpc.health.v1.Health). */
+  readonly grpcAddress: string;
+  readonly metrics: MetricsRegistry;
   readonly modelName: string;
   readonly policy: RoutingPolicyName;
   /** Resolves once the index has applied everything the stream held at start. */
@@ -113,6 +135,57 @@ export interface Router {
   stats(): RouterStats;
   /** Graceful shutdown; idempotent. */
   close(): Promise<void>;
+}
+
+/** The router's metrics; registering is idempotent, so routers sharing a registry share them. */
+function routerMetrics(metrics: MetricsRegistry) {
+  return {
+    active: metrics.gauge({
+      name: 'kvmesh_router_active_requests',
+      help: 'Generations running now (HTTP and gRPC).',
+    }),
+    ttft: metrics.histogram({
+      name: 'kvmesh_router_time_to_first_token_seconds',
+      help: 'From the generation start (after validation and tokenization) to its first token.',
+      buckets: LATENCY_BUCKETS_SECONDS,
+    }),
+    interToken: metrics.histogram({
+      name: 'kvmesh_router_inter_token_latency_seconds',
+      help: 'Time between consecutive generated tokens of one request.',
+      buckets: INTER_TOKEN_BUCKETS_SECONDS,
+    }),
+    promptTokens: metrics.counter({
+      name: 'kvmesh_router_prompt_tokens_total',
+      help: 'Prompt tokens of generations started.',
+    }),
+    cachedTokens: metrics.counter({
+      name: 'kvmesh_router_cached_prompt_tokens_total',
+      help: 'Prompt tokens whose KV came from a cache instead of being computed (finished generations).',
+    }),
+    generatedTokens: metrics.counter({
+      name: 'kvmesh_router_generated_tokens_total',
+      help: 'Tokens generated and sent to clients.',
+    }),
+    decisions: metrics.counter({
+      name: 'kvmesh_router_routing_decisions_total',
+      help: 'Workers chosen, by pool (prefill or decode), routing policy and worker.',
+      labelNames: ['pool', 'policy', 'worker'],
+    }),
+    plans: metrics.counter({
+      name: 'kvmesh_router_plans_total',
+      help: 'Requests by plan: decode-only or prefill-then-decode.',
+      labelNames: ['plan'],
+    }),
+    liveNodes: metrics.gauge({
+      name: 'kvmesh_router_live_nodes',
+      help: 'Nodes the router sees live, by role.',
+      labelNames: ['role'],
+    }),
+    indexBlocks: metrics.gauge({
+      name: 'kvmesh_router_index_blocks',
+      help: 'Blocks in the global block index.',
+    }),
+  };
 }
 
 const isServiceError = (err: unknown): err is ServiceError =>
@@ -142,9 +215,20 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
     config.maxContextTokens > 0
       ? Math.min(config.maxContextTokens, model.config.maxContextTokens)
       : model.config.maxContextTokens;
-  const namespace = parseNamespace('');
-  // NOTE: one namespace today, so the seed is computed once; per-tenant namespaces need one each.
-  const seed = blockSeed({ modelFingerprint: model.fingerprint, blockTokens: B, namespace }, kernels);
+  // Block hashes are namespaced through the seed; the shared namespace '' is by far the most used.
+  const seeds = new Map<string, Uint8Array>();
+  const seedOf = (namespace: Namespace): Uint8Array => {
+    let seed = seeds.get(namespace);
+    if (seed === undefined) {
+      seed = blockSeed({ modelFingerprint: model.fingerprint, blockTokens: B, namespace }, kernels);
+      if (seeds.size >= NAMESPACE_SEEDS_MAX) seeds.delete(seeds.keys().next().value as string);
+      seeds.set(namespace, seed);
+    }
+    return seed;
+  };
+  const now = options.monotonicClock ?? (() => performance.now());
+  const metrics = options.metrics ?? new MetricsRegistry({ labelSetsMax: config.metricsLabelSetsMax });
+  const measured = routerMetrics(metrics);
 
   const decodeRouter = new WorkerRouter(
     {
@@ -167,6 +251,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
     }
   };
 
+  let refreshGrpcHealth = (): void => undefined;
   try {
     const nc = await connectNats({
       servers: config.natsUrl.split(',').map((s) => s.trim()),
@@ -205,6 +290,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
           nodeId: member.nodeId,
           role: member.role,
         });
+        refreshGrpcHealth();
         if (change.type !== 'leave') return;
         if (member.role === KVSTORE_ROLE) feed.removeNode(member.nodeId);
         const client = clients.get(member.heartbeat.grpcAddress);
@@ -262,7 +348,8 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
     async function* generate(input: GenerationInput): AsyncGenerator<GenerationChunk> {
       counts.requests++;
       const tokens = input.promptTokens;
-      const hashes = computeBlockHashes(seed, tokens, B, kernels);
+      const namespace = parseNamespace(input.namespace ?? '');
+      const hashes = computeBlockHashes(seedOf(namespace), tokens, B, kernels);
       const stores = new Set(tracker.liveIds(KVSTORE_ROLE));
       const match = index.match(namespace, hashes, stores);
       const storeBlocks = storeCachedBlocks(match, (id) => stores.has(id));
@@ -279,6 +366,8 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
       // NOTE: without a live prefill worker the decode worker computes the prompt itself.
       if (prefillers.length === 0) kind = 'decode-only';
       counts.plans[kind]++;
+      measured.plans.inc({ plan: kind });
+      measured.decisions.inc({ pool: DECODE_ROLE, policy: decision.policy, worker: decision.nodeId });
 
       const sampling: SamplingParams = {
         temperature: input.sampling.temperature,
@@ -287,8 +376,8 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
         seed: input.sampling.seed === undefined ? undefined : BigInt(input.sampling.seed),
         maxTokens: input.maxTokens,
         stop: [...input.stop],
-        stopTokenIds: [],
-        logprobs: false,
+        stopTokenIds: [...(input.stopTokenIds ?? [])],
+        logprobs: input.logprobs ?? false,
       };
       let blockHashes: Buffer[];
       let firstTokenId: number | undefined;
@@ -300,6 +389,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
           storeCachedBlocks: storeBlocks,
           workers: prefillers.map((m) => candidateOf(m, undefined)),
         });
+        measured.decisions.inc({ pool: PREFILL_ROLE, policy: chosen.policy, worker: chosen.nodeId });
         const response = await prefill(
           tracker.get(chosen.nodeId) ?? (prefillers[0] as Member),
           {
@@ -352,6 +442,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
         yield {
           text: message.text,
           tokenIds: message.tokenIds,
+          ...(sampling.logprobs ? { logprobs: message.logprobs } : {}),
           finishReason,
           ...(usage === undefined
             ? {}
@@ -366,17 +457,48 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
       }
     }
 
+    /** generate() as the front doors see it, measured: TTFT, inter-token latency, tokens, in flight. */
+    async function* measuredGenerate(input: GenerationInput): AsyncGenerator<GenerationChunk> {
+      const started = now();
+      let previous: number | undefined;
+      measured.active.inc();
+      measured.promptTokens.inc(input.promptTokens.length);
+      try {
+        for await (const chunk of generate(input)) {
+          const tokens = chunk.tokenIds.length;
+          if (tokens > 0) {
+            const at = now();
+            if (previous === undefined) measured.ttft.observe((at - started) / 1000);
+            else {
+              // NOTE: a chunk of n tokens after a gap counts as n tokens of gap / n each.
+              const perTokenSeconds = (at - previous) / 1000 / tokens;
+              for (let i = 0; i < tokens; i++) measured.interToken.observe(perTokenSeconds);
+            }
+            previous = at;
+            measured.generatedTokens.inc(tokens);
+          }
+          if (chunk.usage !== undefined) measured.cachedTokens.inc(chunk.usage.cachedTokens);
+          yield chunk;
+        }
+      } finally {
+        measured.active.dec();
+      }
+    }
+
     const backend: GenerationBackend = {
       modelName,
       maxContextTokens,
       blockTokens: B,
+      modelFingerprint: modelFingerprintToBytes(model.fingerprint),
+      vocabSize: model.config.vocabSize,
       tokenizer: model.tokenizer,
-      generate,
+      generate: measuredGenerate,
       health: () => {
         const decoders = tracker.live(DECODE_ROLE).length;
         return { ok: decoders > 0, ...(decoders > 0 ? {} : { reason: 'no decode worker is live' }) };
       },
     };
+    const admission = createAdmission(config.requestsInFlightMax);
     const http: HttpServer = await startHttpServer(backend, {
       host: config.host,
       port: config.httpPort,
@@ -386,12 +508,41 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
       maxTokensMax: config.maxTokensMax,
       apiKey: config.apiKey,
       logger,
+      admission,
+      metrics,
     });
     cleanups.push(() => http.close(config.shutdownGraceMs));
+    const grpc: RouterGrpcServer = await startRouterGrpcServer(backend, {
+      host: config.host,
+      port: config.grpcPort,
+      requestBytesMax: config.requestBytesMax,
+      maxTokensDefault: config.maxTokensDefault,
+      maxTokensMax: config.maxTokensMax,
+      apiKey: config.apiKey,
+      admission,
+      codec,
+      metrics,
+      logger,
+    });
+    cleanups.push(() => grpc.close(config.shutdownGraceMs));
+    // The Router service is SERVING while a decode worker is live, like /health.
+    const refreshHealth = (): void => grpc.setServing(backend.health().ok);
+    refreshGrpcHealth = refreshHealth;
+    refreshHealth();
+    cleanups.push(
+      metrics.onCollect(() => {
+        for (const role of [PREFILL_ROLE, DECODE_ROLE, KVSTORE_ROLE])
+          measured.liveNodes.set({ role }, tracker.live(role).length);
+        measured.indexBlocks.set(index.stats().blocks);
+      }),
+    );
     const advertiseHost = config.advertiseHost === '' ? config.host : config.advertiseHost;
-    const httpAddress = `${advertiseHost}:${http.port}`;
+    const hostPart = advertiseHost.includes(':') ? `[${advertiseHost}]` : advertiseHost;
+    const httpAddress = `${hostPart}:${http.port}`;
+    const grpcAddress = `${hostPart}:${grpc.port}`;
     logger.info('router serving', {
       httpAddress,
+      grpcAddress,
       model: modelName,
       policy: decodeRouter.config.policy,
       blockTokens: B,
@@ -401,6 +552,8 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
     let closing: Promise<void> | undefined;
     return {
       httpAddress,
+      grpcAddress,
+      metrics,
       modelName,
       policy: decodeRouter.config.policy,
       indexCaughtUp: feed.caughtUp,
