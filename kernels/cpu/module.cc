@@ -13,6 +13,7 @@ __attribute__((weak)) void RegisterHash(Napi::Env env, Napi::Object exports);
 __attribute__((weak)) void RegisterCodec(Napi::Env env, Napi::Object exports);
 __attribute__((weak)) void RegisterAttention(Napi::Env env, Napi::Object exports);
 __attribute__((weak)) void RegisterDense(Napi::Env env, Napi::Object exports);
+__attribute__((weak)) void RegisterMemory(Napi::Env env, Napi::Object exports);
 }  // namespace kvmesh
 
 namespace {
@@ -54,6 +55,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   if (kvmesh::RegisterCodec) kvmesh::RegisterCodec(env, exports);
   if (kvmesh::RegisterAttention) kvmesh::RegisterAttention(env, exports);
   if (kvmesh::RegisterDense) kvmesh::RegisterDense(env, exports);
+  if (kvmesh::RegisterMemory) kvmesh::RegisterMemory(env, exports);
   return exports;
 }
 

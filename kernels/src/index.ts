@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { KvmeshError } from '@kvmesh/errors';
 
 import { createNativeKernels, type NativeAddon } from './native/index.ts';
+import { nativeMemoryOf, type NativeMemory } from './native/memory.ts';
 import { referenceKernels } from './reference/index.ts';
 import type { Kernels } from './types.ts';
 
@@ -25,6 +26,8 @@ export {
   checkBlockTokens,
 } from './hash-args.ts';
 export { referenceKernels };
+export { MAPPING_BYTES_MAX, MemoryMapError, NUMA_NODES_MAX } from './native/memory.ts';
+export type { MapSharedFileOptions, NativeMemory } from './native/memory.ts';
 
 // KVMESH_KERNELS_ADDON points at another build (tests use it to exercise the fallback).
 const addonPath =
@@ -98,4 +101,23 @@ export function nativeIsaControl(): {
   const { addon } = loadAddon();
   if (!addon) return null;
   return { detected: addon.detectedIsa(), active: () => addon.isa(), set: (isa) => addon.setIsa(isa) };
+}
+
+/**
+ * Shared mappings (mapSharedFile, unmap) and aligned allocations from the native module, or null
+ * with no native build (or one older than these functions): Node itself cannot map a file, so the
+ * caller picks its own fallback. Never throws for a missing build, whatever KVMESH_REQUIRE_NATIVE says.
+ */
+export function nativeMemory(): NativeMemory | null {
+  const { addon } = loadAddon();
+  return addon === undefined ? null : nativeMemoryOf(addon);
+}
+
+/** Why nativeMemory() is null ('loaded' when it is not). */
+export function nativeMemoryStatus(): string {
+  const { addon, reason } = loadAddon();
+  if (addon === undefined) return reason;
+  return nativeMemoryOf(addon) === null
+    ? 'the native build predates mapSharedFile (run: npm run build:native)'
+    : 'loaded';
 }

@@ -5,9 +5,10 @@ import { nativeAttention, type NativeAttentionAddon } from './attention.ts';
 import { nativeCodec, type NativeCodecAddon } from './codec.ts';
 import { nativeDense, type NativeDenseAddon } from './dense.ts';
 import { nativeHash, type NativeHashAddon } from './hash.ts';
+import type { NativeMemoryAddon } from './memory.ts';
 
 export interface NativeAddon
-  extends NativeHashAddon, NativeCodecAddon, NativeAttentionAddon, NativeDenseAddon {
+  extends NativeHashAddon, NativeCodecAddon, NativeAttentionAddon, NativeDenseAddon, NativeMemoryAddon {
   isa(): string;
   detectedIsa(): string;
   setIsa(name: string): boolean;

@@ -4,7 +4,7 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statfsSync } from 'node:fs';
 
-import { describeKernels } from '@kvmesh/kernels';
+import { describeKernels, nativeMemoryStatus } from '@kvmesh/kernels';
 
 export interface Check {
   name: string;
@@ -137,6 +137,27 @@ export function probe(dataDir = process.cwd()): Check[] {
       dax.length > 0 || numa.length > 0
         ? [...dax.map((d) => `/dev/${d}`), ...numa.map((n) => `cpu-less NUMA ${n}`)].join(', ')
         : 'none (the far tier uses a shared-memory file)',
+  });
+  // Without CXL the far tier is a shared-memory file: /dev/shm bounds its capacity.
+  let shm: string;
+  let shmOk = false;
+  try {
+    const fs = statfsSync('/dev/shm');
+    shm = `/dev/shm ${((fs.blocks * fs.bsize) / 1024 ** 3).toFixed(1)} GiB, ${((fs.bavail * fs.bsize) / 1024 ** 3).toFixed(1)} GiB free`;
+    shmOk = fs.bavail > 0;
+  } catch {
+    shm = 'no /dev/shm';
+  }
+  const mapping = nativeMemoryStatus();
+  checks.push({
+    name: 'far memory pool',
+    ok: shmOk && mapping === 'loaded',
+    required: false,
+    found:
+      mapping === 'loaded'
+        ? `${dax.length > 0 ? 'DAX device or ' : ''}shared-memory file; ${shm}`
+        : `in-process memory only (${mapping}); ${shm}`,
+    fix: 'npm run build:native (same-host readers map the pool through it); size farBytes below the free /dev/shm',
   });
   try {
     const fs = statfsSync(dataDir);

@@ -23,6 +23,7 @@ import {
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
 import { Block, Tier, tierFromJSON, tierToJSON } from './common.js';
+import { OpenDataChannelRequest, OpenDataChannelResponse } from './kvstore.js';
 
 /** The per-host tiering service: far memory (CXL or a shared-memory file) and an SSD log. */
 
@@ -63,6 +64,42 @@ export interface TierStats {
 
 export interface TieringStatsResponse {
   tiers: TierStats[];
+}
+
+export interface LocateFarRequest {
+  hashes: Buffer[];
+  /**
+   * How long the located bytes must stay in place; 0 asks for the service's default. Capped by the
+   * service's maximum (the granted value is in the response).
+   */
+  leaseMs: number;
+  /**
+   * Also return each block's metadata (hash, parent, namespace, fingerprint, token ids), decoded and
+   * checked by the service. Without it a location carries only the hash and where the payload lies.
+   */
+  withBlock: boolean;
+}
+
+export interface FarLocation {
+  /** The block without its payload (payload is empty); only when the request set with_block. */
+  block: Block | undefined;
+  /** Byte offset of the block payload (format v1) inside the pool file, and its length. */
+  payloadOffset: bigint;
+  payloadBytes: bigint;
+  hash: Buffer;
+}
+
+export interface LocateFarResponse {
+  /**
+   * The pool to map (a shared-memory file or a DAX device), its size, and an id that changes
+   * whenever the service recreates the pool (a reader holding an older id must map again).
+   */
+  poolPath: string;
+  poolBytes: bigint;
+  poolId: string;
+  leaseMs: number;
+  locations: FarLocation[];
+  missingHashes: Buffer[];
 }
 
 function createBaseDemoteRequest(): DemoteRequest {
@@ -816,6 +853,426 @@ export const TieringStatsResponse: MessageFns<TieringStatsResponse> = {
   },
 };
 
+function createBaseLocateFarRequest(): LocateFarRequest {
+  return { hashes: [], leaseMs: 0, withBlock: false };
+}
+
+export const LocateFarRequest: MessageFns<LocateFarRequest> = {
+  encode(message: LocateFarRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.hashes) {
+      writer.uint32(10).bytes(v!);
+    }
+    if (message.leaseMs !== 0) {
+      writer.uint32(16).uint32(message.leaseMs);
+    }
+    if (message.withBlock !== false) {
+      writer.uint32(24).bool(message.withBlock);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LocateFarRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error('protobuf decode recursion limit exceeded');
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLocateFarRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.hashes.push(Buffer.from(reader.bytes()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.leaseMs = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.withBlock = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LocateFarRequest {
+    return {
+      hashes: globalThis.Array.isArray(object?.hashes)
+        ? object.hashes.map((e: any) => Buffer.from(bytesFromBase64(e)))
+        : [],
+      leaseMs: isSet(object.leaseMs)
+        ? globalThis.Number(object.leaseMs)
+        : isSet(object.lease_ms)
+          ? globalThis.Number(object.lease_ms)
+          : 0,
+      withBlock: isSet(object.withBlock)
+        ? globalThis.Boolean(object.withBlock)
+        : isSet(object.with_block)
+          ? globalThis.Boolean(object.with_block)
+          : false,
+    };
+  },
+
+  toJSON(message: LocateFarRequest): unknown {
+    const obj: any = {};
+    if (message.hashes?.length) {
+      obj.hashes = message.hashes.map((e) => base64FromBytes(e));
+    }
+    if (message.leaseMs !== 0) {
+      obj.leaseMs = Math.round(message.leaseMs);
+    }
+    if (message.withBlock !== false) {
+      obj.withBlock = message.withBlock;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LocateFarRequest>, I>>(base?: I): LocateFarRequest {
+    return LocateFarRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LocateFarRequest>, I>>(object: I): LocateFarRequest {
+    const message = createBaseLocateFarRequest();
+    message.hashes = object.hashes?.map((e) => e) || [];
+    message.leaseMs = object.leaseMs ?? 0;
+    message.withBlock = object.withBlock ?? false;
+    return message;
+  },
+};
+
+function createBaseFarLocation(): FarLocation {
+  return { block: undefined, payloadOffset: 0n, payloadBytes: 0n, hash: Buffer.alloc(0) };
+}
+
+export const FarLocation: MessageFns<FarLocation> = {
+  encode(message: FarLocation, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.block !== undefined) {
+      Block.encode(message.block, writer.uint32(10).fork()).join();
+    }
+    if (message.payloadOffset !== 0n) {
+      if (BigInt.asUintN(64, message.payloadOffset) !== message.payloadOffset) {
+        throw new globalThis.Error('value provided for field message.payloadOffset of type uint64 too large');
+      }
+      writer.uint32(16).uint64(message.payloadOffset);
+    }
+    if (message.payloadBytes !== 0n) {
+      if (BigInt.asUintN(64, message.payloadBytes) !== message.payloadBytes) {
+        throw new globalThis.Error('value provided for field message.payloadBytes of type uint64 too large');
+      }
+      writer.uint32(24).uint64(message.payloadBytes);
+    }
+    if (message.hash.length !== 0) {
+      writer.uint32(34).bytes(message.hash);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FarLocation {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error('protobuf decode recursion limit exceeded');
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFarLocation();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.block = Block.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.payloadOffset = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.payloadBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.hash = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FarLocation {
+    return {
+      block: isSet(object.block) ? Block.fromJSON(object.block) : undefined,
+      payloadOffset: isSet(object.payloadOffset)
+        ? BigInt(object.payloadOffset)
+        : isSet(object.payload_offset)
+          ? BigInt(object.payload_offset)
+          : 0n,
+      payloadBytes: isSet(object.payloadBytes)
+        ? BigInt(object.payloadBytes)
+        : isSet(object.payload_bytes)
+          ? BigInt(object.payload_bytes)
+          : 0n,
+      hash: isSet(object.hash) ? Buffer.from(bytesFromBase64(object.hash)) : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: FarLocation): unknown {
+    const obj: any = {};
+    if (message.block !== undefined) {
+      obj.block = Block.toJSON(message.block);
+    }
+    if (message.payloadOffset !== 0n) {
+      obj.payloadOffset = message.payloadOffset.toString();
+    }
+    if (message.payloadBytes !== 0n) {
+      obj.payloadBytes = message.payloadBytes.toString();
+    }
+    if (message.hash.length !== 0) {
+      obj.hash = base64FromBytes(message.hash);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FarLocation>, I>>(base?: I): FarLocation {
+    return FarLocation.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FarLocation>, I>>(object: I): FarLocation {
+    const message = createBaseFarLocation();
+    message.block =
+      object.block !== undefined && object.block !== null ? Block.fromPartial(object.block) : undefined;
+    message.payloadOffset =
+      object.payloadOffset !== undefined && object.payloadOffset !== null ? BigInt(object.payloadOffset) : 0n;
+    message.payloadBytes =
+      object.payloadBytes !== undefined && object.payloadBytes !== null ? BigInt(object.payloadBytes) : 0n;
+    message.hash = object.hash ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseLocateFarResponse(): LocateFarResponse {
+  return { poolPath: '', poolBytes: 0n, poolId: '', leaseMs: 0, locations: [], missingHashes: [] };
+}
+
+export const LocateFarResponse: MessageFns<LocateFarResponse> = {
+  encode(message: LocateFarResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.poolPath !== '') {
+      writer.uint32(10).string(message.poolPath);
+    }
+    if (message.poolBytes !== 0n) {
+      if (BigInt.asUintN(64, message.poolBytes) !== message.poolBytes) {
+        throw new globalThis.Error('value provided for field message.poolBytes of type uint64 too large');
+      }
+      writer.uint32(16).uint64(message.poolBytes);
+    }
+    if (message.poolId !== '') {
+      writer.uint32(26).string(message.poolId);
+    }
+    if (message.leaseMs !== 0) {
+      writer.uint32(32).uint32(message.leaseMs);
+    }
+    for (const v of message.locations) {
+      FarLocation.encode(v!, writer.uint32(42).fork()).join();
+    }
+    for (const v of message.missingHashes) {
+      writer.uint32(50).bytes(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LocateFarResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error('protobuf decode recursion limit exceeded');
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLocateFarResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.poolPath = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.poolBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.poolId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.leaseMs = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.locations.push(FarLocation.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.missingHashes.push(Buffer.from(reader.bytes()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LocateFarResponse {
+    return {
+      poolPath: isSet(object.poolPath)
+        ? globalThis.String(object.poolPath)
+        : isSet(object.pool_path)
+          ? globalThis.String(object.pool_path)
+          : '',
+      poolBytes: isSet(object.poolBytes)
+        ? BigInt(object.poolBytes)
+        : isSet(object.pool_bytes)
+          ? BigInt(object.pool_bytes)
+          : 0n,
+      poolId: isSet(object.poolId)
+        ? globalThis.String(object.poolId)
+        : isSet(object.pool_id)
+          ? globalThis.String(object.pool_id)
+          : '',
+      leaseMs: isSet(object.leaseMs)
+        ? globalThis.Number(object.leaseMs)
+        : isSet(object.lease_ms)
+          ? globalThis.Number(object.lease_ms)
+          : 0,
+      locations: globalThis.Array.isArray(object?.locations)
+        ? object.locations.map((e: any) => FarLocation.fromJSON(e))
+        : [],
+      missingHashes: globalThis.Array.isArray(object?.missingHashes)
+        ? object.missingHashes.map((e: any) => Buffer.from(bytesFromBase64(e)))
+        : globalThis.Array.isArray(object?.missing_hashes)
+          ? object.missing_hashes.map((e: any) => Buffer.from(bytesFromBase64(e)))
+          : [],
+    };
+  },
+
+  toJSON(message: LocateFarResponse): unknown {
+    const obj: any = {};
+    if (message.poolPath !== '') {
+      obj.poolPath = message.poolPath;
+    }
+    if (message.poolBytes !== 0n) {
+      obj.poolBytes = message.poolBytes.toString();
+    }
+    if (message.poolId !== '') {
+      obj.poolId = message.poolId;
+    }
+    if (message.leaseMs !== 0) {
+      obj.leaseMs = Math.round(message.leaseMs);
+    }
+    if (message.locations?.length) {
+      obj.locations = message.locations.map((e) => FarLocation.toJSON(e));
+    }
+    if (message.missingHashes?.length) {
+      obj.missingHashes = message.missingHashes.map((e) => base64FromBytes(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LocateFarResponse>, I>>(base?: I): LocateFarResponse {
+    return LocateFarResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LocateFarResponse>, I>>(object: I): LocateFarResponse {
+    const message = createBaseLocateFarResponse();
+    message.poolPath = object.poolPath ?? '';
+    message.poolBytes =
+      object.poolBytes !== undefined && object.poolBytes !== null ? BigInt(object.poolBytes) : 0n;
+    message.poolId = object.poolId ?? '';
+    message.leaseMs = object.leaseMs ?? 0;
+    message.locations = object.locations?.map((e) => FarLocation.fromPartial(e)) || [];
+    message.missingHashes = object.missingHashes?.map((e) => e) || [];
+    return message;
+  },
+};
+
 export type TieringService = typeof TieringService;
 export const TieringService = {
   /** Client stream of blocks to move down; acknowledged blocks survive a crash of the service. */
@@ -861,6 +1318,37 @@ export const TieringService = {
       Buffer.from(TieringStatsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): TieringStatsResponse => TieringStatsResponse.decode(value),
   },
+  /**
+   * Where blocks lie in the far-memory pool, for readers on the same host that map the pool and
+   * read a block in place (no copy through the service). Each located block is leased: its bytes are
+   * not moved or reused before the lease ends. FAILED_PRECONDITION when the pool is not mappable.
+   */
+  locateFar: {
+    path: '/kvmesh.v1.Tiering/LocateFar' as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: LocateFarRequest): Buffer =>
+      Buffer.from(LocateFarRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): LocateFarRequest => LocateFarRequest.decode(value),
+    responseSerialize: (value: LocateFarResponse): Buffer =>
+      Buffer.from(LocateFarResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): LocateFarResponse => LocateFarResponse.decode(value),
+  },
+  /**
+   * Address and token of the binary data channel carrying demote / read / promote of single blocks
+   * with the payload as a raw frame body (method ids: @kvmesh/tiering TIERING_DATA_METHODS).
+   */
+  openDataChannel: {
+    path: '/kvmesh.v1.Tiering/OpenDataChannel' as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: OpenDataChannelRequest): Buffer =>
+      Buffer.from(OpenDataChannelRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): OpenDataChannelRequest => OpenDataChannelRequest.decode(value),
+    responseSerialize: (value: OpenDataChannelResponse): Buffer =>
+      Buffer.from(OpenDataChannelResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): OpenDataChannelResponse => OpenDataChannelResponse.decode(value),
+  },
 } as const;
 
 export interface TieringServer extends UntypedServiceImplementation {
@@ -871,6 +1359,17 @@ export interface TieringServer extends UntypedServiceImplementation {
   /** Streams blocks back and keeps them in the tier. */
   read: handleServerStreamingCall<ReadRequest, TierBlockResponse>;
   stats: handleUnaryCall<TieringStatsRequest, TieringStatsResponse>;
+  /**
+   * Where blocks lie in the far-memory pool, for readers on the same host that map the pool and
+   * read a block in place (no copy through the service). Each located block is leased: its bytes are
+   * not moved or reused before the lease ends. FAILED_PRECONDITION when the pool is not mappable.
+   */
+  locateFar: handleUnaryCall<LocateFarRequest, LocateFarResponse>;
+  /**
+   * Address and token of the binary data channel carrying demote / read / promote of single blocks
+   * with the payload as a raw frame body (method ids: @kvmesh/tiering TIERING_DATA_METHODS).
+   */
+  openDataChannel: handleUnaryCall<OpenDataChannelRequest, OpenDataChannelResponse>;
 }
 
 export interface TieringClient extends Client {
@@ -919,6 +1418,45 @@ export interface TieringClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: TieringStatsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Where blocks lie in the far-memory pool, for readers on the same host that map the pool and
+   * read a block in place (no copy through the service). Each located block is leased: its bytes are
+   * not moved or reused before the lease ends. FAILED_PRECONDITION when the pool is not mappable.
+   */
+  locateFar(
+    request: LocateFarRequest,
+    callback: (error: ServiceError | null, response: LocateFarResponse) => void,
+  ): ClientUnaryCall;
+  locateFar(
+    request: LocateFarRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: LocateFarResponse) => void,
+  ): ClientUnaryCall;
+  locateFar(
+    request: LocateFarRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: LocateFarResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Address and token of the binary data channel carrying demote / read / promote of single blocks
+   * with the payload as a raw frame body (method ids: @kvmesh/tiering TIERING_DATA_METHODS).
+   */
+  openDataChannel(
+    request: OpenDataChannelRequest,
+    callback: (error: ServiceError | null, response: OpenDataChannelResponse) => void,
+  ): ClientUnaryCall;
+  openDataChannel(
+    request: OpenDataChannelRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: OpenDataChannelResponse) => void,
+  ): ClientUnaryCall;
+  openDataChannel(
+    request: OpenDataChannelRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: OpenDataChannelResponse) => void,
   ): ClientUnaryCall;
 }
 

@@ -1,0 +1,274 @@
+// The tiering service next to the raw limits of its media, measured in the same run. One tiering
+// service process on loopback; blocks of 256 KiB of KV (payload format v1, random f32).
+// - far write: demote to TIER_FAR over the service's binary data channel (negotiated over gRPC);
+// - far read: the same-host zero-copy path: LocateFar over gRPC for a batch of hashes, then each
+//   payload read in place from a read-only mapping of the pool and verified (every section checksum);
+//   the data-channel read (a copy through the service) is reported beside it;
+// - SSD write / read: demote to TIER_SSD / Read over the data channel; SSD reads use O_DIRECT (the
+//   ready line's ssdDirectIo says whether the filesystem allowed it), so they are not page-cache hits.
+// Anchors: memcpy GB/s into a shared-memory mapping like the pool (far); `dd` direct-I/O sequential
+// write and read of the same volume in the SSD tier's directory (SSD). GB/s are 10^9 bytes/s of
+// payload. Options: --blocks N (volume), --concurrency C, --batch B (hashes per LocateFar), --dir D.
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { blockSeed, computeBlockHashBytes, encodeBlockPayload, type BlockDims } from '@kvmesh/block';
+import { loadKernels, nativeMemory } from '@kvmesh/kernels';
+import { blockHashFromBytes, parseModelFingerprint, parseNamespace } from '@kvmesh/protocol';
+import { spawnService } from '@kvmesh/test-harness';
+import { FarMemoryReader, TierServiceClient, type TierBlock } from '@kvmesh/tiering';
+
+import type { BenchContext, BenchSuite } from '../main.ts';
+import { numberOption, round, stringOption } from '../options.ts';
+
+// 2 layers × 4 kv heads × 64 tokens × 64 dims × (K + V) × f32 = 262,144 bytes of KV per block.
+const DIMS: BlockDims = { layers: 2, kvHeads: 4, blockTokens: 64, headDim: 64, groupSize: 32 };
+const KV_BYTES = 2 * DIMS.layers * DIMS.kvHeads * DIMS.blockTokens * DIMS.headDim * 4;
+const FINGERPRINT = parseModelFingerprint('6b766d6573682d62656e63682d746972');
+const NAMESPACE = parseNamespace('');
+const MIB = 1024 * 1024;
+const WARMUP_BLOCKS = 32;
+const FAR_READ_PASSES = 3;
+
+function makeBlock(seed: Uint8Array, payload: Uint8Array, i: number): TierBlock {
+  const tokens = new Uint32Array(DIMS.blockTokens);
+  for (let t = 0; t < tokens.length; t++) tokens[t] = (i * 7919 + t * 104729) >>> 0;
+  tokens[0] = i >>> 0;
+  const hash = blockHashFromBytes(computeBlockHashBytes(seed, tokens, DIMS.blockTokens));
+  return {
+    hash,
+    parentHash: null,
+    namespace: NAMESPACE,
+    modelFingerprint: FINGERPRINT,
+    tokenIds: tokens,
+    payload,
+  };
+}
+
+/**
+ * Runs `op(i, worker)` over `count` items from `concurrency` closed-loop workers (one operation
+ * outstanding each); returns the seconds until the last one completed.
+ */
+async function timeAll(
+  count: number,
+  concurrency: number,
+  op: (i: number, worker: number) => Promise<void>,
+): Promise<number> {
+  let next = 0;
+  const start = performance.now();
+  await Promise.all(
+    Array.from({ length: Math.min(concurrency, count) }, async (_, worker) => {
+      while (next < count) await op(next++, worker);
+    }),
+  );
+  return (performance.now() - start) / 1000;
+}
+
+/** memcpy GB/s of `bytes` in `chunkBytes` pieces into a shared mapping like the pool (best of 3). */
+function measureMemcpy(dir: string, bytes: number, chunkBytes: number): { gbps: number; medium: string } {
+  const memory = nativeMemory();
+  const path = join(dir, 'memcpy-probe');
+  const buffer = memory?.mapSharedFile(path, bytes, { create: true }) ?? new ArrayBuffer(bytes);
+  try {
+    const target = new Uint8Array(buffer);
+    const source = new Uint8Array(chunkBytes);
+    for (let i = 0; i < source.length; i++) source[i] = (i * 2654435761) >>> 24;
+    const chunks = Math.floor(bytes / chunkBytes);
+    let best = 0;
+    for (let pass = 0; pass < 4; pass++) {
+      const start = performance.now();
+      for (let c = 0; c < chunks; c++) target.set(source, c * chunkBytes);
+      const gbps = (chunks * chunkBytes) / 1e9 / ((performance.now() - start) / 1000);
+      // Pass 0 faults the pages in (the pool's pages are reserved at start too): not counted.
+      if (pass > 0) best = Math.max(best, gbps);
+    }
+    return { gbps: best, medium: memory === null ? 'process memory' : 'shared-memory mapping' };
+  } finally {
+    if (memory !== null) memory.unmap(buffer);
+    rmSync(path, { force: true });
+  }
+}
+
+/** `dd` direct-I/O sequential write then read of `mib` MiB at `file`; GB/s from dd's own elapsed time. */
+function measureDd(file: string, mib: number): { writeGBps: number; readGBps: number } {
+  const run = (args: string[]): number => {
+    const r = spawnSync('dd', args, { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`dd ${args.join(' ')} failed: ${r.stderr}`);
+    // "268435456 bytes (268 MB, 256 MiB) copied, 0.105698 s, 2.5 GB/s"
+    const m = /(\d+) bytes .* copied, ([\d.]+) s/.exec(r.stderr);
+    if (m === null) throw new Error(`cannot parse dd output: ${r.stderr}`);
+    return Number(m[1]) / 1e9 / Number(m[2]);
+  };
+  try {
+    const writeGBps = run([`if=/dev/zero`, `of=${file}`, 'bs=1M', `count=${mib}`, 'oflag=direct']);
+    const readGBps = run([`if=${file}`, 'of=/dev/null', 'bs=1M', 'iflag=direct']);
+    return { writeGBps, readGBps };
+  } finally {
+    rmSync(file, { force: true });
+  }
+}
+
+export const suite: BenchSuite = {
+  name: 'tier',
+  description: 'tiering service: far-memory and SSD write/read of 256 KiB blocks vs memcpy and dd direct I/O',
+  async run({ args, log }: BenchContext) {
+    const blocks = Math.floor(numberOption(args, 'blocks', 1024));
+    const concurrency = Math.floor(numberOption(args, 'concurrency', 8));
+    const batch = Math.floor(numberOption(args, 'batch', 64));
+    const base = stringOption(args, 'dir') ?? tmpdir();
+    const dir = mkdtempSync(join(base, 'kvmesh-bench-tier-'));
+    const shmDir = mkdtempSync(join('/dev/shm', 'kvmesh-bench-tier-'));
+    const kernels = loadKernels();
+    const payload = encodeBlockPayload(
+      kernels,
+      'f32',
+      DIMS,
+      Array.from({ length: DIMS.layers }, () => ({
+        k: Float32Array.from({ length: KV_BYTES / (8 * DIMS.layers) }, () => Math.random() - 0.5),
+        v: Float32Array.from({ length: KV_BYTES / (8 * DIMS.layers) }, () => Math.random() - 0.5),
+      })),
+    );
+    const seed = blockSeed({
+      modelFingerprint: FINGERPRINT,
+      blockTokens: DIMS.blockTokens,
+      namespace: NAMESPACE,
+    });
+    const far = Array.from({ length: blocks }, (_, i) => makeBlock(seed, payload, i));
+    const ssd = Array.from({ length: blocks }, (_, i) => makeBlock(seed, payload, blocks + i));
+    const volumeBytes = blocks * payload.length;
+    const volumeGB = volumeBytes / 1e9;
+    log(
+      `${blocks} blocks of ${payload.length} bytes (${(volumeBytes / MIB).toFixed(0)} MiB per phase), c=${concurrency}`,
+    );
+
+    const service = await spawnService({
+      name: 'tiering-bench',
+      entry: 'services/tiering/src/main.ts',
+      env: {
+        KVMESH_SERVICE_ID: `bench-tier-${process.pid}`,
+        KVMESH_FAR_PATH: join(shmDir, 'pool'),
+        // Room for every block and its record head: the far phases never spill.
+        KVMESH_FAR_BYTES: String(Math.ceil((blocks * (payload.length + 4096)) / MIB + 16) * MIB),
+        KVMESH_SSD_DIR: join(dir, 'ssd'),
+        KVMESH_SSD_BYTES: String(Math.ceil((2 * blocks * (payload.length + 8192)) / MIB + 64) * MIB),
+        KVMESH_FAR_DRAIN_ON_SHUTDOWN: 'false',
+        KVMESH_LOG_LEVEL: 'warn',
+      },
+    });
+    let result: Record<string, unknown>;
+    try {
+      const info = service.info as { grpcAddress: string; ssdDirectIo: boolean; far: string };
+      log(`service: far = ${info.far}; ssd O_DIRECT reads: ${info.ssdDirectIo}`);
+      const client = await TierServiceClient.connect({
+        grpcAddress: info.grpcAddress,
+        dataConnections: Math.min(concurrency, 4),
+      });
+      try {
+        // Warm-up (not measured): connections, JIT, the service's buffers, the reader's mapping.
+        const warm = Array.from({ length: WARMUP_BLOCKS }, (_, i) =>
+          makeBlock(seed, payload, 2 * blocks + i),
+        );
+        await timeAll(warm.length, concurrency, (i) => client.demote(warm[i] as TierBlock, 'far'));
+        await timeAll(
+          warm.length,
+          concurrency,
+          async (i) => void (await client.read((warm[i] as TierBlock).hash)),
+        );
+        const reader = new FarMemoryReader(client, kernels);
+        const into = Array.from({ length: concurrency }, () => new Uint8Array(payload.length));
+        const farReadPass = (): Promise<number> =>
+          timeAll(Math.ceil(blocks / batch), Math.min(concurrency, 2), async (b) => {
+            const hashes = far.slice(b * batch, (b + 1) * batch).map((x) => x.hash);
+            const got = await reader.read(hashes);
+            if (
+              got.hits.length !== hashes.length ||
+              got.hits.some((h) => h.payload.length !== payload.length)
+            )
+              throw new Error(`far read of batch ${b} came back incomplete (${got.missing.length} missing)`);
+          });
+        let farWriteS: number;
+        let farReadS = Number.POSITIVE_INFINITY;
+        let farChannelReadS: number;
+        try {
+          farWriteS = await timeAll(blocks, concurrency, (i) => client.demote(far[i] as TierBlock, 'far'));
+          // Reads keep the blocks: one pass maps and warms, the best of the next passes counts.
+          await farReadPass();
+          for (let pass = 0; pass < FAR_READ_PASSES; pass++)
+            farReadS = Math.min(farReadS, await farReadPass());
+          farChannelReadS = await timeAll(blocks, concurrency, async (i, w) => {
+            const got = await client.read((far[i] as TierBlock).hash, into[w]);
+            if (got?.tier !== 'far') throw new Error(`far block ${i} not read from far memory`);
+          });
+        } finally {
+          reader.close();
+        }
+        await timeAll(
+          warm.length,
+          concurrency,
+          async (i) => void (await client.promote((warm[i] as TierBlock).hash)),
+        );
+        await timeAll(warm.length, concurrency, (i) => client.demote(warm[i] as TierBlock, 'ssd'));
+        await timeAll(
+          warm.length,
+          concurrency,
+          async (i, w) => void (await client.read((warm[i] as TierBlock).hash, into[w])),
+        );
+        const ssdWriteS = await timeAll(blocks, concurrency, (i) =>
+          client.demote(ssd[i] as TierBlock, 'ssd'),
+        );
+        // One pass only: O_DIRECT reads come from the device every time, nothing to warm.
+        const ssdReadS = await timeAll(blocks, concurrency, async (i, w) => {
+          const got = await client.read((ssd[i] as TierBlock).hash, into[w]);
+          if (got?.tier !== 'ssd' || got.block.payload.length !== payload.length)
+            throw new Error(`ssd block ${i} came back wrong`);
+        });
+
+        log('anchors: memcpy into a shared mapping, dd direct I/O in the SSD directory');
+        const memcpy = measureMemcpy(shmDir, Math.min(Math.max(volumeBytes, 256 * MIB), 1 << 30), 256 * 1024);
+        const dd = measureDd(join(dir, 'ssd', 'dd-probe'), Math.max(1, Math.ceil(volumeBytes / MIB)));
+
+        const farRead = volumeGB / farReadS;
+        const ssdRead = volumeGB / ssdReadS;
+        const ssdWrite = volumeGB / ssdWriteS;
+        result = {
+          far: {
+            readGBps: round(farRead),
+            writeGBps: round(volumeGB / farWriteS),
+            memcpyGBps: round(memcpy.gbps),
+          },
+          ssd: {
+            readGBps: round(ssdRead),
+            writeGBps: round(ssdWrite),
+            rawReadGBps: round(dd.readGBps),
+            rawWriteGBps: round(dd.writeGBps),
+          },
+          ratio: {
+            ssdRead: round(ssdRead / dd.readGBps, 3),
+            ssdWrite: round(ssdWrite / dd.writeGBps, 3),
+            farRead: round(farRead / memcpy.gbps, 3),
+          },
+          paths: {
+            farRead: `same-host mapped pool: LocateFar (gRPC, ${batch} hashes per call) + in-place checksum verification`,
+            farWrite: 'data channel (negotiated over gRPC) → far memory',
+            ssd: 'data channel (negotiated over gRPC) → segment log',
+            farReadThroughServiceGBps: round(volumeGB / farChannelReadS),
+            ssdDirectIoReads: info.ssdDirectIo,
+            memcpyMedium: memcpy.medium,
+          },
+          blocks,
+          payloadBytes: payload.length,
+          concurrency,
+        };
+      } finally {
+        await client.close();
+      }
+    } finally {
+      await service.stop();
+      rmSync(dir, { recursive: true, force: true });
+      rmSync(shmDir, { recursive: true, force: true });
+    }
+    return result;
+  },
+};

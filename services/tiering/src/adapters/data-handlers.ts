@@ -1,0 +1,90 @@
+// Handlers of the tiering data channel methods (TIERING_DATA_METHODS): demoteBlock, readBlock and
+// promoteBlock, one block per call with protobuf headers and the payload as the frame body. A header
+// that does not decode, or decodes to something outside the contract, is INVALID_ARGUMENT for that
+// request only; the connection and the service go on. Errors keep their codes (a full tier is
+// RESOURCE_EXHAUSTED, a bad block INVALID_ARGUMENT), so a client can tell which to retry.
+import { InvalidArgumentError } from '@kvmesh/errors';
+import type { DataHandler, DataRequest } from '@kvmesh/dataplane';
+import {
+  DemoteRequest,
+  DemoteResponse,
+  PromoteRequest,
+  ReadRequest,
+  Tier,
+  TierBlockResponse,
+  blockHashToBytes,
+} from '@kvmesh/protocol';
+
+import type { TierHit, TierPolicy } from '../core/index.ts';
+import { TIERING_DATA_METHODS } from './data-methods.ts';
+import { blockOf, hashOf, targetTierOf, tierBlockOf, tierToProto } from './wire.ts';
+
+function decodeHeader<T>(what: string, decode: (bytes: Uint8Array) => T, request: DataRequest): T {
+  try {
+    return decode(request.header);
+  } catch (err) {
+    throw new InvalidArgumentError(
+      `${what} header is not a valid ${what} message: ${(err as Error).message}`,
+      {
+        methodId: request.methodId,
+        headerBytes: request.header.length,
+      },
+    );
+  }
+}
+
+function singleHash(hashes: readonly Buffer[], method: string): Buffer {
+  if (hashes.length !== 1)
+    throw new InvalidArgumentError(`${method} takes exactly one hash, got ${hashes.length}`, {
+      hashes: hashes.length,
+    });
+  return hashes[0] as Buffer;
+}
+
+function blockResponse(
+  hashBytes: Buffer,
+  hit: TierHit | undefined,
+): { header: Uint8Array; body?: Uint8Array } {
+  if (hit === undefined) {
+    const header = TierBlockResponse.encode({
+      result: { $case: 'missingHash', value: hashBytes },
+      tier: Tier.TIER_UNSPECIFIED,
+    }).finish();
+    return { header };
+  }
+  const header = TierBlockResponse.encode({
+    result: { $case: 'block', value: blockOf(hit.block, false) },
+    tier: tierToProto(hit.tier),
+  }).finish();
+  return { header, body: hit.block.payload };
+}
+
+/** Registers the three methods on a data channel server. */
+export function registerTieringDataHandlers(
+  server: { handle(methodId: number, handler: DataHandler): unknown },
+  policy: TierPolicy,
+): void {
+  server.handle(TIERING_DATA_METHODS.demoteBlock, async (request) => {
+    const message = decodeHeader('DemoteRequest', (b) => DemoteRequest.decode(b), request);
+    if (message.block !== undefined && message.block.payload.length > 0)
+      throw new InvalidArgumentError(
+        'demoteBlock carries the payload in the frame body; block.payload in the header must be empty',
+        { headerPayloadBytes: message.block.payload.length },
+      );
+    const block = tierBlockOf(message.block, request.body);
+    await policy.demote(block, targetTierOf(message.target));
+    return {
+      header: DemoteResponse.encode({ acknowledged: [Buffer.from(blockHashToBytes(block.hash))] }).finish(),
+    };
+  });
+  server.handle(TIERING_DATA_METHODS.readBlock, async (request) => {
+    const message = decodeHeader('ReadRequest', (b) => ReadRequest.decode(b), request);
+    const hashBytes = singleHash(message.hashes, 'readBlock');
+    return blockResponse(hashBytes, await policy.read(hashOf(hashBytes, 'hashes[0]')));
+  });
+  server.handle(TIERING_DATA_METHODS.promoteBlock, async (request) => {
+    const message = decodeHeader('PromoteRequest', (b) => PromoteRequest.decode(b), request);
+    const hashBytes = singleHash(message.hashes, 'promoteBlock');
+    return blockResponse(hashBytes, await policy.promote(hashOf(hashBytes, 'hashes[0]')));
+  });
+}

@@ -1,0 +1,193 @@
+// The Tiering gRPC service of one host. Every handler runs under the runtime's wrappers, so any throw
+// becomes a precise status (toGrpcStatus) and never reaches grpc-js. Demote stores up to
+// `demoteStreamConcurrency` blocks of a stream at once but acknowledges in arrival order; the first
+// block that fails fails the call with a message naming its index and hash and how many blocks
+// before it were acknowledged (those stay stored). Read and Promote answer every hash in request
+// order, a block or `missing_hash`; LocateFar serves same-host readers of the mapped pool.
+import {
+  blockHashToBytes,
+  type DemoteRequest,
+  type DemoteResponse,
+  type LocateFarResponse,
+  type TierBlockResponse,
+  type TieringServer,
+  type TieringStatsResponse,
+  Tier,
+} from '@kvmesh/protocol';
+import { KvmeshError, LimitExceededError } from '@kvmesh/errors';
+import { wrapClientStream, wrapServerStream, wrapUnary, type WrapOptions } from '@kvmesh/runtime';
+
+import { FarMemoryNotMappableError, type TierHit, type TierPolicy } from '../core/index.ts';
+import { blockOf, hashesOf, targetTierOf, tierBlockOf, tierToProto } from './wire.ts';
+
+export interface TieringServiceOptions {
+  readonly hashesPerRequestMax: number;
+  readonly demoteMessagesPerStreamMax: number;
+  readonly demoteStreamConcurrency: number;
+  readonly leaseMsDefault: number;
+  /** The pool same-host readers map; null when far memory is absent or not mappable (with why). */
+  readonly farPool:
+    { path: string; bytes: number; poolId: string } | { unmappable: string; backing: string } | null;
+  /** host:port, token and protocol version OpenDataChannel hands out. */
+  readonly dataAddress: string;
+  readonly dataToken: string;
+  readonly dataProtocolVersion: number;
+  readonly blockBytesMax: number;
+  readonly wrap?: WrapOptions;
+}
+
+function failure(error: unknown, index: number, hash: string, acknowledged: number): KvmeshError {
+  const where = `block ${index} (${hash})`;
+  const tail = `; the ${acknowledged} block(s) before it were acknowledged and stay stored`;
+  if (error instanceof KvmeshError)
+    return new KvmeshError(error.code, error.kind, `${where}: ${error.message}${tail}`, {
+      ...error.details,
+      index,
+      hash,
+      acknowledged,
+    });
+  const message = error instanceof Error ? error.message : String(error);
+  return new KvmeshError('INTERNAL', 'internal', `${where}: internal error: ${message}${tail}`, {
+    index,
+    hash,
+    acknowledged,
+  });
+}
+
+async function demoteStream(
+  policy: TierPolicy,
+  requests: AsyncIterable<DemoteRequest>,
+  options: TieringServiceOptions,
+): Promise<DemoteResponse> {
+  const hashes: Buffer[] = [];
+  const done: boolean[] = [];
+  const inFlight = new Set<Promise<void>>();
+  let failed: { index: number; hash: string; error: unknown } | undefined;
+  const fail = (index: number, hash: string, error: unknown): void => {
+    if (failed === undefined || index < failed.index) failed = { index, hash, error };
+  };
+  let index = 0;
+  for await (const message of requests) {
+    if (failed !== undefined) break;
+    const i = index++;
+    const hashText = message.block?.hash.toString('hex') ?? '';
+    if (i >= options.demoteMessagesPerStreamMax) {
+      fail(
+        i,
+        hashText,
+        new LimitExceededError(
+          `Demote stream carries more than ${options.demoteMessagesPerStreamMax} blocks (demoteMessagesPerStreamMax); split it`,
+          { demoteMessagesPerStreamMax: options.demoteMessagesPerStreamMax },
+        ),
+      );
+      break;
+    }
+    let storing: Promise<unknown>;
+    try {
+      const block = tierBlockOf(message.block);
+      hashes[i] = Buffer.from(blockHashToBytes(block.hash));
+      storing = policy.demote(block, targetTierOf(message.target));
+    } catch (err) {
+      fail(i, hashText, err);
+      break;
+    }
+    const tracked: Promise<void> = storing.then(
+      () => {
+        done[i] = true;
+      },
+      (err: unknown) => fail(i, hashText, err),
+    );
+    inFlight.add(tracked);
+    void tracked.finally(() => inFlight.delete(tracked));
+    if (inFlight.size >= options.demoteStreamConcurrency) await Promise.race(inFlight);
+  }
+  await Promise.all(inFlight);
+  const end = failed?.index ?? index;
+  let acknowledged = 0;
+  while (acknowledged < end && done[acknowledged] === true) acknowledged++;
+  if (failed !== undefined) throw failure(failed.error, failed.index, failed.hash, acknowledged);
+  return { acknowledged: hashes.slice(0, index) };
+}
+
+function blockMessage(hashBytes: Buffer, hit: TierHit | undefined): TierBlockResponse {
+  if (hit === undefined)
+    return { result: { $case: 'missingHash', value: hashBytes }, tier: Tier.TIER_UNSPECIFIED };
+  return { result: { $case: 'block', value: blockOf(hit.block, true) }, tier: tierToProto(hit.tier) };
+}
+
+export function tieringGrpcService(policy: TierPolicy, options: TieringServiceOptions): TieringServer {
+  const wrap = options.wrap;
+  const hashesMax = options.hashesPerRequestMax;
+  return {
+    demote: wrapClientStream<DemoteRequest, DemoteResponse>(
+      (requests) => demoteStream(policy, requests, options),
+      wrap,
+    ),
+    read: wrapServerStream(async function* (request) {
+      const hashes = hashesOf(request.hashes, hashesMax);
+      for (const [i, hash] of hashes.entries())
+        yield blockMessage(request.hashes[i] as Buffer, await policy.read(hash));
+    }, wrap),
+    promote: wrapServerStream(async function* (request) {
+      const hashes = hashesOf(request.hashes, hashesMax);
+      for (const [i, hash] of hashes.entries())
+        yield blockMessage(request.hashes[i] as Buffer, await policy.promote(hash));
+    }, wrap),
+    stats: wrapUnary(
+      (): TieringStatsResponse => ({
+        tiers: policy.stats().map((s) => ({
+          tier: tierToProto(s.tier),
+          blocks: BigInt(s.blocks),
+          bytesUsed: BigInt(s.bytesUsed),
+          bytesCapacity: BigInt(s.bytesCapacity),
+          reads: BigInt(s.reads),
+          writes: BigInt(s.writes),
+          checksumFailures: BigInt(s.checksumFailures),
+        })),
+      }),
+      wrap,
+    ),
+    locateFar: wrapUnary((request): LocateFarResponse => {
+      const pool = options.farPool;
+      if (pool === null)
+        throw new FarMemoryNotMappableError('absent', 'this service runs without far memory');
+      if ('unmappable' in pool) throw new FarMemoryNotMappableError(pool.backing, pool.unmappable);
+      const hashes = hashesOf(request.hashes, hashesMax);
+      const leaseMs = request.leaseMs === 0 ? options.leaseMsDefault : request.leaseMs;
+      const response: LocateFarResponse = {
+        poolPath: pool.path,
+        poolBytes: BigInt(pool.bytes),
+        poolId: pool.poolId,
+        leaseMs: 0,
+        locations: [],
+        missingHashes: [],
+      };
+      let granted = Number.POSITIVE_INFINITY;
+      for (const [i, hash] of hashes.entries()) {
+        const location = policy.locate(hash, leaseMs, request.withBlock);
+        if (location === undefined) {
+          response.missingHashes.push(request.hashes[i] as Buffer);
+          continue;
+        }
+        granted = Math.min(granted, location.leaseMs);
+        response.locations.push({
+          hash: request.hashes[i] as Buffer,
+          block: location.meta === undefined ? undefined : blockOf(location.meta, false),
+          payloadOffset: BigInt(location.payloadOffset),
+          payloadBytes: BigInt(location.payloadBytes),
+        });
+      }
+      response.leaseMs = Number.isFinite(granted) ? granted : 0;
+      return response;
+    }, wrap),
+    openDataChannel: wrapUnary(
+      () => ({
+        address: options.dataAddress,
+        token: options.dataToken,
+        protocolVersion: options.dataProtocolVersion,
+        blockBytesMax: BigInt(options.blockBytesMax),
+      }),
+      wrap,
+    ),
+  };
+}

@@ -1,0 +1,403 @@
+// The tiering policy of one host: demote puts a block into far memory or the SSD tier, a far memory
+// that is full demotes its least recently used blocks to SSD until the new block fits, read serves a
+// block and keeps it, promote serves it and removes it. Far memory is checked before SSD (it is the
+// faster copy). Every block served is verified first: record head checksum and identity, and the
+// payload's section checksums (far memory) or the SSD record checksum over the whole record (the SSD
+// tier checks it on every read); a block that fails is dropped from its tier, counted as a checksum
+// failure and reported missing, never served.
+// Durability: a far-memory demote is acknowledged once its bytes are written into the pool; an SSD
+// demote once SsdTier.append resolved. A block demoted from far to SSD leaves far memory only after
+// its append resolved, so an acknowledged block is held by some tier at every moment.
+// Pure: the pool region, the SSD tier and the kernels are injected; no transport or file access here.
+import { verifyBlockPayload } from '@kvmesh/block';
+import { CorruptDataError, InvalidArgumentError, KvmeshError, LimitExceededError } from '@kvmesh/errors';
+import type { Kernels } from '@kvmesh/kernels';
+import type { BlockHash } from '@kvmesh/protocol';
+
+import { FarMemoryFullError, TierUnavailableError } from './errors.ts';
+import type { FarEntry, FarPool } from './far-pool.ts';
+import {
+  decodeRecord,
+  decodeRecordMeta,
+  encodeRecord,
+  encodeRecordHead,
+  recordLayout,
+  type TierBlock,
+  type TierBlockMeta,
+} from './tier-record.ts';
+
+export type TierName = 'far' | 'ssd';
+
+/** What the policy needs of the SSD tier (the SegmentLog implements it). */
+export interface SsdTier {
+  append(hash: BlockHash, payload: Uint8Array): Promise<void>;
+  /** Throws a CorruptDataError-kind error on a checksum mismatch (the entry is dropped). */
+  read(hash: BlockHash): Promise<Uint8Array | null>;
+  remove(hash: BlockHash): Promise<boolean>;
+  has(hash: BlockHash): boolean;
+  stats(): {
+    blocks: number;
+    bytesUsed: number;
+    bytesCapacity: number;
+    reads: number;
+    writes: number;
+    checksumFailures: number;
+  };
+}
+
+export interface FarTier {
+  /** The pool's bytes (a shared mapping, or process memory in the fallback). */
+  readonly region: Uint8Array;
+  readonly pool: FarPool;
+}
+
+export interface TierPolicyOptions {
+  readonly kernels: Kernels;
+  readonly far: FarTier | null;
+  readonly ssd: SsdTier | null;
+  /** Largest block payload accepted. */
+  readonly blockBytesMax: number;
+  /** Longest lease a same-host reader may hold on located bytes. */
+  readonly leaseMsMax: number;
+  /** Told about blocks dropped for failing their checks and about failed spills (for logs). */
+  readonly onFault?: (what: string, details: Record<string, unknown>) => void;
+}
+
+export interface TierStatsView {
+  tier: TierName;
+  blocks: number;
+  bytesUsed: number;
+  bytesCapacity: number;
+  reads: number;
+  writes: number;
+  checksumFailures: number;
+}
+
+export interface TierHit {
+  /** The block with a payload the caller owns (a copy out of far memory, or the SSD read buffer). */
+  readonly block: TierBlock;
+  readonly tier: TierName;
+}
+
+export interface FarLocationView {
+  /** The block's metadata, decoded and checked (only when asked for). */
+  readonly meta: TierBlockMeta | undefined;
+  /** Offset of the payload inside the pool region. */
+  readonly payloadOffset: number;
+  readonly payloadBytes: number;
+  /** The lease granted (the request's, capped at leaseMsMax) and when it ends on the policy's clock. */
+  readonly leaseMs: number;
+  readonly leaseUntilMs: number;
+}
+
+interface Counters {
+  reads: number;
+  writes: number;
+  checksumFailures: number;
+}
+
+export type DemoteOutcome = 'stored' | 'held';
+
+export class TierPolicy {
+  private readonly kernels: Kernels;
+  private readonly far: FarTier | null;
+  private readonly ssd: SsdTier | null;
+  private readonly options: TierPolicyOptions;
+  private readonly farCounters: Counters = { reads: 0, writes: 0, checksumFailures: 0 };
+  /** Failures the SSD tier's own checks let through (record head, identity, payload sections). */
+  private ssdRecordFailures = 0;
+  /** Demotes to far memory that must make room run one at a time (see makeRoom). */
+  private farQueue: Promise<unknown> = Promise.resolve();
+  /** Blocks moved from far memory to SSD to make room. */
+  spills = 0;
+
+  constructor(options: TierPolicyOptions) {
+    this.options = options;
+    this.kernels = options.kernels;
+    this.far = options.far;
+    this.ssd = options.ssd;
+  }
+
+  get hasFar(): boolean {
+    return this.far !== null;
+  }
+
+  get hasSsd(): boolean {
+    return this.ssd !== null;
+  }
+
+  /** Checks a block a client wants to store: size bound and every payload checksum. */
+  checkIncoming(block: TierBlock): void {
+    const bytes = block.payload.byteLength;
+    if (bytes > this.options.blockBytesMax)
+      throw new LimitExceededError(
+        `block ${block.hash}: payload of ${bytes} bytes exceeds blockBytesMax ${this.options.blockBytesMax}`,
+        { hash: block.hash, bytes, blockBytesMax: this.options.blockBytesMax },
+      );
+    try {
+      verifyBlockPayload(this.kernels, block.payload);
+    } catch (err) {
+      if (!(err instanceof KvmeshError)) throw err;
+      throw new InvalidArgumentError(
+        `block ${block.hash}: payload is not a valid block payload: ${err.message}`,
+        {
+          ...err.details,
+          hash: block.hash,
+          cause: err.code,
+        },
+      );
+    }
+  }
+
+  /** Which tier holds `hash` now (far first), or undefined. */
+  where(hash: BlockHash): TierName | undefined {
+    if (this.far?.pool.has(hash) === true) return 'far';
+    if (this.ssd?.has(hash) === true) return 'ssd';
+    return undefined;
+  }
+
+  /**
+   * Stores `block` in `target` and resolves once it is durable there ('held' when some tier already
+   * holds it: nothing is written). Throws InvalidArgumentError / LimitExceededError for a bad block,
+   * TierUnavailableError for a tier this host lacks, FarMemoryFullError when no room can be made,
+   * and the SSD tier's own error (e.g. its capacity) for a failed append.
+   */
+  async demote(block: TierBlock, target: TierName): Promise<DemoteOutcome> {
+    this.checkIncoming(block);
+    if (target === 'far') {
+      const far = this.far;
+      if (far === null) throw new TierUnavailableError('far', 'this service runs without far memory');
+      return this.serialFar(() => this.demoteFar(far, block));
+    }
+    const ssd = this.ssd;
+    if (ssd === null) throw new TierUnavailableError('ssd', 'this service runs without an SSD tier');
+    if (this.where(block.hash) !== undefined) return 'held';
+    await ssd.append(block.hash, encodeRecord(this.kernels, block));
+    return 'stored';
+  }
+
+  /** The block from the fastest tier holding it, verified; undefined when missing or corrupt. */
+  async read(hash: BlockHash): Promise<TierHit | undefined> {
+    const fromFar = this.readFar(hash);
+    if (fromFar !== undefined) return { block: fromFar, tier: 'far' };
+    const fromSsd = await this.readSsd(hash);
+    if (fromSsd !== undefined) return { block: fromSsd, tier: 'ssd' };
+    return undefined;
+  }
+
+  /** As read(), and the tier no longer holds the block afterwards. */
+  async promote(hash: BlockHash): Promise<TierHit | undefined> {
+    const hit = await this.read(hash);
+    if (hit === undefined) return undefined;
+    if (hit.tier === 'far') this.far?.pool.remove(hash);
+    else await this.ssd?.remove(hash);
+    return hit;
+  }
+
+  /**
+   * Where a far-memory block's payload lies in the pool, leased for `leaseMs` (capped at leaseMsMax)
+   * so its bytes stay in place; undefined when far memory does not hold it. With `withMeta` the
+   * record head and metadata are decoded and checked; without, only the head's lengths are read. The
+   * reader verifies the payload sections itself before use.
+   */
+  locate(hash: BlockHash, leaseMs: number, withMeta = false): FarLocationView | undefined {
+    const far = this.far;
+    const entry = far?.pool.get(hash);
+    if (far === null || entry === undefined) return undefined;
+    const record = far.region.subarray(entry.offset, entry.offset + entry.bytes);
+    let layout: { payloadOffset: number; recordBytes: number };
+    let meta: TierBlockMeta | undefined;
+    try {
+      if (withMeta) {
+        const decoded = decodeRecordMeta(this.kernels, record, hash);
+        meta = decoded.meta;
+        layout = decoded;
+      } else layout = recordLayout(record, hash);
+    } catch (err) {
+      this.dropCorruptFar(hash, err);
+      return undefined;
+    }
+    const granted = Math.min(Math.max(leaseMs, 0), this.options.leaseMsMax);
+    const leaseUntilMs = far.pool.lease(hash, granted) ?? 0;
+    far.pool.touch(hash);
+    this.farCounters.reads++;
+    return {
+      meta,
+      payloadOffset: entry.offset + layout.payloadOffset,
+      payloadBytes: layout.recordBytes - layout.payloadOffset,
+      leaseMs: granted,
+      leaseUntilMs,
+    };
+  }
+
+  stats(): TierStatsView[] {
+    const out: TierStatsView[] = [];
+    if (this.far !== null) {
+      const pool = this.far.pool.stats();
+      out.push({
+        tier: 'far',
+        blocks: pool.blocks,
+        bytesUsed: pool.bytesUsed,
+        bytesCapacity: pool.bytesCapacity,
+        ...this.farCounters,
+      });
+    }
+    if (this.ssd !== null) {
+      const ssd = this.ssd.stats();
+      out.push({
+        tier: 'ssd',
+        blocks: ssd.blocks,
+        bytesUsed: ssd.bytesUsed,
+        bytesCapacity: ssd.bytesCapacity,
+        reads: ssd.reads,
+        writes: ssd.writes,
+        checksumFailures: ssd.checksumFailures + this.ssdRecordFailures,
+      });
+    }
+    return out;
+  }
+
+  /**
+   * Demotes every far-memory block to SSD, coldest first, stopping at the first refusal (e.g. the
+   * SSD is full); returns how many moved. For a clean shutdown: far memory does not outlive the
+   * service, the SSD tier does.
+   */
+  async drainFarToSsd(): Promise<number> {
+    const far = this.far;
+    if (far === null || this.ssd === null) return 0;
+    return this.serialFar(async () => {
+      let moved = 0;
+      for (const hash of [...far.pool.hashes()]) {
+        const entry = far.pool.get(hash);
+        if (entry === undefined || entry.pinned) continue;
+        await this.spill(far, entry);
+        moved++;
+      }
+      return moved;
+    });
+  }
+
+  private serialFar<T>(body: () => Promise<T>): Promise<T> {
+    const run = this.farQueue.then(body, body);
+    this.farQueue = run.catch(() => undefined);
+    return run;
+  }
+
+  private async demoteFar(far: FarTier, block: TierBlock): Promise<DemoteOutcome> {
+    if (this.where(block.hash) !== undefined) {
+      far.pool.touch(block.hash);
+      return 'held';
+    }
+    const head = encodeRecordHead(this.kernels, block);
+    const entry = await this.makeRoom(far, block.hash, head.recordBytes);
+    far.region.set(head.bytes, entry.offset);
+    far.region.set(block.payload, entry.offset + head.payloadOffset);
+    this.farCounters.writes++;
+    return 'stored';
+  }
+
+  /** Allocates room for a record, demoting the coldest evictable blocks to SSD until it fits. */
+  private async makeRoom(far: FarTier, hash: BlockHash, recordBytes: number): Promise<FarEntry> {
+    const full = (reason: string): FarMemoryFullError => {
+      const stats = far.pool.stats();
+      return new FarMemoryFullError({
+        hash,
+        bytesNeeded: recordBytes,
+        bytesUsed: stats.bytesUsed,
+        bytesCapacity: stats.bytesCapacity,
+        blocks: stats.blocks,
+        reason,
+      });
+    };
+    // NOTE: bounded: every pass either allocates, throws, or removes one entry from the pool.
+    for (;;) {
+      const entry = far.pool.allocate(hash, recordBytes);
+      if (entry !== null) return entry;
+      const victim = far.pool.coldestEvictable();
+      if (victim === undefined) throw full('every block held is leased by a reader or being demoted');
+      if (this.ssd === null) throw full('no SSD tier to demote cold blocks to');
+      try {
+        await this.spill(far, victim);
+      } catch (err) {
+        const reason = `demoting cold block ${victim.hash} to SSD failed: ${err instanceof Error ? err.message : String(err)}`;
+        this.options.onFault?.('far-spill-failed', { hash: victim.hash, err });
+        throw full(reason);
+      }
+    }
+  }
+
+  /** Moves one far entry to SSD: append first, drop from far only once the append resolved. */
+  private async spill(far: FarTier, entry: FarEntry): Promise<void> {
+    const ssd = this.ssd as SsdTier;
+    far.pool.pin(entry.hash, true);
+    try {
+      if (!ssd.has(entry.hash)) {
+        // A copy: the SSD tier may hold the bytes across its await, and the extent must stay reusable.
+        await ssd.append(entry.hash, far.region.slice(entry.offset, entry.offset + entry.bytes));
+      }
+    } catch (err) {
+      far.pool.pin(entry.hash, false);
+      throw err;
+    }
+    if (far.pool.get(entry.hash) === entry) {
+      far.pool.remove(entry.hash);
+      this.spills++;
+    } else {
+      // Promoted while the append ran: the block left the tiers, so the new SSD copy goes too.
+      await ssd.remove(entry.hash);
+    }
+  }
+
+  private readFar(hash: BlockHash): TierBlock | undefined {
+    const far = this.far;
+    const entry = far?.pool.get(hash);
+    if (far === null || entry === undefined) return undefined;
+    // NOTE: copy first, verify the copy: what is served is exactly what was checked.
+    const copy = far.region.slice(entry.offset, entry.offset + entry.bytes);
+    try {
+      const { block } = decodeRecord(this.kernels, copy, hash);
+      far.pool.touch(hash);
+      this.farCounters.reads++;
+      return block;
+    } catch (err) {
+      this.dropCorruptFar(hash, err);
+      return undefined;
+    }
+  }
+
+  private dropCorruptFar(hash: BlockHash, err: unknown): void {
+    if (!(err instanceof CorruptDataError)) throw err;
+    this.far?.pool.remove(hash);
+    this.farCounters.checksumFailures++;
+    this.options.onFault?.('far-block-corrupt', { hash, err });
+  }
+
+  private async readSsd(hash: BlockHash): Promise<TierBlock | undefined> {
+    const ssd = this.ssd;
+    if (ssd === null || !ssd.has(hash)) return undefined;
+    let bytes: Uint8Array | null;
+    try {
+      bytes = await ssd.read(hash);
+    } catch (err) {
+      // The SSD tier counts its own checksum failures and drops the entry.
+      if (err instanceof KvmeshError && err.kind === 'data-loss') {
+        this.options.onFault?.('ssd-block-corrupt', { hash, err });
+        return undefined;
+      }
+      throw err;
+    }
+    if (bytes === null) return undefined;
+    try {
+      // NOTE: the SSD tier verified its record checksum over all of these bytes on this read, so the
+      // payload sections are not hashed a second time; head, metadata and identity are checked here.
+      const { meta, payloadOffset, recordBytes } = decodeRecordMeta(this.kernels, bytes, hash);
+      return { ...meta, payload: bytes.subarray(payloadOffset, recordBytes) };
+    } catch (err) {
+      if (!(err instanceof CorruptDataError)) throw err;
+      this.ssdRecordFailures++;
+      await ssd.remove(hash);
+      this.options.onFault?.('ssd-block-corrupt', { hash, err });
+      return undefined;
+    }
+  }
+}

@@ -1,0 +1,191 @@
+// Unit tests of the tiering policy over a plain byte region and an in-memory SSD tier (the core
+// takes both injected): demote / read / promote per tier, LRU demotion of far memory to SSD in exact
+// order, corruption in far memory detected and dropped, a refusing SSD leaving far memory serving,
+// and bad blocks refused before anything is written.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import { InvalidArgumentError, LimitExceededError } from '@kvmesh/errors';
+
+const SsdFullError = LimitExceededError;
+import type { BlockHash } from '@kvmesh/protocol';
+
+import {
+  FarMemoryFullError,
+  FarPool,
+  TierPolicy,
+  TierUnavailableError,
+  encodeRecordHead,
+  type SsdTier,
+  type TierBlock,
+} from '../src/core/index.ts';
+import { kernels, makeBlock } from './support.ts';
+
+/** An SSD tier in memory: what the policy relies on (append durable on resolve, bounded bytes). */
+class MemorySsd implements SsdTier {
+  readonly records = new Map<BlockHash, Uint8Array>();
+  writes = 0;
+  reads = 0;
+  constructor(private readonly bytesCapacity = Number.MAX_SAFE_INTEGER) {}
+  private get bytesUsed(): number {
+    let used = 0;
+    for (const r of this.records.values()) used += r.length;
+    return used;
+  }
+  append(hash: BlockHash, payload: Uint8Array): Promise<void> {
+    if (this.bytesUsed + payload.length > this.bytesCapacity)
+      return Promise.reject(new SsdFullError('ssd full', { bytesCapacity: this.bytesCapacity }));
+    this.records.set(hash, payload.slice());
+    this.writes++;
+    return Promise.resolve();
+  }
+  read(hash: BlockHash): Promise<Uint8Array | null> {
+    this.reads++;
+    return Promise.resolve(this.records.get(hash)?.slice() ?? null);
+  }
+  remove(hash: BlockHash): Promise<boolean> {
+    return Promise.resolve(this.records.delete(hash));
+  }
+  has(hash: BlockHash): boolean {
+    return this.records.has(hash);
+  }
+  stats() {
+    return {
+      blocks: this.records.size,
+      bytesUsed: this.bytesUsed,
+      bytesCapacity: this.bytesCapacity,
+      reads: this.reads,
+      writes: this.writes,
+      checksumFailures: 0,
+    };
+  }
+}
+
+const recordBytes = (i: number): number => encodeRecordHead(kernels, makeBlock(i)).recordBytes;
+
+function setup(farBlocks: number, ssd: MemorySsd | null = new MemorySsd()) {
+  const extent = Math.ceil(recordBytes(0) / 64) * 64;
+  const region = new Uint8Array(farBlocks * extent);
+  const pool = new FarPool({ bytesCapacity: region.length, blocksMax: 1000, alignBytes: 64 }, () => 0);
+  const policy = new TierPolicy({
+    kernels,
+    far: { region, pool },
+    ssd,
+    blockBytesMax: 1 << 20,
+    leaseMsMax: 1000,
+  });
+  return { policy, pool, region, ssd };
+}
+
+describe('tier policy - demote, read, promote', () => {
+  it('tier policy - far memory keeps on read and gives up on promote; payload and identity round-trip', async () => {
+    const { policy } = setup(4);
+    const block = makeBlock(1);
+    assert.equal(await policy.demote(block, 'far'), 'stored');
+    assert.equal(await policy.demote(block, 'far'), 'held');
+    const read = await policy.read(block.hash);
+    assert.equal(read?.tier, 'far');
+    assert.deepEqual(read?.block, block);
+    const promoted = await policy.promote(block.hash);
+    assert.deepEqual(promoted?.block.payload, block.payload);
+    assert.equal(await policy.read(block.hash), undefined);
+    assert.deepEqual(
+      policy.stats().map((s) => [s.tier, s.blocks, s.reads, s.writes]),
+      [
+        ['far', 0, 2, 1],
+        ['ssd', 0, 0, 0],
+      ],
+    );
+  });
+
+  it('tier policy - full far memory demotes its least recently used blocks to SSD, in LRU order', async () => {
+    const { policy, ssd } = setup(3);
+    const [b1, b2, b3, b4, b5] = [1, 2, 3, 4, 5].map((i) => makeBlock(i)) as [
+      TierBlock,
+      TierBlock,
+      TierBlock,
+      TierBlock,
+      TierBlock,
+    ];
+    for (const b of [b1, b2, b3]) await policy.demote(b, 'far');
+    await policy.read(b1.hash); // 1 becomes the most recent: 2 is now the coldest
+    await policy.demote(b4, 'far');
+    await policy.demote(b5, 'far');
+    assert.deepEqual([...ssd!.records.keys()], [b2.hash, b3.hash]);
+    assert.equal(policy.where(b1.hash), 'far');
+    assert.equal(policy.spills, 2);
+    // Blocks demoted to SSD read back intact from there.
+    const fromSsd = await policy.read(b2.hash);
+    assert.equal(fromSsd?.tier, 'ssd');
+    assert.deepEqual(fromSsd?.block, b2);
+    assert.equal((await policy.promote(b3.hash))?.tier, 'ssd');
+    assert.equal(ssd!.has(b3.hash), false);
+  });
+
+  it('tier policy - a flipped byte in far memory is detected: block dropped, reported missing, counted', async () => {
+    const { policy, pool, region } = setup(2);
+    const block = makeBlock(7);
+    await policy.demote(block, 'far');
+    const entry = pool.get(block.hash)!;
+    const at = entry.offset + entry.bytes - 100; // inside the payload's last section
+    region[at] = (region[at] as number) ^ 0x01;
+    assert.equal(await policy.read(block.hash), undefined);
+    assert.equal(policy.where(block.hash), undefined);
+    assert.equal(policy.stats()[0]?.checksumFailures, 1);
+  });
+
+  it('tier policy - when the SSD refuses, the new block is refused and far memory keeps serving', async () => {
+    const { policy } = setup(2, new MemorySsd(100));
+    const [a, b, c] = [makeBlock(1), makeBlock(2), makeBlock(3)];
+    await policy.demote(a, 'far');
+    await policy.demote(b, 'far');
+    await assert.rejects(policy.demote(c, 'far'), (err: unknown) => {
+      assert.ok(err instanceof FarMemoryFullError);
+      assert.match(err.message, /demoting cold block .* to SSD failed: ssd full/);
+      return true;
+    });
+    assert.deepEqual((await policy.read(a.hash))?.block, a);
+    assert.deepEqual((await policy.read(b.hash))?.block, b);
+    await assert.rejects(policy.demote(c, 'ssd'), SsdFullError);
+  });
+
+  it('tier policy - without an SSD tier a full far memory is a clear refusal, and SSD demotes are unavailable', async () => {
+    const { policy } = setup(1, null);
+    await policy.demote(makeBlock(1), 'far');
+    await assert.rejects(policy.demote(makeBlock(2), 'far'), /no SSD tier/);
+    await assert.rejects(policy.demote(makeBlock(3), 'ssd'), TierUnavailableError);
+  });
+
+  it('tier policy - malformed and oversized blocks are refused before anything is stored', async () => {
+    const { policy } = setup(4);
+    const block = makeBlock(1);
+    const broken = block.payload.slice();
+    broken[broken.length - 1] = (broken[broken.length - 1] as number) ^ 0xff;
+    await assert.rejects(policy.demote({ ...block, payload: broken }, 'far'), InvalidArgumentError);
+    await assert.rejects(
+      policy.demote({ ...block, payload: new Uint8Array(10) }, 'ssd'),
+      InvalidArgumentError,
+    );
+    const small = new TierPolicy({
+      kernels,
+      far: null,
+      ssd: new MemorySsd(),
+      blockBytesMax: 1024,
+      leaseMsMax: 0,
+    });
+    await assert.rejects(small.demote(block, 'ssd'), LimitExceededError);
+    assert.equal(policy.where(block.hash), undefined);
+  });
+
+  it('tier policy - drainFarToSsd moves every far block to SSD, coldest first', async () => {
+    const { policy, ssd } = setup(4);
+    const blocks = [3, 1, 2].map((i) => makeBlock(i));
+    for (const b of blocks) await policy.demote(b, 'far');
+    assert.equal(await policy.drainFarToSsd(), 3);
+    assert.deepEqual(
+      [...ssd!.records.keys()],
+      blocks.map((b) => b.hash),
+    );
+    for (const b of blocks) assert.equal(policy.where(b.hash), 'ssd');
+  });
+});
