@@ -119,6 +119,8 @@ export interface RouterStats {
   readonly plans: Readonly<Record<RequestPlanKind, number>>;
   readonly liveWorkers: Readonly<Record<'prefill' | 'decode' | 'kvstore', number>>;
   readonly indexBlocks: number;
+  /** Last kv event seq the index applied, per publishing node (kvstore nodes and decode workers). */
+  readonly indexSeqs: Readonly<Record<string, bigint>>;
   readonly feedPosition: number;
 }
 
@@ -351,7 +353,9 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
       const namespace = parseNamespace(input.namespace ?? '');
       const hashes = computeBlockHashes(seedOf(namespace), tokens, B, kernels);
       const stores = new Set(tracker.liveIds(KVSTORE_ROLE));
-      const match = index.match(namespace, hashes, stores);
+      // Decode workers publish their local prefix caches too: their runs price a local hit.
+      const decoderIds = tracker.liveIds(DECODE_ROLE);
+      const match = index.match(namespace, hashes, new Set([...stores, ...decoderIds]));
       const storeBlocks = storeCachedBlocks(match, (id) => stores.has(id));
       const decoders = tracker.live(DECODE_ROLE);
       const decision = decodeRouter.route({
@@ -566,6 +570,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
           kvstore: tracker.live(KVSTORE_ROLE).length,
         },
         indexBlocks: index.stats().blocks,
+        indexSeqs: Object.fromEntries(index.snapshot().map((n) => [n.nodeId, n.lastSeq])),
         feedPosition: feed.stats().position,
       }),
       close() {

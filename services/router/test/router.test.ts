@@ -1,5 +1,5 @@
 // End to end through the router's OpenAI-compatible HTTP API with plain fetch: a real nats-server,
-// two kvstore nodes as child processes (R = 2), a tiny generated model, one prefill and one decode
+// two kvstore nodes as child processes (R = 2), a tiny generated model, one prefill and two decode
 // worker and the router in-process. A greedy completion through the mesh equals an in-process
 // engine's continuation (f32); a streamed chat completion is SSE ending with [DONE]; a request that
 // shares a long prefix with an earlier one reports cached tokens; bad requests get OpenAI error bodies.
@@ -53,6 +53,7 @@ describe('router - OpenAI HTTP API over prefill and decode workers and a 2-node 
   const kvNodes: ServiceHandle[] = [];
   let prefill: PrefillWorker;
   let decode: DecodeWorker;
+  let decode1: DecodeWorker;
   let router: Router;
   let base = '';
 
@@ -107,12 +108,13 @@ describe('router - OpenAI HTTP API over prefill and decode workers and a 2-node 
       heartbeatIntervalMs: HEARTBEAT_MS,
     };
     const quiet = (service: string) => createLogger({ service, level: 'error' });
-    [prefill, decode] = await Promise.all([
+    [prefill, decode, decode1] = await Promise.all([
       startPrefillWorker(prefillConfig({ ...store, nodeId: 'prefill-0' }), {
         model,
         logger: quiet('prefill'),
       }),
       startDecodeWorker(decodeConfig({ ...store, nodeId: 'decode-0' }), { model, logger: quiet('decode') }),
+      startDecodeWorker(decodeConfig({ ...store, nodeId: 'decode-1' }), { model, logger: quiet('decode') }),
     ]);
     router = await startRouter(
       routerConfig({
@@ -132,7 +134,7 @@ describe('router - OpenAI HTTP API over prefill and decode workers and a 2-node 
     await waitFor(
       () => {
         const live = router.stats().liveWorkers;
-        return live.prefill === 1 && live.decode === 1 && live.kvstore === 2;
+        return live.prefill === 1 && live.decode === 2 && live.kvstore === 2;
       },
       { timeoutMs: 10_000, message: 'the router sees both workers and both kvstore nodes' },
     );
@@ -150,6 +152,7 @@ describe('router - OpenAI HTTP API over prefill and decode workers and a 2-node 
     await router?.close();
     await prefill?.close();
     await decode?.close();
+    await decode1?.close();
     for (const node of kvNodes) await node.stop();
     await nats?.stop();
     if (dir !== '') rmSync(dir, { recursive: true, force: true });
@@ -229,6 +232,55 @@ describe('router - OpenAI HTTP API over prefill and decode workers and a 2-node 
     assert.ok(second.prompt_tokens_details.cached_tokens >= 2 * B, JSON.stringify(second));
     assert.equal(second.prompt_tokens_details.cached_tokens % B, 0);
     assert.ok(router.stats().plans['prefill-then-decode'] >= 2, 'the warm-up and the first were prefilled');
+  });
+
+  it('router - kv-aware sends the next turn to the decode worker whose local cache holds the conversation', async () => {
+    const workers = { 'decode-0': decode, 'decode-1': decode1 } as const;
+    const seqOf = (id: keyof typeof workers): bigint => router.stats().indexSeqs[id] ?? 0n;
+    const served = (before: Record<string, number>): keyof typeof workers => {
+      const grew = (Object.keys(workers) as (keyof typeof workers)[]).filter(
+        (id) => workers[id].stats().requests > (before[id] ?? 0),
+      );
+      assert.equal(grew.length, 1, `one decode worker served the request, got ${grew.join(',')}`);
+      return grew[0] as keyof typeof workers;
+    };
+    const requestsNow = (): Record<string, number> => ({
+      'decode-0': decode.stats().requests,
+      'decode-1': decode1.stats().requests,
+    });
+    const prompt = 'A conversation that continues on the worker that holds it. '.repeat(3);
+    const tokens = model.tokenizer.encode(prompt, { addSpecialTokens: true });
+    let before = requestsNow();
+    const seqsBefore = { 'decode-0': seqOf('decode-0'), 'decode-1': seqOf('decode-1') };
+    const res = await post('/v1/completions', {
+      model: model.name,
+      prompt: tokens,
+      max_tokens: 20,
+      temperature: 0,
+    });
+    assert.equal(res.status, 200);
+    const first = served(before);
+    assert.ok(workers[first].stats().localCacheBlocks > 0, 'the decode worker cached the finished sequence');
+    // The worker's cache event reaches the router's index through JetStream.
+    await waitFor(() => seqOf(first) > seqsBefore[first], {
+      timeoutMs: 10_000,
+      message: "the router's index applies the worker's cache event",
+    });
+    const output = model.tokenizer.encode(((await res.json()) as CompletionBody).choices[0]?.text ?? '', {
+      addSpecialTokens: false,
+    });
+    const turn = [...tokens, ...output, ...model.tokenizer.encode(' And then?', { addSpecialTokens: false })];
+    before = requestsNow();
+    const localBefore = workers[first].stats().localCachedTokens;
+    const next = await post('/v1/completions', {
+      model: model.name,
+      prompt: turn,
+      max_tokens: 4,
+      temperature: 0,
+    });
+    assert.equal(next.status, 200);
+    assert.equal(served(before), first, 'the next turn goes where its prefix is cached');
+    assert.ok(workers[first].stats().localCachedTokens > localBefore, 'served from the local cache');
   });
 
   it('router - bad requests get OpenAI error bodies', async () => {
