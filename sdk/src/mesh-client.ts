@@ -21,6 +21,9 @@ import {
   Codec,
   FinishReason,
   RouterClient,
+  WIRE_CODEC_NAMES,
+  codecToWire,
+  type WireCodecName,
   type GenerateRequest,
   type GenerateResponse,
   type ListModelsResponse,
@@ -65,7 +68,7 @@ export const MESH_CLIENT_DEFAULTS = {
 } as const;
 
 export type MeshChatRole = 'system' | 'developer' | 'user' | 'assistant';
-export type MeshCodecName = 'f32' | 'f16' | 'kivi8' | 'kivi4' | 'kivi2';
+export type MeshCodecName = WireCodecName;
 
 export interface MeshChatMessage {
   readonly role: MeshChatRole;
@@ -141,14 +144,6 @@ export interface MeshClientCounters {
   readonly callsInFlight: number;
 }
 
-const CODECS: Readonly<Record<MeshCodecName, Codec>> = {
-  f32: Codec.CODEC_F32,
-  f16: Codec.CODEC_F16,
-  kivi8: Codec.CODEC_KIVI8,
-  kivi4: Codec.CODEC_KIVI4,
-  kivi2: Codec.CODEC_KIVI2,
-};
-
 const FINISH_REASONS: ReadonlyMap<FinishReason, MeshFinishReason> = new Map([
   [FinishReason.FINISH_REASON_STOP, 'stop'],
   [FinishReason.FINISH_REASON_LENGTH, 'length'],
@@ -215,9 +210,9 @@ export function toGenerateRequest(request: MeshGenerateRequest): GenerateRequest
   }
   let codec = Codec.CODEC_UNSPECIFIED;
   if (request.codec !== undefined) {
-    const wire = CODECS[request.codec];
+    const wire = WIRE_CODEC_NAMES.includes(request.codec) ? codecToWire(request.codec) : undefined;
     if (wire === undefined)
-      throw new InvalidArgumentError(`codec must be one of ${Object.keys(CODECS).join(', ')}`, {
+      throw new InvalidArgumentError(`codec must be one of ${WIRE_CODEC_NAMES.join(', ')}`, {
         field: 'codec',
         codec: request.codec,
       });

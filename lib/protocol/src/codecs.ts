@@ -3,6 +3,7 @@
 import { Codec } from './gen/kvmesh/v1/common.js';
 
 export type WireCodecName = 'f32' | 'f16' | 'kivi8' | 'kivi4' | 'kivi2';
+export const WIRE_CODEC_NAMES: readonly WireCodecName[] = ['f32', 'f16', 'kivi8', 'kivi4', 'kivi2'];
 
 const TO_WIRE: Readonly<Record<WireCodecName, Codec>> = {
   f32: Codec.CODEC_F32,

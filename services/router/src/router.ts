@@ -14,7 +14,8 @@ import { loadModel, type LoadedModel } from '@kvmesh/engine';
 import { KvmeshError, type ErrorKind } from '@kvmesh/errors';
 import { loadKernels, type Kernels } from '@kvmesh/kernels';
 import {
-  Codec,
+  codecToWire,
+  type WireCodecName,
   FinishReason,
   WorkerClient,
   blockHashToBytes,
@@ -63,14 +64,6 @@ import {
 export const PREFILL_ROLE = 'prefill';
 export const DECODE_ROLE = 'decode';
 export const KVSTORE_ROLE = 'kvstore';
-
-const CODECS: Readonly<Record<string, Codec>> = {
-  f32: Codec.CODEC_F32,
-  f16: Codec.CODEC_F16,
-  kivi8: Codec.CODEC_KIVI8,
-  kivi4: Codec.CODEC_KIVI4,
-  kivi2: Codec.CODEC_KIVI2,
-};
 
 const KIND_OF_GRPC: ReadonlyMap<number, ErrorKind> = new Map([
   [GrpcStatus.INVALID_ARGUMENT, 'invalid-argument'],
@@ -212,7 +205,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
   const model = options.model ?? loadModel(config.modelDir, kernels);
   const modelName = config.modelName === '' ? model.name : config.modelName;
   const B = config.blockTokens;
-  const codec = CODECS[config.codec] ?? Codec.CODEC_F32;
+  const codec = codecToWire(config.codec as WireCodecName);
   const maxContextTokens =
     config.maxContextTokens > 0
       ? Math.min(config.maxContextTokens, model.config.maxContextTokens)
