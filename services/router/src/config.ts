@@ -31,7 +31,14 @@ export const ROUTER_CONFIG_SCHEMA = {
     type: 'string',
     default: ROUTING_DEFAULTS.policy,
     choices: ROUTING_POLICIES,
-    description: 'how a decode worker is chosen',
+    description: 'how a decode worker and a prefill worker are chosen',
+  },
+  inflightBlocksMax: {
+    type: 'int',
+    default: 200_000,
+    min: 0,
+    description:
+      'prompt blocks of requests in flight tracked per worker for prefix affinity (beyond it a request is routed without)',
   },
   prefillUncachedTokensMin: {
     type: 'int',

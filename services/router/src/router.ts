@@ -46,6 +46,7 @@ import { startIndexFeed, type IndexFeed } from './adapters/index-feed.ts';
 import { checkRouterConfig, type RouterConfig } from './config.ts';
 import {
   BlockIndex,
+  InflightPrefixes,
   WorkerRouter,
   storeCachedBlocks,
   type RequestPlanKind,
@@ -186,10 +187,15 @@ function routerMetrics(metrics: MetricsRegistry) {
 const isServiceError = (err: unknown): err is ServiceError =>
   err instanceof Error && typeof (err as Partial<ServiceError>).code === 'number';
 
-function candidateOf(member: Member, localCachedBlocks: number | undefined): WorkerCandidate {
+function candidateOf(
+  member: Member,
+  localCachedBlocks: number | undefined,
+  inflightRequests = 0,
+): WorkerCandidate {
   return {
     nodeId: member.nodeId,
-    queueDepth: member.heartbeat.queueDepth,
+    // NOTE: the heartbeat lags; requests this router sent since count as queued until they finish.
+    queueDepth: Math.max(member.heartbeat.queueDepth, inflightRequests),
     activeSequences: member.heartbeat.activeSequences,
     ...(localCachedBlocks === undefined ? {} : { localCachedBlocks }),
   };
@@ -232,7 +238,8 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
     },
     DECODE_ROLE,
   );
-  const prefillRouter = new WorkerRouter({ policy: 'round-robin' }, PREFILL_ROLE);
+  const prefillRouter = new WorkerRouter({ policy: config.policy as RoutingPolicyName }, PREFILL_ROLE);
+  const prefilling = new InflightPrefixes(config.inflightBlocksMax);
   const counts = { requests: 0, plans: { 'decode-only': 0, 'prefill-then-decode': 0 } };
 
   const cleanups: (() => Promise<unknown> | void)[] = [];
@@ -380,25 +387,36 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
       let firstTokenId: number | undefined;
       let cachedTokens: number | undefined;
       if (kind === 'prefill-then-decode') {
+        // A prefill worker already computing this prefix is as good as one that holds it: the
+        // request queues behind it there and then finds the prefix stored.
+        const keys = hashes.map((h) => `${namespace}/${h}`);
         const chosen = prefillRouter.route({
           promptTokens: tokens.length,
           blockSizeTokens: B,
           storeCachedBlocks: storeBlocks,
-          workers: prefillers.map((m) => candidateOf(m, undefined)),
+          workers: prefillers.map((m) =>
+            candidateOf(m, prefilling.leadingBlocks(m.nodeId, keys), prefilling.requests(m.nodeId)),
+          ),
         });
         measured.decisions.inc({ pool: PREFILL_ROLE, policy: chosen.policy, worker: chosen.nodeId });
-        const response = await prefill(
-          tracker.get(chosen.nodeId) ?? (prefillers[0] as Member),
-          {
-            requestId: input.requestId,
-            model: modelName,
-            promptTokenIds: [...tokens],
-            namespace,
-            codec,
-            sampling,
-          },
-          input.signal,
-        );
+        const ticket = prefilling.add(chosen.nodeId, keys);
+        let response: PrefillResponse;
+        try {
+          response = await prefill(
+            tracker.get(chosen.nodeId) ?? (prefillers[0] as Member),
+            {
+              requestId: input.requestId,
+              model: modelName,
+              promptTokenIds: [...tokens],
+              namespace,
+              codec,
+              sampling,
+            },
+            input.signal,
+          );
+        } finally {
+          prefilling.release(ticket);
+        }
         blockHashes = response.blockHashes.map((h) => Buffer.from(h));
         firstTokenId = response.firstTokenId;
         // The prefill worker is where the prompt was (or was not) computed.

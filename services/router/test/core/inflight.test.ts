@@ -1,0 +1,43 @@
+// The router's in-flight tracker: per worker, requests sent and not finished and the prompt blocks
+// they compute; leading runs for prefix affinity; exact release; the block bound drops affinity only.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import type { NodeId } from '@kvmesh/protocol';
+
+import { InflightPrefixes } from '../../src/core/index.ts';
+
+const A = 'prefill-a' as NodeId;
+const B = 'prefill-b' as NodeId;
+
+describe('inflight - prefix affinity for requests not yet finished', () => {
+  it('inflight - leading blocks in flight per worker, released exactly', () => {
+    const inflight = new InflightPrefixes(100);
+    const first = inflight.add(A, ['s1', 's2', 'u1']);
+    const second = inflight.add(A, ['s1', 's2', 'u2']);
+    assert.equal(inflight.requests(A), 2);
+    assert.equal(inflight.leadingBlocks(A, ['s1', 's2', 'u3']), 2);
+    assert.equal(inflight.leadingBlocks(B, ['s1', 's2', 'u3']), 0);
+    assert.equal(inflight.leadingBlocks(A, ['x', 's1']), 0, 'a run starts at the first block');
+    assert.equal(inflight.trackedBlocks, 4);
+    inflight.release(first);
+    assert.equal(inflight.leadingBlocks(A, ['s1', 's2', 'u1']), 2, 'u1 left with its request');
+    assert.equal(inflight.trackedBlocks, 3);
+    inflight.release(second);
+    assert.equal(inflight.requests(A), 0);
+    assert.equal(inflight.trackedBlocks, 0);
+  });
+
+  it('inflight - past blocksMax a request is counted but its blocks are not tracked', () => {
+    const inflight = new InflightPrefixes(3);
+    const big = inflight.add(A, ['a', 'b', 'c', 'd']);
+    assert.equal(inflight.requests(A), 1);
+    assert.equal(inflight.leadingBlocks(A, ['a']), 0);
+    const small = inflight.add(B, ['a', 'b']);
+    assert.equal(inflight.leadingBlocks(B, ['a', 'b', 'c']), 2);
+    inflight.release(big);
+    inflight.release(small);
+    assert.equal(inflight.trackedBlocks, 0);
+    assert.throws(() => new InflightPrefixes(-1), /non-negative/);
+  });
+});
