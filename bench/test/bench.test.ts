@@ -70,6 +70,20 @@ describe('bench - suites', () => {
     const p = (out.prefillAttention as { tokensPerSecond: Record<string, number> }).tokensPerSecond;
     assert.deepEqual(Object.keys(p).sort(), ['past0', 'past1024_f32', 'past1024_kivi4']);
   });
+
+  it('bench - tier prints its contract: far and SSD throughput beside memcpy and dd in the same run', () => {
+    const out = bench('tier', '--blocks', '8', '--concurrency', '2', '--batch', '4');
+    assert.equal(out.suite, 'tier');
+    const far = out.far as Record<string, number>;
+    const ssd = out.ssd as Record<string, number>;
+    const ratio = out.ratio as Record<string, number>;
+    assert.deepEqual(Object.keys(far).sort(), ['memcpyGBps', 'readGBps', 'writeGBps']);
+    assert.deepEqual(Object.keys(ssd).sort(), ['rawReadGBps', 'rawWriteGBps', 'readGBps', 'writeGBps']);
+    assert.deepEqual(Object.keys(ratio).sort(), ['farRead', 'ssdRead', 'ssdWrite']);
+    for (const v of [...Object.values(far), ...Object.values(ssd), ...Object.values(ratio)])
+      assert.ok(Number.isFinite(v) && v > 0, JSON.stringify(out));
+    assert.equal(out.blocks, 8);
+  });
 });
 
 describe('bench - engine suite', () => {
@@ -109,6 +123,75 @@ describe('bench - engine suite', () => {
       assert.equal(parity.prompts, 2);
       assert.ok(parity.logitsRelErrMax <= 1e-3, `logits rel err ${parity.logitsRelErrMax}`);
       assert.equal(parity.greedyMatch, true);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+interface MeshPolicyFigures {
+  ttftP50Ms: number;
+  ttftP90Ms: number;
+  itlP50Ms: number;
+  outputTokps: number;
+  cachedTokenFraction: number;
+  requests: number;
+  errors: number;
+}
+
+describe('bench - mesh suite', () => {
+  it('bench - mesh prints its contract for both policies on a tiny shared-prefix chat workload', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kvmesh-bench-mesh-'));
+    try {
+      const modelDir = join(dir, 'tiny');
+      generateModel({
+        outDir: modelDir,
+        preset: 'tiny',
+        seed: 5,
+        progress: () => ({ update: () => undefined, finish: () => undefined }),
+      });
+      // 2 system prompts × 64 tokens shared by 4 conversations × 2 turns; 16-token blocks so that
+      // the shared system prompt and the first turn's history are whole blocks.
+      const out = bench(
+        'mesh',
+        '--model',
+        modelDir,
+        '--system-prompts',
+        '2',
+        '--system-tokens',
+        '64',
+        '--conversations',
+        '4',
+        '--turns',
+        '2',
+        '--user-tokens',
+        '16',
+        '--max-tokens',
+        '8',
+        '--rate',
+        '4',
+        '--think-ms',
+        '20',
+        '--block-tokens',
+        '16',
+      );
+      assert.equal(out.suite, 'mesh');
+      assert.equal(out.model, 'tiny');
+      const policies = out.policies as Record<string, MeshPolicyFigures>;
+      assert.deepEqual(Object.keys(policies).sort(), ['kv-aware', 'round-robin']);
+      for (const [policy, figures] of Object.entries(policies)) {
+        for (const key of ['ttftP50Ms', 'ttftP90Ms', 'itlP50Ms', 'outputTokps'] as const)
+          assert.ok(Number.isFinite(figures[key]) && figures[key] > 0, `${policy} ${key} ${figures[key]}`);
+        assert.equal(figures.requests, 8, policy);
+        assert.equal(figures.errors, 0, `${policy}: ${JSON.stringify(figures)}`);
+        assert.ok(
+          figures.cachedTokenFraction > 0 && figures.cachedTokenFraction <= 1,
+          `${policy} cachedTokenFraction ${figures.cachedTokenFraction}`,
+        );
+      }
+      const ratio = out.ratio as Record<string, number>;
+      for (const key of ['ttftP90', 'outputTokps'])
+        assert.ok(Number.isFinite(ratio[key]) && (ratio[key] as number) > 0, `ratio ${key}`);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -1,0 +1,329 @@
+// The whole mesh under a multi-turn chat workload with shared system prompts, once per routing
+// policy: each policy gets a fresh `kvmesh up` (2 kvstore, 2 prefill, 2 decode workers; caches
+// start cold) and replays the same seeded workload (../mesh/workload.ts) through the OpenAI chat API
+// with streaming. Per policy: TTFT P50/P90 and inter-token latency P50 seen by the client, output
+// tokens/s (completion tokens ÷ wall time from the first request to the last reply's end), the
+// cached fraction of prompt tokens (Σ cached_tokens ÷ Σ prompt_tokens from the usage chunks), errors,
+// and the same split into first turns and later turns; ratio.ttftP90 = round-robin ÷ kv-aware,
+// ratio.outputTokps = kv-aware ÷ round-robin. Percentiles are nearest-rank (exact sample values).
+//
+// Defaults (tiny model): 8 system prompts × 1024 tokens, 32 conversations × 4 turns of 64-token user
+// messages, max_tokens 64, think time 1 s mean, conversation starts at λ = 1.5/s, which offers ~6
+// requests/s (4 turns each). Capacity, measured closed-loop with 16 conversations started at once and
+// no think time (--conversations 16 --rate 1000 --think-ms 1) on this 2-core machine when it was
+// quiet (load average ~2): ~6.3 requests/s (390 output tokens/s) under round-robin and ~9 requests/s
+// (560 tokens/s) under kv-aware; with other jobs holding the load average near 11 it fell to ~1.3
+// requests/s. λ = 1.5 therefore runs round-robin at its capacity and kv-aware at about 2/3 of its
+// capacity on a quiet machine; both policies finish in about 70 s (about 3.5 minutes when loaded).
+// Latency percentiles and tokens/s count successful requests; the router figures (plans, decode
+// workers chosen) are its /metrics counters and include the launcher's one warm-up request.
+// Options: --model tiny|small|DIR, --policies P,P, --system-prompts N, --system-tokens N,
+// --conversations N, --turns N, --user-tokens N, --rate R, --think-ms MS, --max-tokens N, --seed N,
+// --block-tokens N, --codec C, --kvstore N, --prefill N, --decode N, --request-timeout-ms MS.
+import { existsSync, mkdirSync } from 'node:fs';
+import { availableParallelism, cpus, loadavg } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+import { generateModel, loadModel, type ModelPreset, type ModelTokenizer } from '@kvmesh/engine';
+import { loadKernels } from '@kvmesh/kernels';
+
+import type { BenchContext, BenchSuite } from '../main.ts';
+import { streamChat, type ChatSample } from '../mesh/client.ts';
+import { startMesh, type MeshOptions } from '../mesh/launcher.ts';
+import { generateWorkload, turnPrompt, type Workload, type WorkloadParams } from '../mesh/workload.ts';
+import { numberOption, round, stringOption } from '../options.ts';
+
+const OUT_DIR = new URL('../../out/', import.meta.url).pathname;
+const POLICIES = ['kv-aware', 'round-robin', 'least-loaded'] as const;
+const ERROR_SAMPLES_MAX = 5;
+
+interface TurnRecord {
+  conversation: number;
+  turn: number;
+  turnsDropped: number;
+  sample: ChatSample;
+}
+
+function intOption(args: readonly string[], name: string, fallback: number): number {
+  const value = numberOption(args, name, fallback);
+  if (!Number.isInteger(value)) throw new Error(`--${name} needs an integer, got ${value}`);
+  return value;
+}
+
+function parsePolicies(args: readonly string[]): string[] {
+  const raw = stringOption(args, 'policies') ?? 'kv-aware,round-robin';
+  const policies = raw.split(',');
+  for (const p of policies) {
+    if (!(POLICIES as readonly string[]).includes(p))
+      throw new Error(`--policies takes ${POLICIES.join(', ')} separated by commas, got '${raw}'`);
+  }
+  return policies;
+}
+
+/** A preset name generates (once) bench/out/models/<preset>; anything else is a model directory. */
+function ensureModel(log: BenchContext['log'], model: string): { dir: string; name: string } {
+  if (model === 'tiny' || model === 'small') {
+    const dir = join(OUT_DIR, 'models', model);
+    if (!existsSync(join(dir, 'config.json'))) {
+      log(`generating the ${model} model in ${dir} (once)`);
+      mkdirSync(dir, { recursive: true });
+      generateModel({ outDir: dir, preset: model satisfies ModelPreset, seed: 0 });
+    }
+    return { dir, name: model };
+  }
+  if (!existsSync(join(model, 'config.json'))) throw new Error(`--model ${model} has no config.json`);
+  return { dir: model, name: model.replace(/\/+$/, '').split('/').pop() ?? model };
+}
+
+/** The model's tokenizer and context length; the weights are loaded with them but not kept. */
+function loadTokenizer(dir: string): { tokenizer: ModelTokenizer; contextTokensMax: number } {
+  const loaded = loadModel(dir, loadKernels());
+  return { tokenizer: loaded.tokenizer, contextTokensMax: loaded.config.maxContextTokens };
+}
+
+/** Nearest-rank percentile: the smallest sample with at least p % of the samples at or below it. */
+function percentile(sorted: readonly number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  const rank = Math.max(1, Math.ceil((p / 100) * sorted.length));
+  return sorted[rank - 1] as number;
+}
+
+const ascending = (values: number[]): number[] => values.sort((a, b) => a - b);
+
+interface LatencySummary {
+  requests: number;
+  errors: number;
+  ttftP50Ms: number;
+  ttftP90Ms: number;
+  ttftP99Ms: number;
+  promptTokensMean: number;
+  cachedTokenFraction: number;
+}
+
+/** TTFT percentiles and cache figures of the successful requests among `records`. */
+function latencySummary(records: readonly TurnRecord[]): LatencySummary {
+  const ok = records.filter((r) => r.sample.error === undefined);
+  const ttft = ascending(ok.flatMap((r) => (r.sample.ttftMs === undefined ? [] : [r.sample.ttftMs])));
+  const prompt = ok.reduce((sum, r) => sum + r.sample.promptTokens, 0);
+  const cached = ok.reduce((sum, r) => sum + r.sample.cachedTokens, 0);
+  return {
+    requests: records.length,
+    errors: records.length - ok.length,
+    ttftP50Ms: round(percentile(ttft, 50)),
+    ttftP90Ms: round(percentile(ttft, 90)),
+    ttftP99Ms: round(percentile(ttft, 99)),
+    promptTokensMean: round(prompt / Math.max(1, ok.length)),
+    cachedTokenFraction: round(cached / Math.max(1, prompt)),
+  };
+}
+
+/** Counters of one Prometheus metric by one label's value (summed over the other labels). */
+function countersByLabel(text: string, metric: string, label: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  const pattern = new RegExp(`^${metric}\\{([^}]*)\\} (\\S+)$`);
+  for (const line of text.split('\n')) {
+    const match = pattern.exec(line);
+    if (match === null) continue;
+    const value = new RegExp(`${label}="([^"]*)"`).exec(match[1] as string)?.[1];
+    if (value !== undefined) out[value] = (out[value] ?? 0) + Number(match[2]);
+  }
+  return out;
+}
+
+/** The router's own view of the run (plans and decode workers chosen), for telling where time went. */
+async function routerCounters(baseUrl: string): Promise<Record<string, unknown>> {
+  try {
+    const text = await (await fetch(`${baseUrl.replace(/\/v1$/, '')}/metrics`)).text();
+    return {
+      plans: countersByLabel(text, 'kvmesh_router_plans_total', 'plan'),
+      decodeWorkers: countersByLabel(
+        text
+          .split('\n')
+          .filter((l) => l.includes('pool="decode"'))
+          .join('\n'),
+        'kvmesh_router_routing_decisions_total',
+        'worker',
+      ),
+    };
+  } catch (err) {
+    return { error: (err as Error).message };
+  }
+}
+
+async function replay(
+  workload: Workload,
+  baseUrl: string,
+  model: string,
+  tokenizer: ModelTokenizer,
+  contextTokensMax: number,
+  requestTimeoutMs: number,
+  log: BenchContext['log'],
+): Promise<{ records: TurnRecord[]; wallSeconds: number }> {
+  const records: TurnRecord[] = [];
+  const total = workload.conversations.length * workload.params.turns;
+  const start = performance.now();
+  let lastEnd = start;
+  const conversation = async (c: Workload['conversations'][number]): Promise<void> => {
+    await sleep(Math.max(0, start + c.startMs - performance.now()));
+    const replies: string[] = [];
+    for (let turn = 0; turn < workload.params.turns; turn++) {
+      const prompt = turnPrompt(workload, c, turn, replies, tokenizer, contextTokensMax);
+      const sample = await streamChat({
+        baseUrl,
+        model,
+        messages: prompt.messages,
+        maxTokens: workload.params.maxTokens,
+        timeoutMs: requestTimeoutMs,
+      });
+      lastEnd = Math.max(lastEnd, performance.now());
+      records.push({ conversation: c.index, turn, turnsDropped: prompt.turnsDropped, sample });
+      if (records.length % 16 === 0 || records.length === total)
+        log(`  ${records.length}/${total} requests, ${((performance.now() - start) / 1000).toFixed(1)} s`);
+      // NOTE: after an error the conversation goes on with whatever reply arrived (often none).
+      replies.push(sample.text);
+      const think = c.thinkMs[turn];
+      if (think !== undefined) await sleep(think);
+    }
+  };
+  await Promise.all(workload.conversations.map(conversation));
+  return { records, wallSeconds: (lastEnd - start) / 1000 };
+}
+
+interface PolicyResult {
+  ttftP50Ms: number;
+  ttftP90Ms: number;
+  itlP50Ms: number;
+  outputTokps: number;
+  cachedTokenFraction: number;
+  [more: string]: unknown;
+}
+
+function policySummary(records: readonly TurnRecord[], wallSeconds: number): PolicyResult {
+  const ok = records.filter((r) => r.sample.error === undefined);
+  const itl = ascending(ok.flatMap((r) => r.sample.interTokenMs));
+  const completionTokens = ok.reduce((sum, r) => sum + r.sample.completionTokens, 0);
+  const all = latencySummary(records);
+  const errorSamples = [
+    ...new Set(records.flatMap((r) => (r.sample.error === undefined ? [] : [r.sample.error]))),
+  ];
+  return {
+    ttftP50Ms: all.ttftP50Ms,
+    ttftP90Ms: all.ttftP90Ms,
+    itlP50Ms: round(percentile(itl, 50)),
+    outputTokps: round(completionTokens / wallSeconds),
+    cachedTokenFraction: all.cachedTokenFraction,
+    ttftP99Ms: all.ttftP99Ms,
+    itlP90Ms: round(percentile(itl, 90)),
+    requests: records.length,
+    errors: all.errors,
+    ...(errorSamples.length > 0 ? { errorSamples: errorSamples.slice(0, ERROR_SAMPLES_MAX) } : {}),
+    completionTokens,
+    promptTokensMean: all.promptTokensMean,
+    turnsDropped: records.reduce((sum, r) => sum + r.turnsDropped, 0),
+    wallSeconds: round(wallSeconds),
+    firstTurns: latencySummary(records.filter((r) => r.turn === 0)),
+    laterTurns: latencySummary(records.filter((r) => r.turn > 0)),
+  };
+}
+
+export const suite: BenchSuite = {
+  name: 'mesh',
+  description: 'the whole mesh (2 kvstore, 2 prefill, 2 decode) on multi-turn chat, per routing policy',
+  async run({ args, log }: BenchContext) {
+    const policies = parsePolicies(args);
+    const params: WorkloadParams = {
+      systemPrompts: intOption(args, 'system-prompts', 8),
+      systemTokens: intOption(args, 'system-tokens', 1024),
+      conversations: intOption(args, 'conversations', 32),
+      turns: intOption(args, 'turns', 4),
+      userTokens: intOption(args, 'user-tokens', 64),
+      ratePerSecond: numberOption(args, 'rate', 1.5),
+      thinkMs: numberOption(args, 'think-ms', 1000),
+      maxTokens: intOption(args, 'max-tokens', 64),
+      seed: intOption(args, 'seed', 1),
+    };
+    const mesh = {
+      kvstore: intOption(args, 'kvstore', 2),
+      prefill: intOption(args, 'prefill', 2),
+      decode: intOption(args, 'decode', 2),
+      blockTokens: intOption(args, 'block-tokens', 64),
+      codec: stringOption(args, 'codec') ?? 'f32',
+    };
+    const requestTimeoutMs = numberOption(args, 'request-timeout-ms', 120_000);
+    const model = ensureModel(log, stringOption(args, 'model') ?? 'tiny');
+
+    const { tokenizer, contextTokensMax } = loadTokenizer(model.dir);
+    const workload = generateWorkload(params, tokenizer);
+    for (const c of workload.conversations) {
+      const first = turnPrompt(workload, c, 0, [], tokenizer, contextTokensMax);
+      if (first.promptTokens + params.maxTokens > contextTokensMax)
+        throw new Error(
+          `a first turn has ${first.promptTokens} prompt tokens + max_tokens ${params.maxTokens}, more ` +
+            `than the model's context of ${contextTokensMax}: lower --system-tokens or --user-tokens`,
+        );
+    }
+    const lastStartS = (workload.conversations.at(-1)?.startMs ?? 0) / 1000;
+    log(
+      `model ${model.name} (context ${contextTokensMax}), ${params.conversations} conversations × ` +
+        `${params.turns} turns over ${params.systemPrompts} system prompts of ${params.systemTokens} ` +
+        `tokens; starts span ${lastStartS.toFixed(1)} s`,
+    );
+
+    mkdirSync(join(OUT_DIR, 'mesh'), { recursive: true });
+    const results: Record<string, PolicyResult> = {};
+    for (const policy of policies) {
+      const meshOptions: MeshOptions = {
+        modelDir: model.dir,
+        policy,
+        ...mesh,
+        logFile: join(OUT_DIR, 'mesh', `${policy}.log`),
+      };
+      // Others may share this machine: the load before the mesh starts says how quiet it was.
+      const loadAverage1m = round(loadavg()[0] ?? 0, 3);
+      log(`${policy}: starting the mesh (log ${meshOptions.logFile}), load average ${loadAverage1m}`);
+      const running = await startMesh(meshOptions);
+      try {
+        const models = (await (await fetch(`${running.baseUrl}/models`)).json()) as {
+          data: { id: string }[];
+        };
+        const served = models.data[0]?.id ?? model.name;
+        const { records, wallSeconds } = await replay(
+          workload,
+          running.baseUrl,
+          served,
+          tokenizer,
+          contextTokensMax,
+          requestTimeoutMs,
+          log,
+        );
+        results[policy] = {
+          ...policySummary(records, wallSeconds),
+          loadAverage1m,
+          router: await routerCounters(running.baseUrl),
+        };
+        log(`${policy}: ${JSON.stringify(results[policy])}`);
+      } finally {
+        await running.stop();
+      }
+    }
+
+    const kvAware = results['kv-aware'];
+    const roundRobin = results['round-robin'];
+    const ratio =
+      kvAware === undefined || roundRobin === undefined
+        ? { ttftP90: null, outputTokps: null }
+        : {
+            ttftP90: round(roundRobin.ttftP90Ms / kvAware.ttftP90Ms, 3),
+            outputTokps: round(kvAware.outputTokps / roundRobin.outputTokps, 3),
+          };
+    return {
+      model: model.name,
+      policies: results,
+      ratio,
+      workload: params,
+      mesh,
+      machine: { cores: availableParallelism(), cpu: cpus()[0]?.model ?? 'unknown' },
+    };
+  },
+};
