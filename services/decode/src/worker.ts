@@ -13,10 +13,10 @@
 // the pool is full), announced as kv events of this worker so kv-aware routing sends the next turn
 // here; a hit imports nothing.
 //
-// NOTE on first_token_id: the engine samples its own first token from the prompt's last logits. A
-// thin slice does not inject the prefill worker's token: under greedy sampling the engine's first
-// token must equal it (else FAILED_PRECONDITION before any token is sent); under sampling the
-// stream carries the engine's own tokens, which may differ from the prefill worker's draw.
+// NOTE on first_token_id: the prefill worker's first token is where the sequence goes on from; the
+// engine emits it (with its logprob under this worker's logits) instead of drawing its own. KV this
+// worker reuses (its local cache, blocks sealed while decoding) may differ from the prefill's in the
+// last bits, so its own draw could differ, and the client must see one sequence.
 import type { ServerWritableStream, UntypedServiceImplementation } from '@grpc/grpc-js';
 import { blockSeed, computeBlockHashes, type BlockDims } from '@kvmesh/block';
 import { Engine, TextStream, type LoadedModel } from '@kvmesh/engine';
@@ -55,7 +55,6 @@ import {
   type CachedBlock,
   blocksToDemote,
   farBlocksAtAdmission,
-  FirstTokenMismatchError,
   SequenceSlots,
   blocksToFetch,
   blocksToWriteBack,
@@ -554,6 +553,7 @@ export async function startDecodeWorker(
             ...(input.stopTokenIds === undefined ? {} : { stopTokenIds: input.stopTokenIds }),
             prefixPoolBlocks: local,
             prefixBlocks: prefixBlocks.slice(far),
+            ...(input.firstTokenId === undefined ? {} : { firstToken: input.firstTokenId }),
             ...(link.farAttention === undefined ? {} : { farBlocks: far, farAttention: link.farAttention }),
           },
           (event) => channel.push(event),
@@ -566,13 +566,6 @@ export async function startDecodeWorker(
           const event = await channel.next();
           if (event === undefined) return; // cancelled
           if (event.kind === 'error') throw event.error;
-          if (
-            completionTokens === 0 &&
-            input.firstTokenId !== undefined &&
-            input.sampling.temperature === 0 &&
-            event.token !== input.firstTokenId
-          )
-            throw new FirstTokenMismatchError(input.firstTokenId, event.token);
           completionTokens++;
           counts.generatedTokens++;
           const delta = text.push(event.token);

@@ -26,7 +26,7 @@ import type { BlockDims } from '@kvmesh/block';
 import type { LayerWeights, LoadedModel } from '../model/load.ts';
 import { Xoshiro128 } from '../model/random.ts';
 import { KvPool, TailBlock } from './kv-pool.ts';
-import { checkSampling, GREEDY, sampleToken, type SamplingOptions } from './sampling.ts';
+import { checkSampling, GREEDY, sampleToken, tokenLogprob, type SamplingOptions } from './sampling.ts';
 
 export interface EngineOptions {
   codec?: CodecName;
@@ -69,6 +69,12 @@ export interface SequenceRequest {
    */
   farBlocks?: number;
   farAttention?: FarAttention;
+  /**
+   * The first generated token when it was drawn elsewhere (a prefill worker): emitted instead of a
+   * sample from this engine's logits, with its logprob under them; a sampling stream skips its
+   * draw, so later draws line up with a single-process run of the same seed.
+   */
+  firstToken?: number;
 }
 
 export type FinishReason = 'stop' | 'length';
@@ -119,6 +125,7 @@ interface Sequence {
   finished: FinishReason | null;
   /** Prompt tokens whose KV came from imported blocks. */
   reusedTokens: number;
+  firstToken: number | undefined;
 }
 
 /** Per-step scratch buffers sized for the largest batch (rows) the engine runs. */
@@ -246,6 +253,11 @@ export class Engine {
     }
     const sampling = request.sampling ?? GREEDY;
     checkSampling(sampling);
+    const forced = request.firstToken;
+    if (forced !== undefined && (!Number.isInteger(forced) || forced < 0 || forced >= cfg.vocabSize))
+      throw new InvalidArgumentError(`firstToken ${forced} is outside the vocabulary [0, ${cfg.vocabSize})`, {
+        firstToken: forced,
+      });
     const B = this.dims.blockTokens;
     const pooled = request.prefixPoolBlocks ?? [];
     const prefix = request.prefixBlocks ?? [];
@@ -303,6 +315,7 @@ export class Engine {
       generated: 0,
       finished: null,
       reusedTokens: (farBlocks + blocks.length) * B,
+      firstToken: request.firstToken,
     });
     return id;
   }
@@ -456,7 +469,16 @@ export class Engine {
   }
 
   private emit(seq: Sequence, logits: Float32Array, keepLogits: boolean): TokenEvent {
-    const { token, logprob } = sampleToken(logits, this.model.config.vocabSize, seq.sampling, seq.rng);
+    const V = this.model.config.vocabSize;
+    let sampled: { token: number; logprob: number };
+    if (seq.generated === 0 && seq.firstToken !== undefined) {
+      // NOTE: non-greedy sampling draws exactly one number per token; skip the one this token took.
+      if (seq.sampling.temperature > 0) seq.rng.nextUnit();
+      sampled = { token: seq.firstToken, logprob: tokenLogprob(logits, V, seq.firstToken) };
+    } else {
+      sampled = sampleToken(logits, V, seq.sampling, seq.rng);
+    }
+    const { token, logprob } = sampled;
     seq.tokens.push(token);
     seq.generated++;
     if (seq.stop.has(token)) seq.finished = 'stop';

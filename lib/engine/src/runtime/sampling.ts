@@ -46,6 +46,11 @@ function logSumExp(logits: Float32Array, n: number): { max: number; lse: number 
   return { max, lse: max + Math.log(sum) };
 }
 
+/** The log-probability of `token` under `logits[0..vocab)` (what a forced token reports). */
+export function tokenLogprob(logits: Float32Array, vocab: number, token: number): number {
+  return (logits[token] as number) - logSumExp(logits, vocab).lse;
+}
+
 /** Samples one token from `logits[0..vocab)`; `rng` is the sequence's stream (unused when greedy). */
 export function sampleToken(
   logits: Float32Array,

@@ -10,7 +10,7 @@ export {
   type SequenceEvent,
 } from './batcher.ts';
 export { CodecMismatchError, ModelMismatchError } from '@kvmesh/worker';
-export { FirstTokenMismatchError, TooManySequencesError } from './errors.ts';
+export { TooManySequencesError } from './errors.ts';
 export {
   blocksToFetch,
   blocksToDemote,
