@@ -187,6 +187,7 @@ export async function startDecodeWorker(
   const slots = new SequenceSlots(config.sequencesMax);
   const batcher = new DecodeBatcher(engine, {
     keepPoolBlocks: cache.blocksMax > 0,
+    asyncSteps: true,
     schedule: (step) => setImmediate(step),
     onListenerError: (err) => logger.error('sequence listener failed', { err }),
   });

@@ -183,7 +183,7 @@ export async function startPrefillWorker(
       let first: { token: number; logprob: number };
       let payloads: Uint8Array[];
       try {
-        const event = engine.step().find((e) => e.sequenceId === id);
+        const event = (await engine.stepAsync()).find((e) => e.sequenceId === id);
         if (event === undefined)
           throw new KvmeshError('INTERNAL', 'internal', `engine step produced no token for sequence ${id}`);
         first = event;

@@ -62,6 +62,9 @@ import {
   type HttpServer,
 } from './http.ts';
 
+/** How long the channel of a worker that left stays open for the calls it still serves. */
+const CLIENT_RETIRE_MS = 60_000;
+
 export const PREFILL_ROLE = 'prefill';
 export const DECODE_ROLE = 'decode';
 export const KVSTORE_ROLE = 'kvstore';
@@ -187,16 +190,18 @@ function routerMetrics(metrics: MetricsRegistry) {
 const isServiceError = (err: unknown): err is ServiceError =>
   err instanceof Error && typeof (err as Partial<ServiceError>).code === 'number';
 
+/** A live worker as the routing policies see it; the router's own in-flight counts cover the heartbeat's lag. */
 function candidateOf(
   member: Member,
   localCachedBlocks: number | undefined,
-  inflightRequests = 0,
+  inflight: { queued?: number; active?: number } = {},
 ): WorkerCandidate {
   return {
     nodeId: member.nodeId,
-    // NOTE: the heartbeat lags; requests this router sent since count as queued until they finish.
-    queueDepth: Math.max(member.heartbeat.queueDepth, inflightRequests),
-    activeSequences: member.heartbeat.activeSequences,
+    queueDepth: Math.max(member.heartbeat.queueDepth, inflight.queued ?? 0),
+    // NOTE: the router's own open streams when it counts them (exact, where a heartbeat lags by up
+    // to an interval and would keep a just-finished stream on the worker); else the heartbeat's.
+    activeSequences: inflight.active ?? member.heartbeat.activeSequences,
     ...(localCachedBlocks === undefined ? {} : { localCachedBlocks }),
   };
 }
@@ -240,6 +245,8 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
   );
   const prefillRouter = new WorkerRouter({ policy: config.policy as RoutingPolicyName }, PREFILL_ROLE);
   const prefilling = new InflightPrefixes(config.inflightBlocksMax);
+  /** Decode streams this router has open, per worker. */
+  const decoding = new Map<NodeId, number>();
   const counts = { requests: 0, plans: { 'decode-only': 0, 'prefill-then-decode': 0 } };
 
   const cleanups: (() => Promise<unknown> | void)[] = [];
@@ -295,11 +302,17 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
         refreshGrpcHealth();
         if (change.type !== 'leave') return;
         if (member.role === KVSTORE_ROLE) feed.removeNode(member.nodeId);
-        const client = clients.get(member.heartbeat.grpcAddress);
-        if (client !== undefined && change.reason !== 'restarted') {
-          client.close();
-          clients.delete(member.heartbeat.grpcAddress);
-        }
+        const address = member.heartbeat.grpcAddress;
+        if (!clients.has(address) || change.reason === 'restarted') return;
+        // NOTE: a worker that missed heartbeats (a long step on a loaded machine) may still be
+        // streaming; its calls keep their channel for a grace period, and a worker that comes back
+        // meanwhile keeps it for good.
+        const retire = setTimeout(() => {
+          if (tracker.live(member.role).some((m) => m.heartbeat.grpcAddress === address)) return;
+          clients.get(address)?.close();
+          clients.delete(address);
+        }, CLIENT_RETIRE_MS);
+        retire.unref();
       },
     });
     cleanups.push(() => membership.stop());
@@ -362,7 +375,9 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
         promptTokens: tokens.length,
         blockSizeTokens: B,
         storeCachedBlocks: storeBlocks,
-        workers: decoders.map((m) => candidateOf(m, match.leadingBlocksByNode.get(m.nodeId))),
+        workers: decoders.map((m) =>
+          candidateOf(m, match.leadingBlocksByNode.get(m.nodeId), { active: decoding.get(m.nodeId) ?? 0 }),
+        ),
       });
       const decoder = tracker.get(decision.nodeId) as Member;
       const prefillers = tracker.live(PREFILL_ROLE);
@@ -395,7 +410,9 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
           blockSizeTokens: B,
           storeCachedBlocks: storeBlocks,
           workers: prefillers.map((m) =>
-            candidateOf(m, prefilling.leadingBlocks(m.nodeId, keys), prefilling.requests(m.nodeId)),
+            candidateOf(m, prefilling.leadingBlocks(m.nodeId, keys), {
+              queued: prefilling.requests(m.nodeId),
+            }),
           ),
         });
         measured.decisions.inc({ pool: PREFILL_ROLE, policy: chosen.policy, worker: chosen.nodeId });
@@ -433,42 +450,49 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
         storeBlocks,
       });
       if (input.signal.aborted) return;
-      for await (const message of decode(
-        decoder,
-        {
-          requestId: input.requestId,
-          model: modelName,
-          promptTokenIds: [...tokens],
-          blockHashes,
-          firstTokenId,
-          namespace,
-          codec,
-          sampling,
-        },
-        input.signal,
-      )) {
-        const finishReason =
-          message.finishReason === FinishReason.FINISH_REASON_STOP
-            ? 'stop'
-            : message.finishReason === FinishReason.FINISH_REASON_LENGTH
-              ? 'length'
-              : null;
-        const usage = message.usage;
-        yield {
-          text: message.text,
-          tokenIds: message.tokenIds,
-          ...(sampling.logprobs ? { logprobs: message.logprobs } : {}),
-          finishReason,
-          ...(usage === undefined
-            ? {}
-            : {
-                usage: {
-                  promptTokens: usage.promptTokens,
-                  completionTokens: usage.completionTokens,
-                  cachedTokens: cachedTokens ?? usage.cachedTokens,
-                },
-              }),
-        };
+      decoding.set(decoder.nodeId, (decoding.get(decoder.nodeId) ?? 0) + 1);
+      try {
+        for await (const message of decode(
+          decoder,
+          {
+            requestId: input.requestId,
+            model: modelName,
+            promptTokenIds: [...tokens],
+            blockHashes,
+            firstTokenId,
+            namespace,
+            codec,
+            sampling,
+          },
+          input.signal,
+        )) {
+          const finishReason =
+            message.finishReason === FinishReason.FINISH_REASON_STOP
+              ? 'stop'
+              : message.finishReason === FinishReason.FINISH_REASON_LENGTH
+                ? 'length'
+                : null;
+          const usage = message.usage;
+          yield {
+            text: message.text,
+            tokenIds: message.tokenIds,
+            ...(sampling.logprobs ? { logprobs: message.logprobs } : {}),
+            finishReason,
+            ...(usage === undefined
+              ? {}
+              : {
+                  usage: {
+                    promptTokens: usage.promptTokens,
+                    completionTokens: usage.completionTokens,
+                    cachedTokens: cachedTokens ?? usage.cachedTokens,
+                  },
+                }),
+          };
+        }
+      } finally {
+        const open = (decoding.get(decoder.nodeId) ?? 1) - 1;
+        if (open > 0) decoding.set(decoder.nodeId, open);
+        else decoding.delete(decoder.nodeId);
       }
     }
 

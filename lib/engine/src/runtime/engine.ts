@@ -95,7 +95,10 @@ interface FarRequest {
   query: Float32Array;
 }
 
-/** The forward pass as a generator: yields far requests, resumes with their partials (same order). */
+/**
+ * The forward pass as a generator: yields far requests and resumes with their partials (same order);
+ * an empty list is a pause between prefill chunks (stepAsync lets the event loop run there).
+ */
 type Forward<T> = Generator<FarRequest[], T, PartialAttention[]>;
 
 export class SequenceNotFoundError extends KvmeshError {
@@ -412,12 +415,20 @@ export class Engine {
     if (this.deferred !== null) throw new KvmeshError('INTERNAL', 'internal', 'a step is already running');
     if (this.needsAsyncStep) throw new InvalidArgumentError('a sequence has far blocks: use stepAsync()', {});
     const pass = this.stepPass(options.logits === true);
-    const result = pass.next();
-    if (result.done !== true) throw new KvmeshError('INTERNAL', 'internal', 'far attention asked in step()');
+    let result = pass.next();
+    while (result.done !== true) {
+      // Only pauses (empty requests) can come without far blocks.
+      if (result.value.length > 0)
+        throw new KvmeshError('INTERNAL', 'internal', 'far attention asked in step()');
+      result = pass.next([]);
+    }
     return result.value;
   }
 
-  /** step() that also serves sequences with far blocks (awaiting their FarAttention per layer). */
+  /**
+   * step() that also serves sequences with far blocks (awaiting their FarAttention per layer) and
+   * lets the event loop run between prefill chunks, so a long prompt does not stall heartbeats.
+   */
   async stepAsync(options: { logits?: boolean } = {}): Promise<TokenEvent[]> {
     if (this.deferred !== null) throw new KvmeshError('INTERNAL', 'internal', 'a step is already running');
     this.deferred = [];
@@ -426,6 +437,12 @@ export class Engine {
       let next = pass.next();
       while (next.done !== true) {
         const requests = next.value;
+        if (requests.length === 0) {
+          // A pause between prefill chunks: timers, I/O and cancellations run here.
+          await new Promise((resolve) => setImmediate(resolve));
+          next = pass.next([]);
+          continue;
+        }
         let partials: PartialAttention[];
         try {
           partials = await Promise.all(
@@ -518,6 +535,7 @@ export class Engine {
       const start = seq.computed;
       const end = Math.min(seq.promptTokens, (Math.floor(start / B) + 1) * B);
       logits = yield* this.forwardChunk(seq, start, end);
+      if (seq.computed < seq.promptTokens) yield [];
     }
     return logits as Float32Array;
   }

@@ -57,6 +57,8 @@ export interface BatcherOptions {
   readonly schedule: (step: () => void) => void;
   /** Called when a listener throws (it must not stop the loop for the other sequences). */
   readonly onListenerError?: (err: unknown) => void;
+  /** Every step through stepAsync (pauses between prefill chunks); else only while one is needed. */
+  readonly asyncSteps?: boolean;
   /** Hand a finished sequence's pool blocks (retained) to its listener, for a local prefix cache. */
   readonly keepPoolBlocks?: boolean;
 }
@@ -149,7 +151,10 @@ export class DecodeBatcher {
   private runStep(): void {
     this.scheduled = false;
     if (this.listeners.size === 0) return;
-    if (this.engine.needsAsyncStep === true && this.engine.stepAsync !== undefined) {
+    if (
+      this.engine.stepAsync !== undefined &&
+      (this.options.asyncSteps === true || this.engine.needsAsyncStep === true)
+    ) {
       this.running = true;
       this.engine.stepAsync().then(
         (events) => {

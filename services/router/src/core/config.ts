@@ -29,7 +29,8 @@ export type RoutingPolicyName = (typeof ROUTING_POLICIES)[number];
 
 /**
  * The kv-aware cost model: estimated TTFT (ms) = uncached tokens × prefillMsPerToken + tokens fetched
- * from the store × transferMsPerToken + queue depth × queueWaitMsPerRequest. Tokens cached on the
+ * from the store × transferMsPerToken + queue depth × queueWaitMsPerRequest + sequences already
+ * running × activeSequenceMs (they share every engine step with it). Tokens cached on the
  * worker itself cost nothing. The defaults are starting points for a CPU engine (fetching a token's
  * KV is ~25× cheaper than recomputing it, as LMCache / Mooncake measure) and are meant to be
  * calibrated with the mesh bench; only their ratios matter for the choice.
@@ -42,6 +43,8 @@ export interface RoutingConfig {
   transferMsPerToken?: number;
   /** Expected wait added by each request already queued on a worker. */
   queueWaitMsPerRequest?: number;
+  /** Delay each sequence already running on a worker adds to a new request's first token. */
+  activeSequenceMs?: number;
   /**
    * Conditional disaggregation: a request whose uncached part is shorter than this runs directly on
    * the decode worker; one with at least this many uncached tokens is prefilled on a prefill worker.
@@ -56,6 +59,7 @@ export const ROUTING_DEFAULTS = {
   prefillMsPerToken: 0.25,
   transferMsPerToken: 0.01,
   queueWaitMsPerRequest: 50,
+  activeSequenceMs: 10,
   prefillUncachedTokensMin: 512,
 } as const satisfies Required<RoutingConfig>;
 
@@ -96,6 +100,7 @@ export function resolveRoutingConfig(config: RoutingConfig = {}): ResolvedRoutin
     prefillMsPerToken: config.prefillMsPerToken ?? ROUTING_DEFAULTS.prefillMsPerToken,
     transferMsPerToken: config.transferMsPerToken ?? ROUTING_DEFAULTS.transferMsPerToken,
     queueWaitMsPerRequest: config.queueWaitMsPerRequest ?? ROUTING_DEFAULTS.queueWaitMsPerRequest,
+    activeSequenceMs: config.activeSequenceMs ?? ROUTING_DEFAULTS.activeSequenceMs,
     prefillUncachedTokensMin: config.prefillUncachedTokensMin ?? ROUTING_DEFAULTS.prefillUncachedTokensMin,
   };
   if (!(ROUTING_POLICIES as readonly string[]).includes(resolved.policy)) {
@@ -107,6 +112,7 @@ export function resolveRoutingConfig(config: RoutingConfig = {}): ResolvedRoutin
   checkNonNegative('prefillMsPerToken', resolved.prefillMsPerToken);
   checkNonNegative('transferMsPerToken', resolved.transferMsPerToken);
   checkNonNegative('queueWaitMsPerRequest', resolved.queueWaitMsPerRequest);
+  checkNonNegative('activeSequenceMs', resolved.activeSequenceMs);
   checkInteger('prefillUncachedTokensMin', resolved.prefillUncachedTokensMin, 0);
   return Object.freeze(resolved);
 }

@@ -65,7 +65,7 @@ export interface RequestPlan {
 
 type CostModel = Pick<
   ResolvedRoutingConfig,
-  'prefillMsPerToken' | 'transferMsPerToken' | 'queueWaitMsPerRequest'
+  'prefillMsPerToken' | 'transferMsPerToken' | 'queueWaitMsPerRequest' | 'activeSequenceMs'
 >;
 
 const compareIds = (a: NodeId, b: NodeId): number => (a < b ? -1 : a > b ? 1 : 0);
@@ -122,7 +122,8 @@ export function estimateTtft(worker: WorkerCandidate, input: RouteInput, costs: 
   const ttftMs =
     uncachedTokens * costs.prefillMsPerToken +
     fetchedTokens * costs.transferMsPerToken +
-    worker.queueDepth * costs.queueWaitMsPerRequest;
+    worker.queueDepth * costs.queueWaitMsPerRequest +
+    worker.activeSequences * costs.activeSequenceMs;
   return {
     nodeId: worker.nodeId,
     promptTokens,

@@ -32,6 +32,7 @@ const COSTS: RoutingConfig = {
   prefillMsPerToken: 0.5,
   transferMsPerToken: 0.0625,
   queueWaitMsPerRequest: 100,
+  activeSequenceMs: 0,
 };
 
 function worker(nodeId: NodeId, queueDepth = 0, activeSequences = 0, localCachedBlocks = 0): WorkerCandidate {
@@ -73,6 +74,17 @@ test('kv-aware - with no store copy, the cached worker wins unless its queue is 
   assert.equal(deep.nodeId, DB);
   assert.equal(deep.estimate.uncachedTokens, 1024);
   assert.equal(deep.estimate.ttftMs, 512);
+});
+
+test('kv-aware - sequences running on a worker weigh against it (activeSequenceMs each)', () => {
+  const router = new WorkerRouter({ ...COSTS, activeSequenceMs: 32, policy: 'kv-aware' });
+  // Fetching 1024 tokens costs 64 ms: one running sequence (32 ms) is cheaper; two tie and the
+  // lighter load wins; three lose.
+  assert.equal(router.route(input([worker(DB), worker(DA, 0, 1, 16)], 1024, 16)).nodeId, DA);
+  assert.equal(router.route(input([worker(DB), worker(DA, 0, 2, 16)], 1024, 16)).nodeId, DB);
+  const loaded = router.route(input([worker(DB), worker(DA, 0, 3, 16)], 1024, 16));
+  assert.equal(loaded.nodeId, DB);
+  assert.equal(loaded.estimate.ttftMs, 64);
 });
 
 test('kv-aware - local prefix, store remainder and recompute add up exactly', () => {
