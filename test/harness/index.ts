@@ -8,3 +8,4 @@ export * from './service.ts';
 // llama.cpp as the engine's reference (node-llama-cpp is imported lazily, only when used).
 export * from './llamacpp.ts';
 export * from './kvstore.ts';
+export * from './tiering.ts';

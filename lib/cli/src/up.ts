@@ -1,6 +1,7 @@
-// `kvmesh up`: the local mesh on one machine. Starts nats-server (JetStream), the kvstore nodes,
-// prefill and decode workers and the router as child processes on loopback, each waiting for the
-// previous tier's ready line; streams their logs to stderr with a per-service prefix; prints the
+// `kvmesh up`: the local mesh on one machine. Starts nats-server (JetStream), the host's tiering
+// service (far memory + SSD; kvstore nodes demote evicted blocks to it), the kvstore nodes, prefill
+// and decode workers and the router as child processes on loopback, each waiting for the previous
+// tier's ready line; streams their logs to stderr with a per-service prefix; prints the
 // router's gRPC address (`kvmesh grpc: 127.0.0.1:<port> ...`) and then
 // `kvmesh ready: http://127.0.0.1:<port>/v1`; on Ctrl-C or SIGTERM stops them in reverse order
 // (SIGTERM, then SIGKILL after a grace period) so no child outlives it.
@@ -14,7 +15,7 @@ import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 
 import { generateModel } from '@kvmesh/engine';
-import { freePort, parseReadyLine } from '@kvmesh/runtime';
+import { freePort, parseBytes, parseReadyLine } from '@kvmesh/runtime';
 
 const REPO_ROOT = resolve(new URL('../../..', import.meta.url).pathname);
 const READY_TIMEOUT_MS = 60_000;
@@ -30,6 +31,10 @@ options:
   --codec C            KV codec: f32, f16, kivi8, kivi4, kivi2 (default f32)
   --block-tokens N     tokens per KV block (default 64)
   --policy P           kv-aware | round-robin | least-loaded (default kv-aware)
+  --far-bytes SIZE     far-memory pool of the tiering service (default 256MiB; 0: none)
+  --ssd-bytes SIZE     SSD tier of the tiering service (default 2GiB; 0: none)
+  --tier-dir DIR       SSD tier directory (default: a temporary one, removed at exit)
+  --no-tiering         no tiering service: kvstore nodes drop what they evict
 `;
 
 export interface UpOptions {
@@ -42,6 +47,11 @@ export interface UpOptions {
   codec: string;
   blockTokens: number;
   policy: string;
+  tiering: boolean;
+  /** Byte sizes as given (e.g. '256MiB'), checked by parseUpArgs. */
+  farBytes: string;
+  ssdBytes: string;
+  tierDir?: string;
 }
 
 class UsageError extends Error {}
@@ -54,6 +64,15 @@ function intOption(flag: string, raw: string | undefined, min: number, max: numb
   return value;
 }
 
+function byteOption(flag: string, raw: string | undefined): string {
+  try {
+    parseBytes(raw ?? '');
+  } catch {
+    throw new UsageError(`${flag} must be a byte size such as 512MiB or 2GiB, got '${raw ?? ''}'`);
+  }
+  return raw as string;
+}
+
 export function parseUpArgs(args: readonly string[]): UpOptions {
   const options: UpOptions = {
     port: 8000,
@@ -63,6 +82,9 @@ export function parseUpArgs(args: readonly string[]): UpOptions {
     codec: 'f32',
     blockTokens: 64,
     policy: 'kv-aware',
+    tiering: true,
+    farBytes: '256MiB',
+    ssdBytes: '2GiB',
   };
   for (let i = 0; i < args.length; i++) {
     const flag = args[i] as string;
@@ -109,9 +131,26 @@ export function parseUpArgs(args: readonly string[]): UpOptions {
         options.policy = policy as string;
         break;
       }
+      case '--far-bytes':
+        options.farBytes = byteOption(flag, value());
+        break;
+      case '--ssd-bytes':
+        options.ssdBytes = byteOption(flag, value());
+        break;
+      case '--tier-dir':
+        options.tierDir = value();
+        if (options.tierDir === undefined || options.tierDir === '')
+          throw new UsageError('--tier-dir needs a directory');
+        break;
+      case '--no-tiering':
+        options.tiering = false;
+        break;
       default:
         throw new UsageError(`unknown argument '${flag}'`);
     }
+  }
+  if (options.tiering && parseBytes(options.farBytes) === 0 && parseBytes(options.ssdBytes) === 0) {
+    throw new UsageError('--far-bytes and --ssd-bytes are both 0: use --no-tiering');
   }
   if (options.replicas !== undefined && options.replicas > options.kvstore) {
     throw new UsageError(`--replicas ${options.replicas} needs at least that many kvstore nodes`);
@@ -253,6 +292,29 @@ export async function runUp(args: readonly string[]): Promise<number> {
       KVMESH_CODEC: options.codec,
       KVMESH_MODEL_DIR: modelDir,
     };
+    // One tiering service per host (this one), before the kvstore nodes that demote to it.
+    let tieringAddress = '';
+    if (options.tiering) {
+      const [tc, ta] = node('services/tiering/src/main.ts');
+      const serviceId = `tiering-up-${randomBytes(3).toString('hex')}`;
+      const tiering = await startChild(
+        'tiering',
+        tc,
+        ta,
+        {
+          KVMESH_SERVICE_ID: serviceId,
+          KVMESH_DATA_TOKEN: token,
+          KVMESH_FAR_BYTES: options.farBytes,
+          KVMESH_SSD_BYTES: options.ssdBytes,
+          KVMESH_SSD_DIR: options.tierDir ?? join(storeDir, 'ssd'),
+        },
+        parseReadyLine,
+        children,
+      );
+      if (typeof tiering.grpcAddress !== 'string')
+        throw new Error('the tiering service announced no gRPC address');
+      tieringAddress = tiering.grpcAddress;
+    }
     const [cmd, kvArgs] = node('services/kvstore/src/main.ts');
     await Promise.all(
       Array.from({ length: options.kvstore }, (_, i) =>
@@ -260,7 +322,7 @@ export async function runUp(args: readonly string[]): Promise<number> {
           `kvstore-${i}`,
           cmd,
           kvArgs,
-          { ...common, KVMESH_NODE_ID: `kvstore-${i}` },
+          { ...common, KVMESH_NODE_ID: `kvstore-${i}`, KVMESH_TIERING_ADDRESS: tieringAddress },
           parseReadyLine,
           children,
         ),

@@ -105,6 +105,45 @@ export const KVSTORE_CONFIG_SCHEMA = {
   },
   peerConnections: { type: 'int', default: 1, min: 1, max: 64, description: 'data connections per peer' },
   dataConnectionsMax: { type: 'int', default: 256, min: 1, description: 'data channel connections held' },
+  tieringAddress: {
+    type: 'string',
+    default: '',
+    description:
+      "host:port of this host's tiering service (gRPC); evicted blocks are demoted there and read back on a hit. Empty: evictions drop blocks",
+  },
+  demotingBytesMax: {
+    type: 'bytes',
+    default: 0,
+    min: 0,
+    description:
+      'memory of evicted blocks awaiting the tier, on top of bytesBudget (0 = min(256MiB, bytesBudget / 4)); a victim that does not fit is dropped',
+  },
+  demotedBlocksMax: {
+    type: 'int',
+    default: 1 << 20,
+    min: 1,
+    description: 'demoted blocks whose metadata stays indexed here; the oldest beyond it are dropped',
+  },
+  demoteConcurrency: { type: 'int', default: 4, min: 1, max: 256, description: 'demotions in flight' },
+  tierRetryMs: {
+    type: 'duration',
+    default: '250ms',
+    min: 1,
+    description: 'first wait before demoting again after the tiering service could not be reached',
+  },
+  tierTimeoutMs: { type: 'duration', default: '10s', min: 1, description: 'bound on each tiering call' },
+  promoteParentsMax: {
+    type: 'int',
+    default: 8,
+    min: 0,
+    description: 'demoted ancestors promoted in the background after a block is read back from a tier',
+  },
+  prefetchBlocksMax: {
+    type: 'int',
+    default: 64,
+    min: 0,
+    description: 'blocks of a matched prefix prefetched once its first block is read back from a tier',
+  },
   tickIntervalMs: {
     type: 'duration',
     default: '1s',

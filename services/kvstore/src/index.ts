@@ -1,6 +1,7 @@
 // Public surface of @kvmesh/kvstore: start a node in-process (tests, the local launcher) and the
-// shapes a client or test needs around it: the config schema, the node handle, the errors a put can
-// end with, and the pure decisions (placement of a put, re-replication planning) for simulations.
+// shapes a client or test needs around it: the config schema, the node handle (with its link to the
+// host's tiering service), the errors a put can end with, and the pure decisions (placement of a
+// put, re-replication planning) for simulations.
 export {
   KVSTORE_CONFIG_SCHEMA,
   checkKvStoreConfig,
@@ -17,6 +18,7 @@ export {
   type StartKvStoreNodeOptions,
 } from './node.ts';
 export { ANONYMOUS_PIN_HOLDER } from './adapters/grpc-service.ts';
+export type { TierLink, TierLinkCounters } from './adapters/tier-link.ts';
 export {
   BlockHashMismatchError,
   BlockStore,

@@ -3,7 +3,8 @@
 // and heartbeats (which advertise the bound addresses) → re-replication → SERVING. close() undoes it
 // in reverse: heartbeats stop first so peers start re-replicating, then NOT_SERVING, in-flight
 // requests drain, peers and NATS close, and queued events are flushed. Without a NATS url the node
-// runs standalone: the only member, R = 1, no events.
+// runs standalone: the only member, R = 1, no events. With a tiering address, evictions demote to
+// the host's tiering service (TierLink) and reads of demoted blocks promote them back.
 import { DataChannelServer, PROTOCOL_VERSION, formatDataAddress } from '@kvmesh/dataplane';
 import { loadKernels, type Kernels } from '@kvmesh/kernels';
 import { KVSTORE_DATA_METHODS, KvStoreService, type NodeId } from '@kvmesh/protocol';
@@ -26,6 +27,7 @@ import { PayloadPool } from './adapters/payload-pool.ts';
 import { kvStoreGrpcService } from './adapters/grpc-service.ts';
 import { PeerDirectory } from './adapters/peers.ts';
 import { Rebalancer } from './adapters/rebalancer.ts';
+import { TierLink } from './adapters/tier-link.ts';
 import { checkKvStoreConfig, resolveNodeId, type KvStoreConfig } from './config.ts';
 import { BlockStore, KvNode } from './core/index.ts';
 
@@ -46,6 +48,8 @@ export interface KvStoreNode {
   readonly standalone: boolean;
   readonly store: BlockStore;
   readonly node: KvNode;
+  /** The link to the host's tiering service; undefined when tiering is off. */
+  readonly tier: TierLink | undefined;
   /** Live kvstore members as this node sees them, self included, sorted. */
   liveNodes(): NodeId[];
   /** Runs a re-replication pass now (cluster mode; a no-op standalone). */
@@ -91,6 +95,7 @@ export async function startKvStoreNode(
 
   const now = monotonicWallClock();
   const events = new KvEventForwarder(logger);
+  const tiering = config.tieringAddress.trim() !== '';
   const store = new BlockStore(
     {
       nodeId,
@@ -104,9 +109,22 @@ export async function startKvStoreNode(
       pinTtlMsMax: config.pinTtlMsMax,
       pinHoldersMax: config.pinHoldersMax,
       hashesPerRequestMax: config.hashesPerRequestMax,
+      tiering,
+      ...(config.demotingBytesMax > 0 ? { demotingBytesMax: config.demotingBytesMax } : {}),
+      demotedBlocksMax: config.demotedBlocksMax,
     },
-    { now, sink: events.sink, kernels },
+    { now, sink: events.sink, kernels, onTierWork: () => tier?.wake() },
   );
+  const tier = tiering
+    ? new TierLink({
+        grpcAddress: config.tieringAddress.trim(),
+        store,
+        logger,
+        concurrency: config.demoteConcurrency,
+        retryDelayMs: config.tierRetryMs,
+        timeoutMs: config.tierTimeoutMs,
+      })
+    : undefined;
 
   const cleanups: (() => Promise<unknown> | void)[] = [];
   const cleanup = async (): Promise<void> => {
@@ -157,6 +175,7 @@ export async function startKvStoreNode(
       logger,
     });
     cleanups.push(() => peers.close());
+    if (tier !== undefined) cleanups.push(() => tier.close());
     const node = new KvNode({
       self: nodeId,
       store,
@@ -165,6 +184,15 @@ export async function startKvStoreNode(
       live: liveNodes,
       replicate: (peer, input) => peers.putReplica(peer, input),
       attentionLeaseMs: config.attentionLeaseMs,
+      ...(tier === undefined
+        ? {}
+        : {
+            tier,
+            promotion: {
+              parentsMax: config.promoteParentsMax,
+              prefetchBlocksMax: config.prefetchBlocksMax,
+            },
+          }),
     });
 
     const advertiseHost = config.advertiseHost === '' ? config.host : config.advertiseHost;
@@ -288,6 +316,7 @@ export async function startKvStoreNode(
       standalone,
       bytesBudget: store.config.bytesBudget,
       blockBytesMax: store.config.blockBytesMax,
+      tieringAddress: tier === undefined ? 'off' : config.tieringAddress,
     });
 
     let closing: Promise<void> | undefined;
@@ -300,6 +329,7 @@ export async function startKvStoreNode(
       standalone,
       store,
       node,
+      tier,
       liveNodes,
       rebalance: async (kind = 'anti-entropy') => rebalancer?.runNow(kind),
       close() {

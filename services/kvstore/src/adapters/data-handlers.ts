@@ -64,8 +64,8 @@ export function getBlockHandler(node: KvNode): DataHandler {
     }
     const hashBytes = message.hashes[0] as Buffer;
     const hash = hashOf(hashBytes, 'hashes[0]');
-    const record = node.store.get(namespaceOf(message.namespace), hash, message.leaseMs);
-    if (record === undefined) {
+    const read = await node.read(namespaceOf(message.namespace), hash, message.leaseMs);
+    if (read === undefined) {
       const header = GetBlocksResponse.encode({
         result: { $case: 'missingHash', value: hashBytes },
         tier: Tier.TIER_UNSPECIFIED,
@@ -73,10 +73,10 @@ export function getBlockHandler(node: KvNode): DataHandler {
       return { header };
     }
     const header = GetBlocksResponse.encode({
-      result: { $case: 'block', value: blockOf(record, false) },
-      tier: tierToProto(record.tier),
+      result: { $case: 'block', value: blockOf(read.record, false) },
+      tier: tierToProto(read.tier),
     }).finish();
-    return { header, body: record.payload };
+    return { header, body: read.record.payload };
   };
 }
 

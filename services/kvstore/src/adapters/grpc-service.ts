@@ -116,21 +116,25 @@ export function kvStoreGrpcService(node: KvNode, options: KvStoreServiceOptions)
       (requests) => putStream(node, requests, options),
       wrap,
     ),
-    getBlocks: wrapServerStream(function* (request): Iterable<GetBlocksResponse> {
+    getBlocks: wrapServerStream(async function* (request): AsyncIterable<GetBlocksResponse> {
       const hashes = hashesOf(request.hashes, hashesMax);
       const namespace = namespaceOf(request.namespace);
       for (const [i, hash] of hashes.entries()) {
-        const record = store.get(namespace, hash, request.leaseMs);
-        if (record === undefined) {
+        // NOTE: a block below DRAM is read back from the tier here; `tier` says where it came from.
+        const read = await node.read(namespace, hash, request.leaseMs);
+        if (read === undefined) {
           yield { result: { $case: 'missingHash', value: request.hashes[i] as Buffer }, tier: 0 };
         } else {
-          yield { result: { $case: 'block', value: blockOf(record, true) }, tier: tierToProto(record.tier) };
+          yield {
+            result: { $case: 'block', value: blockOf(read.record, true) },
+            tier: tierToProto(read.tier),
+          };
         }
       }
     }, wrap),
     matchPrefix: wrapUnary((request): MatchPrefixResponse => {
       const hashes = hashesOf(request.hashes, hashesMax);
-      const match = store.matchPrefix(namespaceOf(request.namespace), hashes);
+      const match = node.matchPrefix(namespaceOf(request.namespace), hashes);
       return {
         matchedBlocks: match.matchedBlocks,
         locations: match.held.map((held) => ({

@@ -17,15 +17,23 @@
 // Cost: put/get/pin/delete are O(log n) plus O(log n) per evicted or expired block; eviction pops
 // the LRU of eligible leaves from an indexed heap (never scans), and a parent re-enters that heap
 // the moment its last local child leaves. A rejected put pops fewer bytes than its own size.
+//
+// Tiering (config.tiering): a victim is not dropped but moves to the bounded `demoting` buffer,
+// payload still referenced and readable, until an adapter (claimDemotions) has the host's tier
+// acknowledge it; then only its metadata stays indexed here (`demoted`, tier 'far'/'ssd'), so
+// matchPrefix still finds it and a `stored` event reports the new tier. A key lives in exactly one
+// of blocks / demoting / demoted. The store never does I/O: adapters read demoted blocks back and
+// hand them to insertPromoted(), which verifies them like a put before they re-enter DRAM.
 import {
   blockSeed,
   computeBlockHashBytes,
   namespaceBytes,
   parseBlockHeader,
   toTokenIds,
+  verifyBlockPayload,
   type BlockHeader,
 } from '@kvmesh/block';
-import { InvalidArgumentError, LimitExceededError } from '@kvmesh/errors';
+import { CorruptDataError, InvalidArgumentError, KvmeshError, LimitExceededError } from '@kvmesh/errors';
 import { checkBlockTokens, loadKernels, type CodecName, type Kernels } from '@kvmesh/kernels';
 import {
   blockHashFromBytes,
@@ -51,9 +59,13 @@ import type {
   BlockStoreStats,
   BlockTier,
   DeleteResult,
+  DemotedRecord,
   HeldBlock,
+  IndexedBlock,
+  LowerTier,
   PinResult,
   PrefixMatch,
+  PromotionResult,
   PutBlockInput,
   PutBlockResult,
   TickResult,
@@ -65,6 +77,11 @@ export interface BlockStoreDeps {
   sink: KvEventSink;
   /** Hashing and header parsing; defaults to loadKernels(). */
   kernels?: Kernels;
+  /**
+   * Called (synchronously, after the operation) when demotions or tier removals are waiting to be
+   * claimed; the tiering adapter schedules its I/O from here. Must not call back into the store.
+   */
+  onTierWork?: () => void;
 }
 
 const HASH_HEX = /^[0-9a-f]{32}$/;
@@ -107,6 +124,34 @@ class Entry implements BlockRecord {
     this.codec = header.codec;
     this.lastAccessMs = storedAtMs;
     this.accessSeq = accessSeq;
+  }
+
+  get payloadBytes(): number {
+    return this.payload.byteLength;
+  }
+}
+
+/** The metadata a demoted block leaves behind (a few hundred bytes; its payload is in the tier). */
+class DemotedEntry implements DemotedRecord {
+  readonly key: string;
+  readonly namespace: Namespace;
+  readonly hash: BlockHash;
+  readonly parentHash: BlockHash | null;
+  readonly modelFingerprint: ModelFingerprint;
+  readonly codec: CodecName;
+  readonly payloadBytes: number;
+
+  constructor(
+    entry: Entry,
+    readonly tier: LowerTier,
+  ) {
+    this.key = entry.key;
+    this.namespace = entry.namespace;
+    this.hash = entry.hash;
+    this.parentHash = entry.parentHash;
+    this.modelFingerprint = entry.modelFingerprint;
+    this.codec = entry.codec;
+    this.payloadBytes = entry.payload.byteLength;
   }
 }
 
@@ -164,10 +209,30 @@ export class BlockStore {
     rejectedFull: 0,
   };
   private readonly hitsByTier: Record<BlockTier, number> = { dram: 0, far: 0, ssd: 0 };
+  /** Evicted with tiering on, payload held until the tier acknowledges; oldest first. */
+  private readonly demoting = new Map<string, Entry>();
+  /** The demoting entries no adapter has claimed yet (a claimed one returns here on a retryable failure). */
+  private readonly unclaimed = new Map<string, Entry>();
+  private demotingBytes = 0;
+  /** Acknowledged demotions, oldest first (the first to go beyond demotedBlocksMax). */
+  private readonly demoted = new Map<string, DemotedEntry>();
+  /** Hashes the tier should forget (dropped metadata, orphaned demotions); bounded by demotedBlocksMax. */
+  private tierRemovals: BlockHash[] = [];
+  private readonly tierCounters = {
+    demotions: 0,
+    demotionsDropped: 0,
+    demotedDropped: 0,
+    promotions: 0,
+    promotionsMissed: 0,
+    promotionsCorrupt: 0,
+    tierRemovalsLost: 0,
+  };
+  private readonly onTierWork: (() => void) | undefined;
 
   constructor(config: BlockStoreConfig, deps: BlockStoreDeps) {
     this.config = resolveBlockStoreConfig(config);
     this.now = deps.now;
+    this.onTierWork = deps.onTierWork;
     this.kernels = deps.kernels ?? loadKernels();
     this.events = new KvEventLog(this.config.nodeId, deps.now, deps.sink);
     // The watermarks apply to bytes and to entries alike: either one above high starts eviction,
@@ -219,14 +284,36 @@ export class BlockStore {
     const now = this.now();
     this.expire(now);
     const key = keyOf(namespace, hash);
-    const existing = this.blocks.get(key);
+    const existing = this.blocks.get(key) ?? this.demoting.get(key);
     if (existing !== undefined) {
       existing.putCount += 1;
       this.counters.deduplicated += 1;
-      this.touch(existing, now);
+      if (this.blocks.has(key)) this.touch(existing, now);
       return { status: 'deduplicated', record: existing, evicted: [] };
     }
 
+    const { entry, victims, dropped } = this.insert(input, tokenIds, header, now);
+    // A fresh copy of a block demoted earlier: the tier's copy is now redundant.
+    if (this.demoted.delete(key)) this.queueTierRemoval(hash);
+    this.counters.stored += 1;
+    this.events.emit({ stored: [entry], removed: dropped });
+    this.wakeTierWork();
+    return { status: 'stored', record: entry, evicted: victims };
+  }
+
+  /**
+   * Makes room for and stores a new entry (checked by the caller, its key held nowhere here), or
+   * throws StoreFullError changing nothing. Victims leave DRAM; with tiering on, those that fit the
+   * demoting buffer start their demotion and the rest are `dropped` (for the `removed` event).
+   */
+  private insert(
+    input: PutBlockInput,
+    tokenIds: Uint32Array,
+    header: BlockHeader,
+    now: number,
+  ): { entry: Entry; victims: Entry[]; dropped: Entry[] } {
+    const { namespace, hash, parentHash, modelFingerprint, payload } = input;
+    const key = keyOf(namespace, hash);
     const sizeBytes = payload.byteLength + tokenIds.byteLength + ENTRY_OVERHEAD_BYTES;
     const parent = parentHash === null ? undefined : this.blocks.get(keyOf(namespace, parentHash));
     // NOTE: the parent counts its new child before room is made, so making room never evicts the
@@ -247,6 +334,7 @@ export class BlockStore {
     }
     for (const victim of plan.victims) this.detach(victim);
     this.counters.evictions += plan.victims.length;
+    const dropped = this.retire(plan.victims);
 
     const entry = new Entry(
       key,
@@ -271,9 +359,7 @@ export class BlockStore {
     this.blocks.set(key, entry);
     this.bytesUsed += sizeBytes;
     this.syncEligible(entry);
-    this.counters.stored += 1;
-    this.events.emit({ stored: [entry], removed: plan.victims });
-    return { status: 'stored', record: entry, evicted: plan.victims };
+    return { entry, victims: plan.victims, dropped };
   }
 
   /**
@@ -285,8 +371,16 @@ export class BlockStore {
     checkMs('leaseMs', leaseMs);
     const now = this.now();
     this.expire(now);
-    const entry = this.blocks.get(keyOf(namespace, hash));
+    const key = keyOf(namespace, hash);
+    const entry = this.blocks.get(key);
     if (entry === undefined) {
+      // Leaving for a lower tier: still in memory, so still a DRAM hit (no lease: it is not resident).
+      const leaving = this.demoting.get(key);
+      if (leaving !== undefined) {
+        this.counters.hits += 1;
+        this.hitsByTier.dram += 1;
+        return leaving;
+      }
       this.counters.misses += 1;
       return undefined;
     }
@@ -301,9 +395,19 @@ export class BlockStore {
     return entry;
   }
 
-  /** Whether the block is held; not an access (no LRU refresh, no hit/miss count). */
+  /** Whether the block is held at any tier; not an access (no LRU refresh, no hit/miss count). */
   has(namespace: Namespace, hash: BlockHash): boolean {
-    return this.blocks.has(keyOf(namespace, hash));
+    return this.tierOf(namespace, hash) !== undefined;
+  }
+
+  /**
+   * Where this node holds the block: 'dram' (resident, or leaving for a lower tier but still in
+   * memory), 'far' / 'ssd' (demoted: get() misses, an adapter must read it back), or undefined.
+   */
+  tierOf(namespace: Namespace, hash: BlockHash): BlockTier | undefined {
+    const key = keyOf(namespace, hash);
+    if (this.blocks.has(key) || this.demoting.has(key)) return 'dram';
+    return this.demoted.get(key)?.tier;
   }
 
   /**
@@ -315,7 +419,9 @@ export class BlockStore {
     const held: HeldBlock[] = [];
     let matchedBlocks = 0;
     hashes.forEach((hash, index) => {
-      const entry = this.blocks.get(keyOf(namespace, hash));
+      const key = keyOf(namespace, hash);
+      const entry: IndexedBlock | undefined =
+        this.blocks.get(key) ?? this.demoting.get(key) ?? this.demoted.get(key);
       if (entry === undefined) return;
       if (matchedBlocks === index) matchedBlocks += 1;
       held.push({ index, hash, codec: entry.codec, tier: entry.tier });
@@ -413,7 +519,8 @@ export class BlockStore {
     const victims = plan.fits ? plan.victims : [];
     for (const victim of victims) this.detach(victim);
     this.counters.evictions += victims.length;
-    this.events.emit({ removed: victims });
+    this.events.emit({ removed: this.retire(victims) });
+    this.wakeTierWork();
     return { released, evicted: victims };
   }
 
@@ -424,13 +531,20 @@ export class BlockStore {
 
   /** Drops every block, leases and pins included, and emits a `cleared` event. Returns the count. */
   clear(): number {
-    const dropped = this.blocks.size;
+    const dropped = this.blocks.size + this.demoting.size + this.demoted.size;
     this.blocks.clear();
     this.orphanChildren.clear();
     this.eligible.clear();
     this.expiry.clear();
     this.bytesUsed = 0;
+    // NOTE: demotions in flight are acknowledged as orphans later (demotionAcknowledged) and removed then.
+    this.demoting.clear();
+    this.unclaimed.clear();
+    this.demotingBytes = 0;
+    for (const meta of this.demoted.values()) this.queueTierRemoval(meta.hash);
+    this.demoted.clear();
     this.events.emit({ cleared: true });
+    this.wakeTierWork();
     return dropped;
   }
 
@@ -451,7 +565,261 @@ export class BlockStore {
       ...this.counters,
       hitsByTier: { ...this.hitsByTier },
       protectedBlocks: this.expiry.size,
+      demoting: this.demoting.size,
+      demotingBytes: this.demotingBytes,
+      demoted: this.demoted.size,
+      demotions: this.tierCounters.demotions,
+      demotionsDropped: this.tierCounters.demotionsDropped,
+      demotedDropped: this.tierCounters.demotedDropped,
+      promotions: this.tierCounters.promotions,
+      promotionsMissed: this.tierCounters.promotionsMissed,
+      promotionsCorrupt: this.tierCounters.promotionsCorrupt,
     };
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Tiering: the store decides and records, an adapter moves the bytes.
+
+  /**
+   * Up to `max` demoting blocks for the adapter to send to the tier, oldest first. Each is handed
+   * out once; the adapter must answer with demotionAcknowledged() or demotionFailed().
+   */
+  claimDemotions(max: number): BlockRecord[] {
+    const out: BlockRecord[] = [];
+    for (const [key, entry] of this.unclaimed) {
+      if (out.length >= max) break;
+      this.unclaimed.delete(key);
+      out.push(entry);
+    }
+    return out;
+  }
+
+  /** Hashes the tier should forget, each handed out once. */
+  claimTierRemovals(): BlockHash[] {
+    const out = this.tierRemovals;
+    this.tierRemovals = [];
+    return out;
+  }
+
+  /**
+   * The tier acknowledged a demotion: the block's payload is released and its metadata stays
+   * indexed with `tier` (a `stored` event says so; routers replace the copy's description). Beyond
+   * demotedBlocksMax the oldest demoted metadata is dropped (`removed`, and queued for removal from
+   * the tier). 'orphan' when the block is no longer demoting here (cleared meanwhile): the caller
+   * should have the tier forget it.
+   */
+  demotionAcknowledged(namespace: Namespace, hash: BlockHash, tier: LowerTier): 'demoted' | 'orphan' {
+    const key = keyOf(namespace, hash);
+    const entry = this.demoting.get(key);
+    if (entry === undefined) return 'orphan';
+    this.demoting.delete(key);
+    this.unclaimed.delete(key);
+    this.demotingBytes -= entry.sizeBytes;
+    const meta = new DemotedEntry(entry, tier);
+    this.demoted.set(key, meta);
+    this.tierCounters.demotions += 1;
+    const removed: DemotedEntry[] = [];
+    // NOTE: demotedBlocksMax ≥ 1 and the new entry is the newest, so it is never the one dropped.
+    for (const oldest of this.demoted.values()) {
+      if (this.demoted.size <= this.config.demotedBlocksMax) break;
+      this.demoted.delete(oldest.key);
+      removed.push(oldest);
+      this.queueTierRemoval(oldest.hash);
+      this.tierCounters.demotedDropped += 1;
+    }
+    this.events.emit({ removed, stored: [meta] });
+    this.wakeTierWork();
+    return 'demoted';
+  }
+
+  /**
+   * A demotion failed. `retry`: the tier could not be reached; the block stays in the buffer
+   * (readable) and is handed out again by the next claimDemotions(). Otherwise the tier refused it
+   * (full, or rejected it): it is dropped here, exactly as an eviction without tiering.
+   */
+  demotionFailed(namespace: Namespace, hash: BlockHash, retry: boolean): void {
+    const key = keyOf(namespace, hash);
+    const entry = this.demoting.get(key);
+    if (entry === undefined) return;
+    if (retry) {
+      this.unclaimed.set(key, entry);
+      return;
+    }
+    this.demoting.delete(key);
+    this.unclaimed.delete(key);
+    this.demotingBytes -= entry.sizeBytes;
+    this.tierCounters.demotionsDropped += 1;
+    this.events.emit({ removed: [entry] });
+  }
+
+  /**
+   * The demoted ancestors of a block, nearest first, up to `max`: the chain walked through parent
+   * hashes for as long as each parent is demoted here (stops at one held in DRAM or not held).
+   */
+  demotedAncestors(namespace: Namespace, hash: BlockHash, max: number): BlockHash[] {
+    const key = keyOf(namespace, hash);
+    let parentHash = (this.demoted.get(key) ?? this.blocks.get(key) ?? this.demoting.get(key))?.parentHash;
+    const out: BlockHash[] = [];
+    while (parentHash !== null && parentHash !== undefined && out.length < max) {
+      const parent = this.demoted.get(keyOf(namespace, parentHash));
+      if (parent === undefined) break;
+      out.push(parent.hash);
+      parentHash = parent.parentHash;
+    }
+    return out;
+  }
+
+  /**
+   * Takes in a block read back from `fromTier` (the tier no longer holds it). Verified like a put:
+   * every payload checksum, the header against the token count, the token identity, and the
+   * metadata indexed at demotion. A block that fails is 'corrupt': dropped (`removed` event),
+   * never served. Otherwise it re-enters DRAM (which may demote others); if everything in DRAM is
+   * protected it is 'served' once and demoted again. `countHit` counts a hit in hitsByTier[fromTier]
+   * (false for prefetches); `leaseMs` leases it like get().
+   */
+  insertPromoted(
+    namespace: Namespace,
+    block: PutBlockInput,
+    fromTier: LowerTier,
+    options: { countHit: boolean; leaseMs?: number },
+  ): PromotionResult {
+    const key = keyOf(namespace, block.hash);
+    const meta = this.demoted.get(key);
+    let tokenIds: Uint32Array;
+    let header: BlockHeader;
+    try {
+      if (block.namespace !== namespace)
+        throw new CorruptDataError(`tier sent block ${block.hash} of namespace '${block.namespace}'`);
+      tokenIds = toTokenIds(block.tokenIds);
+      verifyBlockPayload(this.kernels, block.payload);
+      header = parseBlockHeader(this.kernels, block.payload);
+      if (header.dims.blockTokens !== tokenIds.length)
+        throw new CorruptDataError(
+          `tier sent block ${block.hash} with a token count its payload does not hold`,
+        );
+      if (
+        meta !== undefined &&
+        (meta.parentHash !== block.parentHash ||
+          meta.modelFingerprint !== block.modelFingerprint ||
+          meta.payloadBytes !== block.payload.byteLength ||
+          meta.codec !== header.codec)
+      )
+        throw new CorruptDataError(`tier sent block ${block.hash} unlike the one demoted`);
+      this.checkIdentity(namespace, block.hash, block.parentHash, block.modelFingerprint, tokenIds);
+    } catch (err) {
+      if (!(err instanceof KvmeshError)) throw err;
+      this.tierCounters.promotionsCorrupt += 1;
+      if (options.countHit) this.counters.misses += 1;
+      if (meta !== undefined) {
+        this.demoted.delete(key);
+        this.events.emit({ removed: [meta] });
+      }
+      return { status: 'corrupt', error: err };
+    }
+
+    const now = this.now();
+    this.expire(now);
+    const held = this.blocks.get(key) ?? this.demoting.get(key);
+    if (held !== undefined) {
+      if (options.countHit) this.countHit(held, 'dram', now, options.leaseMs ?? 0);
+      return { status: 'held', record: held };
+    }
+    this.demoted.delete(key);
+    this.tierCounters.promotions += 1;
+    try {
+      const { entry, dropped } = this.insert(block, tokenIds, header, now);
+      if (options.countHit) this.countHit(entry, fromTier, now, options.leaseMs ?? 0);
+      this.events.emit({ stored: [entry], removed: dropped });
+      this.wakeTierWork();
+      return { status: 'promoted', record: entry };
+    } catch (err) {
+      if (!(err instanceof StoreFullError)) throw err;
+      // Everything in DRAM is protected: serve this copy once and send it back down.
+      const entry = new Entry(
+        key,
+        namespace,
+        block.hash,
+        block.parentHash,
+        block.modelFingerprint,
+        tokenIds,
+        block.payload,
+        header,
+        block.payload.byteLength + tokenIds.byteLength + ENTRY_OVERHEAD_BYTES,
+        now,
+        ++this.accessCounter,
+      );
+      if (options.countHit) {
+        this.counters.hits += 1;
+        this.hitsByTier[fromTier] += 1;
+      }
+      const dropped = this.retire([entry]);
+      this.events.emit(dropped.length > 0 ? { removed: dropped } : { stored: [entry] });
+      this.wakeTierWork();
+      return { status: 'served', record: entry };
+    }
+  }
+
+  /**
+   * A read-back found nothing (the tier lost the block, or dropped it as corrupt): the metadata
+   * goes (`removed` event), and with `countMiss` the read counts as a miss.
+   */
+  promotionMissed(namespace: Namespace, hash: BlockHash, countMiss: boolean): void {
+    if (countMiss) this.counters.misses += 1;
+    const key = keyOf(namespace, hash);
+    const meta = this.demoted.get(key);
+    if (meta === undefined) return;
+    this.demoted.delete(key);
+    this.tierCounters.promotionsMissed += 1;
+    this.events.emit({ removed: [meta] });
+  }
+
+  /** Counts a read that could not be served for now (the tier is unreachable; metadata kept). */
+  countMiss(): void {
+    this.counters.misses += 1;
+  }
+
+  private countHit(entry: Entry, tier: BlockTier, now: number, leaseMs: number): void {
+    this.counters.hits += 1;
+    this.hitsByTier[tier] += 1;
+    if (!this.blocks.has(entry.key)) return;
+    this.touch(entry, now);
+    const leaseUntilMs = now + Math.min(leaseMs, this.config.leaseMsMax);
+    if (leaseUntilMs > now && leaseUntilMs > entry.leaseUntilMs) {
+      entry.leaseUntilMs = leaseUntilMs;
+      this.refreshProtection(entry, now);
+    }
+  }
+
+  /**
+   * Victims that already left DRAM (detached): with tiering on, each that fits the demoting buffer
+   * starts its demotion; the rest are dropped. Returns the dropped ones (for the `removed` event).
+   */
+  private retire(victims: Entry[]): Entry[] {
+    if (!this.config.tiering) return victims;
+    const dropped: Entry[] = [];
+    for (const victim of victims) {
+      if (this.demotingBytes + victim.sizeBytes > this.config.demotingBytesMax) {
+        dropped.push(victim);
+        this.tierCounters.demotionsDropped += 1;
+        continue;
+      }
+      this.demoting.set(victim.key, victim);
+      this.unclaimed.set(victim.key, victim);
+      this.demotingBytes += victim.sizeBytes;
+    }
+    return dropped;
+  }
+
+  private queueTierRemoval(hash: BlockHash): void {
+    if (this.tierRemovals.length >= this.config.demotedBlocksMax) {
+      this.tierCounters.tierRemovalsLost += 1;
+      return;
+    }
+    this.tierRemovals.push(hash);
+  }
+
+  private wakeTierWork(): void {
+    if (this.unclaimed.size > 0 || this.tierRemovals.length > 0) this.onTierWork?.();
   }
 
   private checkIdentity(

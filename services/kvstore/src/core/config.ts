@@ -35,6 +35,19 @@ export interface BlockStoreConfig {
   pinHoldersMax?: number;
   /** Most hashes in one matchPrefix / pin / unpin request. */
   hashesPerRequestMax?: number;
+  /**
+   * Evicted blocks become demotion candidates for a lower tier instead of being dropped (an adapter
+   * moves them; see BlockStore.claimDemotions). Off: eviction drops, exactly as without a tier.
+   */
+  tiering?: boolean;
+  /**
+   * Memory of evicted blocks awaiting the tier's acknowledgement, on top of bytesBudget (charged
+   * like the budget). A victim that does not fit is dropped, as without a tier. The default is
+   * min(256 MiB, bytesBudget / 4).
+   */
+  demotingBytesMax?: number;
+  /** Most demoted blocks whose metadata stays indexed here; beyond it the oldest are dropped. */
+  demotedBlocksMax?: number;
 }
 
 export type ResolvedBlockStoreConfig = Readonly<Required<BlockStoreConfig>>;
@@ -51,6 +64,9 @@ export const BLOCK_STORE_DEFAULTS = {
   pinHoldersMax: 16,
   // 8192 blocks of 64 tokens is a 512k-token prompt.
   hashesPerRequestMax: 8192,
+  tiering: false,
+  demotingBytesMax: 256 * 1024 * 1024,
+  demotedBlocksMax: 1 << 20,
 } as const satisfies Omit<Required<BlockStoreConfig>, 'nodeId'>;
 
 function checkInteger(name: string, value: number, min: number, max = Number.MAX_SAFE_INTEGER): void {
@@ -82,7 +98,7 @@ export function resolveBlockStoreConfig(config: BlockStoreConfig): ResolvedBlock
   };
   for (const key of Object.keys(BLOCK_STORE_DEFAULTS) as (keyof typeof BLOCK_STORE_DEFAULTS)[]) {
     const value = config[key];
-    if (value !== undefined) resolved[key] = value;
+    if (value !== undefined) (resolved as Record<string, unknown>)[key] = value;
   }
   checkInteger('bytesBudget', resolved.bytesBudget, 1);
   // A small pool (tests, a laptop) still gets a usable default block bound.
@@ -104,5 +120,18 @@ export function resolveBlockStoreConfig(config: BlockStoreConfig): ResolvedBlock
   checkInteger('pinTtlMsDefault', resolved.pinTtlMsDefault, 1, resolved.pinTtlMsMax);
   checkInteger('pinHoldersMax', resolved.pinHoldersMax, 1);
   checkInteger('hashesPerRequestMax', resolved.hashesPerRequestMax, 1);
+  if (typeof resolved.tiering !== 'boolean') {
+    throw new InvalidArgumentError(`tiering must be a boolean, got ${String(resolved.tiering)}`, {
+      tiering: resolved.tiering,
+    });
+  }
+  if (config.demotingBytesMax === undefined) {
+    resolved.demotingBytesMax = Math.min(
+      BLOCK_STORE_DEFAULTS.demotingBytesMax,
+      Math.max(1, Math.floor(resolved.bytesBudget / 4)),
+    );
+  }
+  checkInteger('demotingBytesMax', resolved.demotingBytesMax, 1);
+  checkInteger('demotedBlocksMax', resolved.demotedBlocksMax, 1);
   return Object.freeze(resolved);
 }

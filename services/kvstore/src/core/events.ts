@@ -4,7 +4,7 @@
 import type { CodecName } from '@kvmesh/kernels';
 import { Tier, codecToWire, type Codec, type KvEvent, type NodeId, type StoredBlock } from '@kvmesh/protocol';
 
-import type { BlockRecord, BlockTier } from './types.ts';
+import type { BlockTier, IndexedBlock } from './types.ts';
 
 /** Receives every event synchronously, after the operation's state change is complete. */
 export type KvEventSink = (event: KvEvent) => void;
@@ -23,14 +23,14 @@ export function tierToProto(tier: BlockTier): Tier {
   return TIER_TO_PROTO[tier];
 }
 
-/** The wire form of a stored block; `bytes` is the payload length (what a fetch moves). */
-export function storedBlockOf(record: BlockRecord): StoredBlock {
+/** The wire form of a stored block (at any tier); `bytes` is the payload length (what a fetch moves). */
+export function storedBlockOf(record: IndexedBlock): StoredBlock {
   return {
     hash: Buffer.from(record.hash, 'hex'),
     parentHash: record.parentHash === null ? Buffer.alloc(0) : Buffer.from(record.parentHash, 'hex'),
     tier: tierToProto(record.tier),
     codec: codecToProto(record.codec),
-    bytes: BigInt(record.payload.byteLength),
+    bytes: BigInt(record.payloadBytes),
     namespace: record.namespace,
   };
 }
@@ -54,8 +54,8 @@ export class KvEventLog {
    * blocks left the store and is applied before `stored`.
    */
   emit(change: {
-    stored?: readonly BlockRecord[];
-    removed?: readonly BlockRecord[];
+    stored?: readonly IndexedBlock[];
+    removed?: readonly Pick<IndexedBlock, 'hash' | 'namespace'>[];
     cleared?: boolean;
   }): void {
     const stored = change.stored ?? [];

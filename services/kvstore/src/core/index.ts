@@ -20,9 +20,13 @@ export {
   type BlockStoreStats,
   type BlockTier,
   type DeleteResult,
+  type DemotedRecord,
   type HeldBlock,
+  type IndexedBlock,
+  type LowerTier,
   type PinResult,
   type PrefixMatch,
+  type PromotionResult,
   type PutBlockInput,
   type PutBlockResult,
   type TickResult,
@@ -46,6 +50,7 @@ export {
   f32FromLittleEndian,
   f32ToLittleEndian,
   partialAttention,
+  type AttentionBlockReader,
   type PartialAttentionInput,
   type PartialAttentionOutput,
 } from './partial-attention.ts';
@@ -60,4 +65,12 @@ export {
   type PlanPushesInput,
   type PresumptionInput,
 } from './rebalance.ts';
-export { KvNode, type KvNodeCounters, type KvNodeDeps } from './kv-node.ts';
+export {
+  KvNode,
+  PROMOTION_DEFAULTS,
+  type KvNodeCounters,
+  type KvNodeDeps,
+  type PromotionLimits,
+  type ReadBlock,
+  type TierReader,
+} from './kv-node.ts';

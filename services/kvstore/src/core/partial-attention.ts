@@ -8,7 +8,14 @@ import { InvalidArgumentError, LimitExceededError } from '@kvmesh/errors';
 import type { Kernels, PartialAttention } from '@kvmesh/kernels';
 import type { BlockHash, Namespace } from '@kvmesh/protocol';
 
-import type { BlockStore } from './block-store.ts';
+import type { BlockRecord } from './types.ts';
+
+/** Reads one block for the computation (from DRAM, or back from a tier), with a read lease. */
+export type AttentionBlockReader = (
+  namespace: Namespace,
+  hash: BlockHash,
+  leaseMs: number,
+) => Promise<BlockRecord | undefined>;
 
 /** Bounds of the query shape (the kernels check the finer rules against the blocks' dims). */
 export const QUERY_HEADS_MAX = 65_536;
@@ -82,16 +89,17 @@ export function f32ToLittleEndian(values: Float32Array): Buffer {
 }
 
 export async function partialAttention(
-  store: BlockStore,
+  read: AttentionBlockReader,
+  hashesMax: number,
   kernels: Kernels,
   input: PartialAttentionInput,
   leaseMs: number,
 ): Promise<PartialAttentionOutput> {
-  checkAttentionInput(input, store.config.hashesPerRequestMax);
+  checkAttentionInput(input, hashesMax);
   const payloads: Uint8Array[] = [];
   const missing: BlockHash[] = [];
   for (const hash of input.hashes) {
-    const record = store.get(input.namespace, hash, leaseMs);
+    const record = await read(input.namespace, hash, leaseMs);
     if (record === undefined) missing.push(hash);
     else payloads.push(record.payload);
   }

@@ -5,11 +5,33 @@ import type { BlockHeader } from '@kvmesh/block';
 import type { CodecName } from '@kvmesh/kernels';
 import type { BlockHash, ModelFingerprint, Namespace } from '@kvmesh/protocol';
 
-/** Where a block copy lives (proto Tier without the UNSPECIFIED value). This store holds 'dram'. */
+/**
+ * Where a block copy lives (proto Tier without the UNSPECIFIED value). The store holds payloads in
+ * 'dram'; with tiering on it also indexes blocks it demoted to the host's 'far' / 'ssd' tiers.
+ */
 export type BlockTier = 'dram' | 'far' | 'ssd';
 export const BLOCK_TIERS: readonly BlockTier[] = ['dram', 'far', 'ssd'];
+/** The tiers below DRAM a block can be demoted to. */
+export type LowerTier = 'far' | 'ssd';
 
-export interface BlockRecord {
+/** What the index and the events know of any block held here, whatever its tier. */
+export interface IndexedBlock {
+  readonly namespace: Namespace;
+  readonly hash: BlockHash;
+  readonly parentHash: BlockHash | null;
+  readonly modelFingerprint: ModelFingerprint;
+  readonly codec: CodecName;
+  readonly tier: BlockTier;
+  /** Length of the block payload (what a fetch moves). */
+  readonly payloadBytes: number;
+}
+
+/** A block demoted to a lower tier: its metadata stays indexed here, its payload lives in the tier. */
+export interface DemotedRecord extends IndexedBlock {
+  readonly tier: LowerTier;
+}
+
+export interface BlockRecord extends IndexedBlock {
   readonly namespace: Namespace;
   readonly hash: BlockHash;
   /** null for the first block of a sequence (its parent is the namespace seed). */
@@ -21,6 +43,7 @@ export interface BlockRecord {
   /** The payload's parsed, checksum-verified header (codec, dims, section table). */
   readonly header: BlockHeader;
   readonly codec: CodecName;
+  /** Always 'dram': a record carries its payload. */
   readonly tier: BlockTier;
   /** Bytes charged against the budget: payload + token ids + ENTRY_OVERHEAD_BYTES. */
   readonly sizeBytes: number;
@@ -97,4 +120,33 @@ export interface BlockStoreStats {
   rejectedFull: number;
   /** Blocks currently pinned or leased. */
   protectedBlocks: number;
+  /** Evicted blocks held in memory until the tier acknowledges them, and their charged bytes. */
+  demoting: number;
+  demotingBytes: number;
+  /** Demoted blocks whose metadata is indexed here (payload in the tier). */
+  demoted: number;
+  /** Demotions the tier acknowledged. */
+  demotions: number;
+  /** Victims dropped instead of demoted: the demoting buffer was full or the tier refused them. */
+  demotionsDropped: number;
+  /** Demoted blocks forgotten because demotedBlocksMax was reached (removed from the tier too). */
+  demotedDropped: number;
+  /** Demoted blocks read back into DRAM (on a hit or prefetched). */
+  promotions: number;
+  /** Promotions the tier could not serve (it no longer held the block). */
+  promotionsMissed: number;
+  /** Promoted blocks that failed verification here (dropped, never served). */
+  promotionsCorrupt: number;
 }
+
+/** How a block read back from a lower tier was taken in (see BlockStore.insertPromoted). */
+export type PromotionResult =
+  | {
+      /**
+       * 'promoted': now resident in DRAM; 'held': this node already held it (in DRAM or leaving);
+       * 'served': verified but no room in DRAM (everything protected): served, then demoted again.
+       */
+      status: 'promoted' | 'held' | 'served';
+      record: BlockRecord;
+    }
+  | { status: 'corrupt'; error: Error };
