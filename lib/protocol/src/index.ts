@@ -9,3 +9,4 @@ export * from './gen/kvmesh/v1/tiering.js';
 export * from './gen/kvmesh/v1/events.js';
 export * from './data-methods.ts';
 export * from './codecs.ts';
+export * from './wire-blocks.ts';
