@@ -8,7 +8,7 @@ export type {
   DataChannelClientStats,
   DataChannelConnectOptions,
 } from './client.ts';
-export { DataChannelServer } from './server.ts';
+export { DataChannelServer, decodeDataHeader } from './server.ts';
 export type {
   DataChannelListenOptions,
   DataChannelServerStats,

@@ -48,6 +48,24 @@ export interface DataRequest {
   body: Uint8Array;
 }
 
+/**
+ * Decodes a request's header with `decode`; a header that does not decode is INVALID_ARGUMENT for
+ * that request only (`what` names the message).
+ */
+export function decodeDataHeader<T>(what: string, decode: (bytes: Uint8Array) => T, request: DataRequest): T {
+  try {
+    return decode(request.header);
+  } catch (err) {
+    throw new InvalidArgumentError(
+      `${what} header is not a valid ${what} message: ${(err as Error).message}`,
+      {
+        methodId: request.methodId,
+        headerBytes: request.header.length,
+      },
+    );
+  }
+}
+
 export interface DataResponse {
   header?: Uint8Array;
   body?: Uint8Array;

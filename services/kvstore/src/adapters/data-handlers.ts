@@ -4,7 +4,7 @@
 // the connection and the node go on. Errors keep their codes, so a peer coordinator can tell a
 // full node (try another) from a bad block (give up).
 import { InvalidArgumentError } from '@kvmesh/errors';
-import type { DataHandler, DataRequest } from '@kvmesh/dataplane';
+import { decodeDataHeader, type DataHandler } from '@kvmesh/dataplane';
 import {
   GetBlocksRequest,
   GetBlocksResponse,
@@ -19,24 +19,10 @@ import { tierToProto, type KvNode } from '../core/index.ts';
 import type { PayloadPool } from './payload-pool.ts';
 import { blockOf, hashOf, namespaceOf, putInputOf } from './wire.ts';
 
-function decodeHeader<T>(what: string, decode: (bytes: Uint8Array) => T, request: DataRequest): T {
-  try {
-    return decode(request.header);
-  } catch (err) {
-    throw new InvalidArgumentError(
-      `${what} header is not a valid ${what} message: ${(err as Error).message}`,
-      {
-        methodId: request.methodId,
-        headerBytes: request.header.length,
-      },
-    );
-  }
-}
-
 export function putBlockHandler(node: KvNode, pool?: PayloadPool): DataHandler {
   const keep = pool === undefined ? undefined : (bytes: Uint8Array): boolean => pool.owns(bytes);
   return async (request) => {
-    const message = decodeHeader('PutBlocksRequest', (b) => PutBlocksRequest.decode(b), request);
+    const message = decodeDataHeader('PutBlocksRequest', (b) => PutBlocksRequest.decode(b), request);
     if (message.block !== undefined && message.block.payload.length > 0) {
       throw new InvalidArgumentError(
         'putBlock carries the payload in the frame body; block.payload in the header must be empty',
@@ -56,7 +42,7 @@ export function putBlockHandler(node: KvNode, pool?: PayloadPool): DataHandler {
 
 export function getBlockHandler(node: KvNode): DataHandler {
   return async (request) => {
-    const message = decodeHeader('GetBlocksRequest', (b) => GetBlocksRequest.decode(b), request);
+    const message = decodeDataHeader('GetBlocksRequest', (b) => GetBlocksRequest.decode(b), request);
     if (message.hashes.length !== 1) {
       throw new InvalidArgumentError(`getBlock takes exactly one hash, got ${message.hashes.length}`, {
         hashes: message.hashes.length,

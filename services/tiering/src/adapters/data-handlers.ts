@@ -4,7 +4,7 @@
 // request only; the connection and the service go on. Errors keep their codes (a full tier is
 // RESOURCE_EXHAUSTED, a bad block INVALID_ARGUMENT), so a client can tell which to retry.
 import { InvalidArgumentError } from '@kvmesh/errors';
-import type { DataHandler, DataRequest } from '@kvmesh/dataplane';
+import { decodeDataHeader, type DataHandler } from '@kvmesh/dataplane';
 import {
   DemoteRequest,
   DemoteResponse,
@@ -18,20 +18,6 @@ import {
 import type { TierHit, TierPolicy } from '../core/index.ts';
 import { TIERING_DATA_METHODS } from './data-methods.ts';
 import { blockOf, hashOf, targetTierOf, tierBlockOf, tierToProto } from './wire.ts';
-
-function decodeHeader<T>(what: string, decode: (bytes: Uint8Array) => T, request: DataRequest): T {
-  try {
-    return decode(request.header);
-  } catch (err) {
-    throw new InvalidArgumentError(
-      `${what} header is not a valid ${what} message: ${(err as Error).message}`,
-      {
-        methodId: request.methodId,
-        headerBytes: request.header.length,
-      },
-    );
-  }
-}
 
 function singleHash(hashes: readonly Buffer[], method: string): Buffer {
   if (hashes.length !== 1)
@@ -65,7 +51,7 @@ export function registerTieringDataHandlers(
   policy: TierPolicy,
 ): void {
   server.handle(TIERING_DATA_METHODS.demoteBlock, async (request) => {
-    const message = decodeHeader('DemoteRequest', (b) => DemoteRequest.decode(b), request);
+    const message = decodeDataHeader('DemoteRequest', (b) => DemoteRequest.decode(b), request);
     if (message.block !== undefined && message.block.payload.length > 0)
       throw new InvalidArgumentError(
         'demoteBlock carries the payload in the frame body; block.payload in the header must be empty',
@@ -78,12 +64,12 @@ export function registerTieringDataHandlers(
     };
   });
   server.handle(TIERING_DATA_METHODS.readBlock, async (request) => {
-    const message = decodeHeader('ReadRequest', (b) => ReadRequest.decode(b), request);
+    const message = decodeDataHeader('ReadRequest', (b) => ReadRequest.decode(b), request);
     const hashBytes = singleHash(message.hashes, 'readBlock');
     return blockResponse(hashBytes, await policy.read(hashOf(hashBytes, 'hashes[0]')));
   });
   server.handle(TIERING_DATA_METHODS.promoteBlock, async (request) => {
-    const message = decodeHeader('PromoteRequest', (b) => PromoteRequest.decode(b), request);
+    const message = decodeDataHeader('PromoteRequest', (b) => PromoteRequest.decode(b), request);
     const hashBytes = singleHash(message.hashes, 'promoteBlock');
     return blockResponse(hashBytes, await policy.promote(hashOf(hashBytes, 'hashes[0]')));
   });
