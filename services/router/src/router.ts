@@ -48,6 +48,7 @@ import {
   BlockIndex,
   InflightPrefixes,
   WorkerRouter,
+  storeBlockTiers,
   storeCachedBlocks,
   type RequestPlanKind,
   type RoutingPolicyName,
@@ -370,11 +371,13 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
       const decoderIds = tracker.liveIds(DECODE_ROLE);
       const match = index.match(namespace, hashes, new Set([...stores, ...decoderIds]));
       const storeBlocks = storeCachedBlocks(match, (id) => stores.has(id));
+      const storeTiers = storeBlockTiers(match, (id) => stores.has(id));
       const decoders = tracker.live(DECODE_ROLE);
       const decision = decodeRouter.route({
         promptTokens: tokens.length,
         blockSizeTokens: B,
         storeCachedBlocks: storeBlocks,
+        storeBlockTiers: storeTiers,
         workers: decoders.map((m) =>
           candidateOf(m, match.leadingBlocksByNode.get(m.nodeId), { active: decoding.get(m.nodeId) ?? 0 }),
         ),
@@ -409,6 +412,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
           promptTokens: tokens.length,
           blockSizeTokens: B,
           storeCachedBlocks: storeBlocks,
+          storeBlockTiers: storeTiers,
           workers: prefillers.map((m) =>
             candidateOf(m, prefilling.leadingBlocks(m.nodeId, keys), {
               queued: prefilling.requests(m.nodeId),

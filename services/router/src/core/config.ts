@@ -29,7 +29,7 @@ export type RoutingPolicyName = (typeof ROUTING_POLICIES)[number];
 
 /**
  * The kv-aware cost model: estimated TTFT (ms) = uncached tokens × prefillMsPerToken + tokens fetched
- * from the store × transferMsPerToken + queue depth × queueWaitMsPerRequest + sequences already
+ * from the store × transferMsPerToken (far / SSD copies at their own rates) + queue depth × queueWaitMsPerRequest + sequences already
  * running × activeSequenceMs (they share every engine step with it). Tokens cached on the
  * worker itself cost nothing. The defaults are starting points for a CPU engine (fetching a token's
  * KV is ~25× cheaper than recomputing it, as LMCache / Mooncake measure) and are meant to be
@@ -39,8 +39,11 @@ export interface RoutingConfig {
   policy?: RoutingPolicyName;
   /** Time to compute one prompt token's KV on a worker. */
   prefillMsPerToken?: number;
-  /** Time to fetch one cached token's KV from the store into a worker. */
+  /** Time to fetch one cached token's KV from the store into a worker (a copy in DRAM). */
   transferMsPerToken?: number;
+  /** The same from a copy demoted to far memory or to SSD (events report each copy's tier). */
+  farTransferMsPerToken?: number;
+  ssdTransferMsPerToken?: number;
   /** Expected wait added by each request already queued on a worker. */
   queueWaitMsPerRequest?: number;
   /** Delay each sequence already running on a worker adds to a new request's first token. */
@@ -58,6 +61,8 @@ export const ROUTING_DEFAULTS = {
   policy: 'kv-aware',
   prefillMsPerToken: 0.25,
   transferMsPerToken: 0.01,
+  farTransferMsPerToken: 0.02,
+  ssdTransferMsPerToken: 0.08,
   queueWaitMsPerRequest: 50,
   activeSequenceMs: 10,
   prefillUncachedTokensMin: 512,
@@ -99,6 +104,8 @@ export function resolveRoutingConfig(config: RoutingConfig = {}): ResolvedRoutin
     policy: config.policy ?? ROUTING_DEFAULTS.policy,
     prefillMsPerToken: config.prefillMsPerToken ?? ROUTING_DEFAULTS.prefillMsPerToken,
     transferMsPerToken: config.transferMsPerToken ?? ROUTING_DEFAULTS.transferMsPerToken,
+    farTransferMsPerToken: config.farTransferMsPerToken ?? ROUTING_DEFAULTS.farTransferMsPerToken,
+    ssdTransferMsPerToken: config.ssdTransferMsPerToken ?? ROUTING_DEFAULTS.ssdTransferMsPerToken,
     queueWaitMsPerRequest: config.queueWaitMsPerRequest ?? ROUTING_DEFAULTS.queueWaitMsPerRequest,
     activeSequenceMs: config.activeSequenceMs ?? ROUTING_DEFAULTS.activeSequenceMs,
     prefillUncachedTokensMin: config.prefillUncachedTokensMin ?? ROUTING_DEFAULTS.prefillUncachedTokensMin,
@@ -111,6 +118,8 @@ export function resolveRoutingConfig(config: RoutingConfig = {}): ResolvedRoutin
   }
   checkNonNegative('prefillMsPerToken', resolved.prefillMsPerToken);
   checkNonNegative('transferMsPerToken', resolved.transferMsPerToken);
+  checkNonNegative('farTransferMsPerToken', resolved.farTransferMsPerToken);
+  checkNonNegative('ssdTransferMsPerToken', resolved.ssdTransferMsPerToken);
   checkNonNegative('queueWaitMsPerRequest', resolved.queueWaitMsPerRequest);
   checkNonNegative('activeSequenceMs', resolved.activeSequenceMs);
   checkInteger('prefillUncachedTokensMin', resolved.prefillUncachedTokensMin, 0);

@@ -33,6 +33,7 @@ export {
   pickLeastLoaded,
   pickRoundRobin,
   planRequest,
+  storeBlockTiers,
   storeCachedBlocks,
   type RequestPlan,
   type RequestPlanKind,

@@ -3,7 +3,7 @@
 // (and, for round-robin, the same previous choice) gives the same worker, and every tie falls to the
 // lowest node id. The kv-aware cost model is documented on RoutingConfig.
 import { InvalidArgumentError } from '@kvmesh/errors';
-import type { NodeId } from '@kvmesh/protocol';
+import { Tier, type NodeId } from '@kvmesh/protocol';
 
 import type { IndexMatch } from './block-index.ts';
 import {
@@ -33,6 +33,8 @@ export interface RouteInput {
   readonly blockSizeTokens: number;
   /** Leading prompt blocks the store can serve to any worker (see storeCachedBlocks). */
   readonly storeCachedBlocks: number;
+  /** The best tier each of those blocks is held in (see storeBlockTiers); absent: all in DRAM. */
+  readonly storeBlockTiers?: readonly Tier[];
   readonly workers: readonly WorkerCandidate[];
 }
 
@@ -65,7 +67,12 @@ export interface RequestPlan {
 
 type CostModel = Pick<
   ResolvedRoutingConfig,
-  'prefillMsPerToken' | 'transferMsPerToken' | 'queueWaitMsPerRequest' | 'activeSequenceMs'
+  | 'prefillMsPerToken'
+  | 'transferMsPerToken'
+  | 'farTransferMsPerToken'
+  | 'ssdTransferMsPerToken'
+  | 'queueWaitMsPerRequest'
+  | 'activeSequenceMs'
 >;
 
 const compareIds = (a: NodeId, b: NodeId): number => (a < b ? -1 : a > b ? 1 : 0);
@@ -108,9 +115,28 @@ export function storeCachedBlocks(match: IndexMatch, isStoreNode: (nodeId: NodeI
   return blocks;
 }
 
+/** The best (fastest) tier of each leading store-held block, for pricing its fetch. */
+export function storeBlockTiers(match: IndexMatch, isStoreNode: (nodeId: NodeId) => boolean): Tier[] {
+  const rank = (tier: Tier): number => (tier === Tier.TIER_FAR ? 1 : tier === Tier.TIER_SSD ? 2 : 0);
+  const tiers: Tier[] = [];
+  for (const position of match.positions) {
+    const held = position.holders.filter((h) => isStoreNode(h.nodeId));
+    if (held.length === 0) break;
+    tiers.push(held.reduce<Tier>((best, h) => (rank(h.tier) < rank(best) ? h.tier : best), Tier.TIER_SSD));
+  }
+  return tiers;
+}
+
+function transferMsPerToken(tier: Tier | undefined, costs: CostModel): number {
+  if (tier === Tier.TIER_FAR) return costs.farTransferMsPerToken;
+  if (tier === Tier.TIER_SSD) return costs.ssdTransferMsPerToken;
+  return costs.transferMsPerToken;
+}
+
 /**
  * The worker's estimated TTFT: computed tokens at prefill cost, tokens the store has beyond the
- * worker's own prefix at transfer cost, tokens already on the worker for free, plus its queue.
+ * worker's own prefix at the transfer cost of the tier each block lives in, tokens already on the
+ * worker for free, plus its queue and the sequences it runs.
  */
 export function estimateTtft(worker: WorkerCandidate, input: RouteInput, costs: CostModel): TtftEstimate {
   const { promptTokens, blockSizeTokens } = input;
@@ -119,9 +145,16 @@ export function estimateTtft(worker: WorkerCandidate, input: RouteInput, costs: 
   const cachedTokens = Math.max(localCachedTokens, storeTokens);
   const fetchedTokens = cachedTokens - localCachedTokens;
   const uncachedTokens = promptTokens - cachedTokens;
+  let fetchMs = 0;
+  for (let start = localCachedTokens; start < cachedTokens;) {
+    const block = Math.floor(start / blockSizeTokens);
+    const end = Math.min(cachedTokens, (block + 1) * blockSizeTokens);
+    fetchMs += (end - start) * transferMsPerToken(input.storeBlockTiers?.[block], costs);
+    start = end;
+  }
   const ttftMs =
     uncachedTokens * costs.prefillMsPerToken +
-    fetchedTokens * costs.transferMsPerToken +
+    fetchMs +
     worker.queueDepth * costs.queueWaitMsPerRequest +
     worker.activeSequences * costs.activeSequenceMs;
   return {

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import { InvalidArgumentError } from '@kvmesh/errors';
-import { parseNodeId, type NodeId } from '@kvmesh/protocol';
+import { Tier, parseNodeId, type NodeId } from '@kvmesh/protocol';
 
 import {
   BlockIndex,
@@ -15,6 +15,7 @@ import {
   WorkerRouter,
   planRequest,
   resolveRoutingConfig,
+  storeBlockTiers,
   storeCachedBlocks,
   type RouteInput,
   type RoutingConfig,
@@ -221,4 +222,38 @@ test('routing config - defaults resolve; bad fields are InvalidArgumentError nam
       (err: unknown) => err instanceof InvalidArgumentError && field in err.details,
     );
   }
+});
+
+test('kv-aware - a fetch is priced by the tier each store block lives in', () => {
+  const router = new WorkerRouter({
+    ...COSTS,
+    farTransferMsPerToken: 0.125,
+    ssdTransferMsPerToken: 0.25,
+    policy: 'kv-aware',
+  });
+  const tiers = [Tier.TIER_DRAM, Tier.TIER_FAR, Tier.TIER_SSD, Tier.TIER_SSD];
+  const decision = router.route({ ...input([worker(DA)], 256, 4), storeBlockTiers: tiers });
+  // 64 tokens each at 0.0625, 0.125, 0.25 and 0.25 ms.
+  assert.equal(decision.estimate.ttftMs, 4 + 8 + 16 + 16);
+  // With its first two blocks local, a worker fetches only the two SSD blocks (32 ms) and beats one
+  // that fetches all four (44 ms).
+  const local = router.route({ ...input([worker(DA), worker(DB, 0, 0, 2)], 256, 4), storeBlockTiers: tiers });
+  assert.equal(local.nodeId, DB);
+  assert.equal(local.estimate.ttftMs, 32);
+});
+
+test('storeBlockTiers - the best tier among live store holders, for the leading store-held run', () => {
+  const holder = (nodeId: string, tier: Tier) => ({ nodeId: parseNodeId(nodeId), tier, codec: 0, bytes: 0n });
+  const match = {
+    blocks: 3,
+    positions: [
+      { hash: 'a' as never, holders: [holder('kv-a', Tier.TIER_SSD), holder('kv-b', Tier.TIER_FAR)] },
+      { hash: 'b' as never, holders: [holder('kv-a', Tier.TIER_DRAM), holder('dec-a', Tier.TIER_DRAM)] },
+      { hash: 'c' as never, holders: [holder('dec-a', Tier.TIER_DRAM)] },
+    ],
+    leadingBlocksByNode: new Map(),
+  };
+  const isStore = (id: string): boolean => id.startsWith('kv-');
+  assert.deepEqual(storeBlockTiers(match, isStore), [Tier.TIER_FAR, Tier.TIER_DRAM]);
+  assert.equal(storeCachedBlocks(match, isStore), 2);
 });
