@@ -145,6 +145,8 @@ export const suite: BenchSuite = {
 
     const service = await spawnService({
       name: 'tiering-bench',
+      // e.g. KVMESH_BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof' to profile the service.
+      nodeArgs: (process.env.KVMESH_BENCH_NODE_ARGS ?? '').split(' ').filter((a) => a.length > 0),
       entry: 'services/tiering/src/main.ts',
       env: {
         KVMESH_SERVICE_ID: `bench-tier-${process.pid}`,

@@ -33,6 +33,21 @@ export const ROUTER_CONFIG_SCHEMA = {
     choices: ROUTING_POLICIES,
     description: 'how a decode worker and a prefill worker are chosen',
   },
+  decodeAttemptsMax: {
+    type: 'int',
+    default: 4,
+    min: 1,
+    max: 32,
+    description:
+      'decode workers tried for one request when one is full or unreachable before its first token',
+  },
+  decodeRetryDelayMs: {
+    type: 'duration',
+    default: '50ms',
+    min: 0,
+    max: '10s',
+    description: 'wait before trying again once every decode worker refused (times the attempt number)',
+  },
   inflightBlocksMax: {
     type: 'int',
     default: 200_000,

@@ -51,6 +51,7 @@ import {
   storeBlockTiers,
   storeCachedBlocks,
   type RequestPlanKind,
+  type RouteDecision,
   type RoutingPolicyName,
   type WorkerCandidate,
 } from './core/index.ts';
@@ -180,6 +181,10 @@ function routerMetrics(metrics: MetricsRegistry) {
       name: 'kvmesh_router_live_nodes',
       help: 'Nodes the router sees live, by role.',
       labelNames: ['role'],
+    }),
+    retries: metrics.counter({
+      name: 'kvmesh_router_decode_retries_total',
+      help: 'Requests sent to another decode worker after one refused or failed before its first token.',
     }),
     indexBlocks: metrics.gauge({
       name: 'kvmesh_router_index_blocks',
@@ -372,131 +377,167 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
       const match = index.match(namespace, hashes, new Set([...stores, ...decoderIds]));
       const storeBlocks = storeCachedBlocks(match, (id) => stores.has(id));
       const storeTiers = storeBlockTiers(match, (id) => stores.has(id));
-      const decoders = tracker.live(DECODE_ROLE);
-      const decision = decodeRouter.route({
-        promptTokens: tokens.length,
-        blockSizeTokens: B,
-        storeCachedBlocks: storeBlocks,
-        storeBlockTiers: storeTiers,
-        workers: decoders.map((m) =>
-          candidateOf(m, match.leadingBlocksByNode.get(m.nodeId), { active: decoding.get(m.nodeId) ?? 0 }),
-        ),
-      });
-      const decoder = tracker.get(decision.nodeId) as Member;
-      const prefillers = tracker.live(PREFILL_ROLE);
-      let kind = decodeRouter.plan(decision.estimate).kind;
-      // NOTE: without a live prefill worker the decode worker computes the prompt itself.
-      if (prefillers.length === 0) kind = 'decode-only';
-      counts.plans[kind]++;
-      measured.plans.inc({ plan: kind });
-      measured.decisions.inc({ pool: DECODE_ROLE, policy: decision.policy, worker: decision.nodeId });
-
-      const sampling: SamplingParams = {
-        temperature: input.sampling.temperature,
-        topP: input.sampling.topP,
-        topK: input.sampling.topK,
-        seed: input.sampling.seed === undefined ? undefined : BigInt(input.sampling.seed),
-        maxTokens: input.maxTokens,
-        stop: [...input.stop],
-        stopTokenIds: [...(input.stopTokenIds ?? [])],
-        logprobs: input.logprobs ?? false,
-      };
-      let blockHashes: Buffer[];
-      let firstTokenId: number | undefined;
-      let cachedTokens: number | undefined;
-      if (kind === 'prefill-then-decode') {
-        // A prefill worker already computing this prefix is as good as one that holds it: the
-        // request queues behind it there and then finds the prefix stored.
-        const keys = hashes.map((h) => `${namespace}/${h}`);
-        const chosen = prefillRouter.route({
+      /** The decode worker for this request under the policy, among live ones not yet tried. */
+      const chooseDecoder = (tried: ReadonlySet<NodeId>): { member: Member; decision: RouteDecision } => {
+        const live = tracker.live(DECODE_ROLE);
+        const untried = live.filter((m) => !tried.has(m.nodeId));
+        const decision = decodeRouter.route({
           promptTokens: tokens.length,
           blockSizeTokens: B,
           storeCachedBlocks: storeBlocks,
           storeBlockTiers: storeTiers,
-          workers: prefillers.map((m) =>
-            candidateOf(m, prefilling.leadingBlocks(m.nodeId, keys), {
-              queued: prefilling.requests(m.nodeId),
-            }),
+          workers: (untried.length > 0 ? untried : live).map((m) =>
+            candidateOf(m, match.leadingBlocksByNode.get(m.nodeId), { active: decoding.get(m.nodeId) ?? 0 }),
           ),
         });
-        measured.decisions.inc({ pool: PREFILL_ROLE, policy: chosen.policy, worker: chosen.nodeId });
-        const ticket = prefilling.add(chosen.nodeId, keys);
-        let response: PrefillResponse;
-        try {
-          response = await prefill(
-            tracker.get(chosen.nodeId) ?? (prefillers[0] as Member),
-            {
-              requestId: input.requestId,
-              model: modelName,
-              promptTokenIds: [...tokens],
-              namespace,
-              codec,
-              sampling,
-            },
-            input.signal,
-          );
-        } finally {
-          prefilling.release(ticket);
-        }
-        blockHashes = response.blockHashes.map((h) => Buffer.from(h));
-        firstTokenId = response.firstTokenId;
-        // The prefill worker is where the prompt was (or was not) computed.
-        cachedTokens = response.reusedTokens;
-      } else {
-        blockHashes = hashes.slice(0, storeBlocks).map((h) => Buffer.from(blockHashToBytes(h)));
-      }
-      logger.debug('request routed', {
-        requestId: input.requestId,
-        plan: kind,
-        decode: decoder.nodeId,
-        promptTokens: tokens.length,
-        indexBlocks: match.blocks,
-        storeBlocks,
-      });
-      if (input.signal.aborted) return;
-      decoding.set(decoder.nodeId, (decoding.get(decoder.nodeId) ?? 0) + 1);
+        return { member: tracker.get(decision.nodeId) as Member, decision };
+      };
+      // NOTE: a stream counts against its worker from the moment it is chosen, so a burst of
+      // requests routed before any of them starts decoding still spreads over the workers.
+      const count = (nodeId: NodeId, delta: number): void => {
+        const open = (decoding.get(nodeId) ?? 0) + delta;
+        if (open > 0) decoding.set(nodeId, open);
+        else decoding.delete(nodeId);
+      };
+      let { member: decoder, decision } = chooseDecoder(new Set());
+      count(decoder.nodeId, 1);
       try {
-        for await (const message of decode(
-          decoder,
-          {
-            requestId: input.requestId,
-            model: modelName,
-            promptTokenIds: [...tokens],
-            blockHashes,
-            firstTokenId,
-            namespace,
-            codec,
-            sampling,
-          },
-          input.signal,
-        )) {
-          const finishReason =
-            message.finishReason === FinishReason.FINISH_REASON_STOP
-              ? 'stop'
-              : message.finishReason === FinishReason.FINISH_REASON_LENGTH
-                ? 'length'
-                : null;
-          const usage = message.usage;
-          yield {
-            text: message.text,
-            tokenIds: message.tokenIds,
-            ...(sampling.logprobs ? { logprobs: message.logprobs } : {}),
-            finishReason,
-            ...(usage === undefined
-              ? {}
-              : {
-                  usage: {
-                    promptTokens: usage.promptTokens,
-                    completionTokens: usage.completionTokens,
-                    cachedTokens: cachedTokens ?? usage.cachedTokens,
-                  },
-                }),
-          };
+        const prefillers = tracker.live(PREFILL_ROLE);
+        let kind = decodeRouter.plan(decision.estimate).kind;
+        // NOTE: without a live prefill worker the decode worker computes the prompt itself.
+        if (prefillers.length === 0) kind = 'decode-only';
+        counts.plans[kind]++;
+        measured.plans.inc({ plan: kind });
+        measured.decisions.inc({ pool: DECODE_ROLE, policy: decision.policy, worker: decision.nodeId });
+
+        const sampling: SamplingParams = {
+          temperature: input.sampling.temperature,
+          topP: input.sampling.topP,
+          topK: input.sampling.topK,
+          seed: input.sampling.seed === undefined ? undefined : BigInt(input.sampling.seed),
+          maxTokens: input.maxTokens,
+          stop: [...input.stop],
+          stopTokenIds: [...(input.stopTokenIds ?? [])],
+          logprobs: input.logprobs ?? false,
+        };
+        let blockHashes: Buffer[];
+        let firstTokenId: number | undefined;
+        let cachedTokens: number | undefined;
+        if (kind === 'prefill-then-decode') {
+          // A prefill worker already computing this prefix is as good as one that holds it: the
+          // request queues behind it there and then finds the prefix stored.
+          const keys = hashes.map((h) => `${namespace}/${h}`);
+          const chosen = prefillRouter.route({
+            promptTokens: tokens.length,
+            blockSizeTokens: B,
+            storeCachedBlocks: storeBlocks,
+            storeBlockTiers: storeTiers,
+            workers: prefillers.map((m) =>
+              candidateOf(m, prefilling.leadingBlocks(m.nodeId, keys), {
+                queued: prefilling.requests(m.nodeId),
+              }),
+            ),
+          });
+          measured.decisions.inc({ pool: PREFILL_ROLE, policy: chosen.policy, worker: chosen.nodeId });
+          const ticket = prefilling.add(chosen.nodeId, keys);
+          let response: PrefillResponse;
+          try {
+            response = await prefill(
+              tracker.get(chosen.nodeId) ?? (prefillers[0] as Member),
+              {
+                requestId: input.requestId,
+                model: modelName,
+                promptTokenIds: [...tokens],
+                namespace,
+                codec,
+                sampling,
+              },
+              input.signal,
+            );
+          } finally {
+            prefilling.release(ticket);
+          }
+          blockHashes = response.blockHashes.map((h) => Buffer.from(h));
+          firstTokenId = response.firstTokenId;
+          // The prefill worker is where the prompt was (or was not) computed.
+          cachedTokens = response.reusedTokens;
+        } else {
+          blockHashes = hashes.slice(0, storeBlocks).map((h) => Buffer.from(blockHashToBytes(h)));
+        }
+        logger.debug('request routed', {
+          requestId: input.requestId,
+          plan: kind,
+          decode: decoder.nodeId,
+          promptTokens: tokens.length,
+          indexBlocks: match.blocks,
+          storeBlocks,
+        });
+        const tried = new Set<NodeId>();
+        for (let attempt = 1; ; attempt++) {
+          if (input.signal.aborted) return;
+          let streamed = false;
+          try {
+            for await (const message of decode(
+              decoder,
+              {
+                requestId: input.requestId,
+                model: modelName,
+                promptTokenIds: [...tokens],
+                blockHashes,
+                firstTokenId,
+                namespace,
+                codec,
+                sampling,
+              },
+              input.signal,
+            )) {
+              const finishReason =
+                message.finishReason === FinishReason.FINISH_REASON_STOP
+                  ? 'stop'
+                  : message.finishReason === FinishReason.FINISH_REASON_LENGTH
+                    ? 'length'
+                    : null;
+              streamed = true;
+              const usage = message.usage;
+              yield {
+                text: message.text,
+                tokenIds: message.tokenIds,
+                ...(sampling.logprobs ? { logprobs: message.logprobs } : {}),
+                finishReason,
+                ...(usage === undefined
+                  ? {}
+                  : {
+                      usage: {
+                        promptTokens: usage.promptTokens,
+                        completionTokens: usage.completionTokens,
+                        cachedTokens: cachedTokens ?? usage.cachedTokens,
+                      },
+                    }),
+              };
+            }
+            return;
+          } catch (err) {
+            // A worker that refused or could not take the stream before its first token: another
+            // one may (a full worker, one that died before its heartbeats lapsed).
+            const retryable =
+              err instanceof WorkerCallError &&
+              (err.kind === 'resource-exhausted' || err.kind === 'unavailable');
+            if (streamed || !retryable || attempt >= config.decodeAttemptsMax) throw err;
+            tried.add(decoder.nodeId);
+            measured.retries.inc();
+            const live = tracker.liveIds(DECODE_ROLE);
+            // Every worker tried: wait a little for one to free a slot.
+            if (live.every((id) => tried.has(id))) {
+              tried.clear();
+              await new Promise((resolve) => setTimeout(resolve, config.decodeRetryDelayMs * attempt));
+            }
+            count(decoder.nodeId, -1);
+            ({ member: decoder, decision } = chooseDecoder(tried));
+            count(decoder.nodeId, 1);
+          }
         }
       } finally {
-        const open = (decoding.get(decoder.nodeId) ?? 1) - 1;
-        if (open > 0) decoding.set(decoder.nodeId, open);
-        else decoding.delete(decoder.nodeId);
+        count(decoder.nodeId, -1);
       }
     }
 
