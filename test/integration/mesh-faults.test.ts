@@ -115,6 +115,16 @@ describe('mesh faults - every service a child process', { timeout: 240_000 }, ()
     return result;
   };
 
+  /** The router's per-node index seqs from /metrics. */
+  const indexSeqs = async (): Promise<Map<string, number>> => {
+    const text = await (await fetch(base.replace(/\/v1$/, '/metrics'))).text();
+    const seqs = new Map<string, number>();
+    for (const m of text.matchAll(/^kvmesh_router_index_node_seq\{node="([^"]+)"\} (\d+)$/gm))
+      seqs.set(m[1] as string, Number(m[2]));
+    return seqs;
+  };
+  const storeSeq = (seqs: Map<string, number>): number => (seqs.get('kv-a') ?? 0) + (seqs.get('kv-b') ?? 0);
+
   const words = ['cache', 'block', 'mesh', 'token', 'prefix', 'store', 'route', 'decode'];
   const promptOf = (seed: number, length: number): string =>
     Array.from({ length }, (_, i) => words[(i * 5 + seed * 3 + (i >> 2)) % 8]).join(' ');
@@ -237,8 +247,15 @@ describe('mesh faults - every service a child process', { timeout: 240_000 }, ()
       },
       { timeoutMs: 30_000, intervalMs: 500, message: 'the mesh serves cached prefixes after the restart' },
     );
+    // The index follows the event stream again: a new prompt's stored blocks reach it.
+    const before = storeSeq(await indexSeqs());
     const fresh = await stream(promptOf(50, 60), 4);
     assert.equal(fresh.error, null);
+    await waitFor(async () => storeSeq(await indexSeqs()) > before, {
+      timeoutMs: 15_000,
+      intervalMs: 200,
+      message: "the router's index applies kv events published after the restart",
+    });
   });
   it('faults - a kvstore node killed with SIGKILL leaves the mesh serving from the other replica', async () => {
     const prompt = promptOf(20, 60);

@@ -190,6 +190,11 @@ function routerMetrics(metrics: MetricsRegistry) {
       name: 'kvmesh_router_index_blocks',
       help: 'Blocks in the global block index.',
     }),
+    indexSeq: metrics.gauge({
+      name: 'kvmesh_router_index_node_seq',
+      help: 'Last kv event seq the block index applied, per publishing node.',
+      labelNames: ['node'],
+    }),
   };
 }
 
@@ -618,6 +623,8 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
         for (const role of [PREFILL_ROLE, DECODE_ROLE, KVSTORE_ROLE])
           measured.liveNodes.set({ role }, tracker.live(role).length);
         measured.indexBlocks.set(index.stats().blocks);
+        for (const { nodeId, lastSeq } of index.snapshot())
+          measured.indexSeq.set({ node: nodeId }, Number(lastSeq));
       }),
     );
     const advertiseHost = config.advertiseHost === '' ? config.host : config.advertiseHost;
