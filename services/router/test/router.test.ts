@@ -283,6 +283,45 @@ describe('router - OpenAI HTTP API over prefill and decode workers and a 2-node 
     assert.ok(workers[first].stats().localCachedTokens > localBefore, 'served from the local cache');
   });
 
+  it('router - a client that disconnects mid-stream has its sequence cancelled and freed', async () => {
+    const cancelled = (): number => decode.stats().cancelled + decode1.stats().cancelled;
+    const before = cancelled();
+    const controller = new AbortController();
+    const res = await fetch(`${base}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        model: model.name,
+        prompt: 'Keep talking for a long while about caches.',
+        max_tokens: 1500,
+        temperature: 0,
+        stream: true,
+        stop: ['\u0000'],
+      }),
+      signal: controller.signal,
+    });
+    assert.equal(res.status, 200);
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    let events = 0;
+    while (events < 3) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      events += new TextDecoder()
+        .decode(value)
+        .split('\n\n')
+        .filter((e) => e.startsWith('data: ')).length;
+    }
+    controller.abort();
+    await waitFor(() => cancelled() > before, {
+      timeoutMs: 10_000,
+      message: 'the decode worker cancels the sequence of the gone client',
+    });
+    await waitFor(() => decode.stats().active + decode1.stats().active === 0, {
+      timeoutMs: 10_000,
+      message: 'no sequence is left running',
+    });
+  });
+
   it('router - bad requests get OpenAI error bodies', async () => {
     const expectError = async (res: Response, status: number, param: string | null): Promise<ErrorBody> => {
       assert.equal(res.status, status);
