@@ -327,7 +327,10 @@ export class FrameDecoder {
     if (given === undefined) {
       this.body = Buffer.allocUnsafe(bytes);
     } else if (given.length === bytes) {
-      this.body = Buffer.from(given.buffer, given.byteOffset, bytes);
+      // NOTE: the allocator's own object is delivered when it is a Buffer: an allocator may track its
+      // memory by object identity (the kvstore payload pool reuses a slot once its view is garbage),
+      // so a re-wrapped view would let the memory be reused while the receiver still holds it.
+      this.body = Buffer.isBuffer(given) ? given : Buffer.from(given.buffer, given.byteOffset, bytes);
       this.bodyAllocated = given;
     } else {
       this.dead = true;

@@ -138,4 +138,23 @@ describe('dataplane frame decoder', () => {
     assert.ok(frames[0]?.body.equals(body));
     assert.equal(decoder.directTarget(1), undefined);
   });
+
+  it('frame - a body allocator’s Buffer is delivered as that very object', () => {
+    // An allocator may track its memory by object identity (the kvstore payload pool reuses a slot
+    // once the view it gave out is garbage); a re-wrapped view would outlive that and alias reused memory.
+    const body = randomBytes(70_000);
+    const given: Buffer[] = [];
+    const frames: Frame[] = [];
+    const decoder = new FrameDecoder(bounds, (f) => frames.push(f), {
+      allocate: ({ bytes }) => {
+        const view = Buffer.from(new ArrayBuffer(bytes + 64), 32, bytes);
+        given.push(view);
+        return view;
+      },
+    });
+    decoder.push(encode(9, Buffer.from('h'), body));
+    assert.equal(frames.length, 1);
+    assert.equal(frames[0]?.body, given[0], 'the allocator’s own view, not a copy or a re-wrap');
+    assert.ok(frames[0]?.body.equals(body));
+  });
 });

@@ -3,7 +3,12 @@ import { describe, it } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 
+import type { BlockDims } from '@kvmesh/block';
+
 import { PayloadPool } from '../src/adapters/payload-pool.ts';
+import { ownedPayload } from '../src/adapters/wire.ts';
+import { kvStoreConfig, startKvStoreNode } from '../src/index.ts';
+import { chain, dataClient, dataGet, dataPut } from './support.ts';
 
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
@@ -40,6 +45,51 @@ describe('kvstore - payload pool', () => {
       'the live view was not overwritten',
     );
     assert.equal(pool.stats().slabs, 1);
+  });
+
+  it('payload pool - a stored payload keeps its slot: later puts never overwrite it', async () => {
+    // 128 KiB payloads (pooled), a pool of 4 slots, 12 puts with collections in between: a slot
+    // must stay taken for as long as the store holds the block that landed in it.
+    const dims: BlockDims = { layers: 2, kvHeads: 4, blockTokens: 32, headDim: 64, groupSize: 32 };
+    const blocks = chain(12, { dims });
+    const payloadBytes = blocks[0]!.payload.byteLength;
+    const node = await startKvStoreNode(
+      kvStoreConfig({
+        nodeId: 'kv-pool',
+        bytesBudget: 64 * 1024 * 1024,
+        payloadPoolBytes: 4 * payloadBytes,
+        logLevel: 'error',
+      }),
+    );
+    const data = await dataClient(node.dataAddress);
+    try {
+      for (const block of blocks) {
+        assert.equal((await dataPut(data, block)).stored, 1);
+        for (let i = 0; i < 3; i++) {
+          gc();
+          await new Promise((resolve) => setImmediate(resolve));
+        }
+      }
+      for (const [i, block] of blocks.entries()) {
+        const { response, body } = await dataGet(data, block.hash);
+        assert.equal(response.result?.$case, 'block', `block ${i}`);
+        assert.ok(Buffer.from(body).equals(block.payload), `block ${i} came back with other bytes`);
+      }
+    } finally {
+      await data.close();
+      await node.close();
+    }
+  });
+
+  it('payload pool - ownedPayload copies a view of a larger allocation, Buffer or not', () => {
+    const backing = Buffer.alloc(4096, 7);
+    for (const view of [backing.subarray(100, 200), new Uint8Array(backing.buffer, 100, 100)]) {
+      const owned = ownedPayload(view);
+      assert.notEqual(owned.buffer, view.buffer, 'a copy, not a view of the shared memory');
+      assert.deepEqual([...owned], [...view]);
+    }
+    const whole = new Uint8Array(64);
+    assert.equal(ownedPayload(whole), whole, 'a payload that owns its memory is kept as is');
   });
 
   it('payload pool - small payloads and too many sizes are not pooled', () => {

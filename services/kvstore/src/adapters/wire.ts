@@ -22,7 +22,10 @@ export function namespaceOf(text: string): Namespace {
  * holding one would pin (and under-count) the whole slab, so those are copied.
  */
 export function ownedPayload(bytes: Uint8Array): Uint8Array {
-  return bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
+  // NOTE: not bytes.slice(): on a Buffer that is a view of the same memory, not a copy.
+  return bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength
+    ? bytes
+    : new Uint8Array(bytes);
 }
 
 /**
