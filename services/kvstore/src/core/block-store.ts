@@ -108,6 +108,9 @@ class Entry implements BlockRecord {
   eligibleIndex = -1;
   expiryIndex = -1;
 
+  /** The payload's header checksum as verified at put (see payloadTagOf). */
+  readonly payloadTag: bigint;
+
   constructor(
     readonly key: string,
     readonly namespace: Namespace,
@@ -122,6 +125,7 @@ class Entry implements BlockRecord {
     accessSeq: number,
   ) {
     this.codec = header.codec;
+    this.payloadTag = payloadTagOf(payload, header);
     this.lastAccessMs = storedAtMs;
     this.accessSeq = accessSeq;
   }
@@ -129,6 +133,18 @@ class Entry implements BlockRecord {
   get payloadBytes(): number {
     return this.payload.byteLength;
   }
+}
+
+/**
+ * The header checksum stored in a payload (its last 8 header bytes). It covers every section
+ * checksum, so it names the content: a read compares it with the value verified at put, which
+ * catches payload memory that was reused or overwritten since, for the price of an 8-byte load.
+ */
+function payloadTagOf(payload: Uint8Array, header: BlockHeader): bigint {
+  return new DataView(payload.buffer, payload.byteOffset, payload.byteLength).getBigUint64(
+    header.headerBytes - 8,
+    true,
+  );
 }
 
 /** The metadata a demoted block leaves behind (a few hundred bytes; its payload is in the tier). */
@@ -207,6 +223,7 @@ export class BlockStore {
     evictions: 0,
     deleted: 0,
     rejectedFull: 0,
+    payloadMismatches: 0,
   };
   private readonly hitsByTier: Record<BlockTier, number> = { dram: 0, far: 0, ssd: 0 };
   /** Evicted with tiering on, payload held until the tier acknowledges; oldest first. */
@@ -376,11 +393,17 @@ export class BlockStore {
     if (entry === undefined) {
       // Leaving for a lower tier: still in memory, so still a DRAM hit (no lease: it is not resident).
       const leaving = this.demoting.get(key);
-      if (leaving !== undefined) {
+      if (leaving !== undefined && payloadTagOf(leaving.payload, leaving.header) === leaving.payloadTag) {
         this.counters.hits += 1;
         this.hitsByTier.dram += 1;
         return leaving;
       }
+      this.counters.misses += 1;
+      return undefined;
+    }
+    if (payloadTagOf(entry.payload, entry.header) !== entry.payloadTag) {
+      // NOTE: bytes that changed under a stored block are not served; the caller recomputes.
+      this.counters.payloadMismatches += 1;
       this.counters.misses += 1;
       return undefined;
     }

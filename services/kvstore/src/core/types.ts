@@ -118,6 +118,11 @@ export interface BlockStoreStats {
   deleted: number;
   /** Puts rejected with StoreFullError. */
   rejectedFull: number;
+  /**
+   * Reads whose payload bytes no longer carried the header checksum recorded at put (the memory
+   * was overwritten): served as misses, never as data.
+   */
+  payloadMismatches: number;
   /** Blocks currently pinned or leased. */
   protectedBlocks: number;
   /** Evicted blocks held in memory until the tier acknowledges them, and their charged bytes. */

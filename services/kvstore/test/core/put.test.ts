@@ -217,3 +217,16 @@ test('put - equal tokens in two namespaces hash differently and are stored twice
   assert.equal(store.put(b!).status, 'stored');
   assert.equal(store.stats().deduplicated, 0);
 });
+
+test('get - payload memory overwritten after the put (another block in it) is a miss, never served', () => {
+  const { store } = makeStore();
+  const [first, second] = chain(2, { namespace: NS_A });
+  assert.ok(first && second);
+  store.put(first);
+  store.put(second);
+  // As if the memory holding the first payload were handed out again and filled with the second.
+  (first.payload as Uint8Array).set(second.payload);
+  assert.equal(store.get(NS_A, first.hash), undefined);
+  assert.equal(store.stats().payloadMismatches, 1);
+  assert.ok(store.get(NS_A, second.hash), 'the other block is unaffected');
+});
