@@ -200,6 +200,38 @@ describe('tiering service - far memory, SSD and the policy over gRPC', () => {
     assert.equal((await t.client.promote(a.hash))?.tier, 'ssd');
   });
 
+  it('tiering service - a multi-hash Read / Promote of an SSD prefix answers every hash in order', async () => {
+    const prefix = Array.from({ length: 40 }, (_, i) => makeBlock(300 + i));
+    await demoteBlocks(t.client.grpc, prefix, Tier.TIER_SSD);
+    const absent = makeBlock(399);
+    const asked = [...prefix.slice(0, 20), absent, ...prefix.slice(20)];
+    const got = await read(t.client.grpc, asked.map(hashBytes));
+    assert.deepEqual(
+      got.map(blockOfResponse),
+      asked.map((b) =>
+        b === absent ? `missing ${b.hash}` : { hash: b.hash, payload: Buffer.from(b.payload) },
+      ),
+    );
+    // The data-channel batch: pipelined single-block reads, in order.
+    const many = await t.client.readMany([absent.hash, ...prefix.map((b) => b.hash)], 8);
+    assert.equal(many[0], null);
+    assert.deepEqual(
+      many.slice(1).map((r) => r?.block),
+      prefix,
+    );
+    // Promote: each block leaves the SSD as it is sent; a hash asked twice is sent once.
+    const first = prefix[0] as TierBlock;
+    const promoted = await promote(t.client.grpc, [...prefix, first].map(hashBytes));
+    assert.deepEqual(promoted.map(blockOfResponse), [
+      ...prefix.map((b) => ({ hash: b.hash, payload: Buffer.from(b.payload) })),
+      `missing ${first.hash}`,
+    ]);
+    assert.deepEqual(
+      (await read(t.client.grpc, prefix.map(hashBytes))).map(blockOfResponse),
+      prefix.map((b) => `missing ${b.hash}`),
+    );
+  });
+
   it('tiering service - same-host readers map the pool and read verified payloads in place', async (context) => {
     if (nativeMemory() === null) {
       context.skip('no native module: the pool is not mappable');

@@ -1,6 +1,7 @@
 // A client of one tiering service, for the kvstore nodes of its host, the bench and the tests:
 // control calls (Stats, LocateFar) over gRPC, bulk single-block calls (demote, read, promote) over
-// the binary data channel the service advertises (payload as raw frame bytes). FarMemoryReader adds
+// the binary data channel the service advertises (payload as raw frame bytes); readMany pipelines
+// single-block reads. FarMemoryReader adds
 // the same-host path: it maps the service's far-memory pool read-only and hands out each located
 // payload in place, after verifying every section checksum of it; the bytes stay valid while the
 // lease LocateFar granted lasts.
@@ -126,6 +127,36 @@ export class TierServiceClient {
       hash,
       into,
     );
+  }
+
+  /**
+   * Many blocks (kept in their tiers), in order, null where the service does not hold one. The
+   * single-block calls go out together, at most `inFlightMax` at once (default 16), so the service
+   * sees them together and serves neighbouring SSD records with merged reads. The first failure
+   * rejects the whole call (calls already sent still finish).
+   */
+  async readMany(hashes: readonly BlockHash[], inFlightMax = 16): Promise<(TierReadResult | null)[]> {
+    if (!Number.isSafeInteger(inFlightMax) || inFlightMax < 1)
+      throw new InvalidArgumentError(`inFlightMax must be a positive integer, got ${String(inFlightMax)}`, {
+        inFlightMax,
+      });
+    const results: (TierReadResult | null)[] = new Array<TierReadResult | null>(hashes.length).fill(null);
+    let next = 0;
+    let failed = false;
+    await Promise.all(
+      Array.from({ length: Math.min(inFlightMax, hashes.length) }, async () => {
+        while (!failed && next < hashes.length) {
+          const i = next++;
+          try {
+            results[i] = await this.read(hashes[i] as BlockHash);
+          } catch (err) {
+            failed = true;
+            throw err;
+          }
+        }
+      }),
+    );
+    return results;
   }
 
   /** The block, removed from its tier, or null when the service does not hold it. */

@@ -3,9 +3,12 @@
 // `demoteStreamConcurrency` blocks of a stream at once but acknowledges in arrival order; the first
 // block that fails fails the call with a message naming its index and hash and how many blocks
 // before it were acknowledged (those stay stored). Read and Promote answer every hash in request
-// order, a block or `missing_hash`; LocateFar serves same-host readers of the mapped pool.
+// order, a block or `missing_hash`, with the reads of up to `readAheadBlocks` hashes running ahead
+// together (the SSD tier merges reads of neighbouring records); LocateFar serves same-host readers
+// of the mapped pool.
 import {
   blockHashToBytes,
+  type BlockHash,
   type DemoteRequest,
   type DemoteResponse,
   type LocateFarResponse,
@@ -33,7 +36,42 @@ export interface TieringServiceOptions {
   readonly dataToken: string;
   readonly dataProtocolVersion: number;
   readonly blockBytesMax: number;
+  /**
+   * Blocks of one Read / Promote whose reads run ahead of the one being sent (default 16): started
+   * together so the SSD tier merges reads of neighbouring records; bounds the memory they hold.
+   */
+  readonly readAheadBlocks?: number;
   readonly wrap?: WrapOptions;
+}
+
+const READ_AHEAD_BLOCKS_DEFAULT = 16;
+
+/**
+ * The hits of `hashes` in order, reading up to `window` ahead: the first window's reads start in one
+ * go (so they are planned together), then one more as each is handed on. Reads still running when
+ * the caller stops are left to finish; their errors are dropped with them.
+ */
+async function* readAhead(
+  policy: TierPolicy,
+  hashes: readonly BlockHash[],
+  window: number,
+): AsyncGenerator<TierHit | undefined> {
+  const started: (Promise<TierHit | undefined> | undefined)[] = [];
+  let next = 0;
+  const startUpTo = (end: number): void => {
+    const batch = hashes.slice(next, Math.min(end, hashes.length));
+    for (const reading of policy.readMany(batch)) {
+      reading.catch(() => undefined);
+      started.push(reading);
+    }
+    next += batch.length;
+  };
+  for (let i = 0; i < hashes.length; i++) {
+    startUpTo(i + window);
+    const reading = started[i] as Promise<TierHit | undefined>;
+    started[i] = undefined; // NOTE: the payload is not held here once handed on.
+    yield await reading;
+  }
 }
 
 function failure(error: unknown, index: number, hash: string, acknowledged: number): KvmeshError {
@@ -118,6 +156,7 @@ function blockMessage(hashBytes: Buffer, hit: TierHit | undefined): TierBlockRes
 export function tieringGrpcService(policy: TierPolicy, options: TieringServiceOptions): TieringServer {
   const wrap = options.wrap;
   const hashesMax = options.hashesPerRequestMax;
+  const readAheadBlocks = Math.max(1, Math.floor(options.readAheadBlocks ?? READ_AHEAD_BLOCKS_DEFAULT));
   return {
     demote: wrapClientStream<DemoteRequest, DemoteResponse>(
       (requests) => demoteStream(policy, requests, options),
@@ -125,13 +164,26 @@ export function tieringGrpcService(policy: TierPolicy, options: TieringServiceOp
     ),
     read: wrapServerStream(async function* (request) {
       const hashes = hashesOf(request.hashes, hashesMax);
-      for (const [i, hash] of hashes.entries())
-        yield blockMessage(request.hashes[i] as Buffer, await policy.read(hash));
+      let i = 0;
+      for await (const hit of readAhead(policy, hashes, readAheadBlocks))
+        yield blockMessage(request.hashes[i++] as Buffer, hit);
     }, wrap),
     promote: wrapServerStream(async function* (request) {
       const hashes = hashesOf(request.hashes, hashesMax);
-      for (const [i, hash] of hashes.entries())
-        yield blockMessage(request.hashes[i] as Buffer, await policy.promote(hash));
+      // Reads run ahead, but each block leaves its tier only right before it is sent (as one
+      // promote after another did), so a call that fails part way removed nothing it had not yet
+      // reached. A hash asked twice is sent once.
+      const released = new Set<BlockHash>();
+      let i = 0;
+      for await (const read of readAhead(policy, hashes, readAheadBlocks)) {
+        const hash = hashes[i] as BlockHash;
+        const hit = released.has(hash) ? undefined : read;
+        if (hit !== undefined) {
+          await policy.release(hash, hit);
+          released.add(hash);
+        }
+        yield blockMessage(request.hashes[i++] as Buffer, hit);
+      }
     }, wrap),
     stats: wrapUnary(
       (): TieringStatsResponse => ({

@@ -21,6 +21,12 @@
 // Compaction copies and segment seals are always fdatasync'd before the manifest stops naming the
 // old segment, whatever the policy. Tombstones follow the policy like puts.
 //
+// Reads go through a small elevator (issueReads): at most readsInFlightMax kernel reads at once;
+// reads pending together for records that lie back to back in one segment are served by one read
+// of their span (up to readMergeBytesMax), merged only as far as the free slots require, and each
+// record in it is still verified on its own. With an injected aligned allocator each payload is a
+// view of that span (no copy); otherwise the span comes from a buffer pool and payloads are copied.
+//
 // Recovery: the manifest (written tmp + fdatasync + rename + directory fsync) names the sealed
 // segments; their record headers are read back (one 4 KiB read per record) to rebuild the index.
 // Segments from `tailFrom` on are tails: read in full with every checksum verified, and a torn last
@@ -53,12 +59,15 @@ import {
   parseSegmentFileName,
   parseSegmentManifest,
   scanSegmentRecords,
+  planMergedReads,
   segmentFileName,
   segmentRecordBytes,
   verifySegmentPayload,
   type DamagedRegion,
   type Hash128,
   type ManifestSegment,
+  type MergedRecordRead,
+  type PendingRecordRead,
   type ScannedRecord,
   type SegmentManifest,
   type SegmentRecordHeader,
@@ -97,6 +106,19 @@ export interface SegmentLogOptions {
   allocate?: (bytes: number) => Uint8Array;
   /** Most segment files held open for reading. Default 256. */
   openSegmentsMax?: number;
+  /**
+   * Reads of records that lie back to back in one segment and wait at the same time are served by
+   * one read of their span, up to this many bytes (a longer record is read alone). Default 4 MiB.
+   */
+  readMergeBytesMax?: number;
+  /**
+   * Record reads issued to the kernel at once (each may be a merged span). Reads that fit in the
+   * free slots go out on their own (most parallelism); beyond that they queue and merge. Default
+   * 16: above libuv's thread pool (4 by default), so its threads never wait on this queue.
+   */
+  readsInFlightMax?: number;
+  /** Record reads allowed to wait for a slot; past it a read fails with LimitExceededError. */
+  readsQueuedMax?: number;
   /** Checksums; default loadKernels(). */
   kernels?: Pick<Kernels, 'hash128'>;
   /**
@@ -113,6 +135,10 @@ export interface SegmentLogStats {
   bytesCapacity: number;
   segments: number;
   reads: number;
+  /** Read calls made to the kernel for record reads (a merged span is one, unless cut short). */
+  readSyscalls: number;
+  /** Kernel reads that served more than one record read. */
+  mergedReads: number;
   writes: number;
   checksumFailures: number;
   tornRecordsDropped: number;
@@ -154,6 +180,9 @@ const DEFAULTS = {
   directIo: true,
   compactGarbageRatio: 0.5,
   openSegmentsMax: 256,
+  readMergeBytesMax: 4 * 1024 * 1024,
+  readsInFlightMax: 16,
+  readsQueuedMax: 65_536,
 };
 
 const MANIFEST_FILE = 'manifest.json';
@@ -241,6 +270,15 @@ type RecordRead =
   | { ok: true; headerBytes: Uint8Array; header: SegmentRecordHeader; payload: Uint8Array }
   | { ok: false; reason: string };
 
+/** A record read waiting for a slot (see issueReads). */
+interface QueuedRead extends PendingRecordRead {
+  readonly entry: IndexEntry;
+  /** Also return the header bytes (compaction copies them). */
+  readonly whole: boolean;
+  readonly resolve: (result: RecordRead) => void;
+  readonly reject: (err: unknown) => void;
+}
+
 function errnoOf(err: unknown): string | undefined {
   return (err as NodeJS.ErrnoException | null)?.code;
 }
@@ -269,6 +307,9 @@ function resolveOptions(
   checkInteger('blocksMax', resolved.blocksMax, 1, 1 << 30);
   checkInteger('fsyncIntervalMs', resolved.fsyncIntervalMs, 1, 60_000);
   checkInteger('openSegmentsMax', resolved.openSegmentsMax, 1, 65_536);
+  checkInteger('readMergeBytesMax', resolved.readMergeBytesMax, SEGMENT_RECORD_ALIGN_BYTES, 1 << 30);
+  checkInteger('readsInFlightMax', resolved.readsInFlightMax, 1, 1024);
+  checkInteger('readsQueuedMax', resolved.readsQueuedMax, 1, 1 << 24);
   if (!['always', 'group', 'interval'].includes(resolved.fsync)) {
     throw new InvalidArgumentError(
       `fsync must be 'always', 'group' or 'interval', got '${String(resolved.fsync)}'`,
@@ -369,6 +410,16 @@ class AlignedBuffers {
     return this.allocateAligned(capacity);
   }
 
+  /**
+   * A new aligned buffer of exactly `bytes` that is never pooled (it is handed out in pieces), or
+   * null without an injected allocator (probing each new buffer would cost more than a copy).
+   * NOTE: not probed: the allocator promises alignment and open() probed it once; should it break
+   * that promise, the O_DIRECT read fails with EINVAL and the log falls back to buffered reads.
+   */
+  acquireUnpooled(bytes: number): Uint8Array | null {
+    return this.allocate === undefined ? null : this.allocate(bytes).subarray(0, bytes);
+  }
+
   release(buffer: Uint8Array): void {
     if (this.freeBytes + buffer.length > ALIGNED_RETAIN_BYTES_MAX) return;
     this.free.push(buffer);
@@ -410,6 +461,9 @@ export class SegmentLog {
   private readonly blocksMax: number;
   private readonly compactGarbageRatio: number;
   private readonly openSegmentsMax: number;
+  private readonly readMergeBytesMax: number;
+  private readonly readsInFlightMax: number;
+  private readonly readsQueuedMax: number;
   private readonly hash128: Hash128;
   private readonly writeVectored: (
     file: FileHandle,
@@ -453,6 +507,15 @@ export class SegmentLog {
   private alignedBuffers: AlignedBuffers | null = null;
 
   private readsDone = 0;
+  private readSyscalls = 0;
+  private mergedReads = 0;
+  /** Record reads waiting for one of readsInFlightMax slots; merged when they are issued. */
+  private readQueue: QueuedRead[] = [];
+  private readsInFlight = 0;
+  private readArrivals = 0;
+  private readFlushScheduled = false;
+  /** Set once the read descriptors are closed for good: queued reads then fail. */
+  private readersReleased = false;
   private writesDone = 0;
   private checksumFailures = 0;
   private tornRecordsDropped = 0;
@@ -469,6 +532,9 @@ export class SegmentLog {
     this.blocksMax = options.blocksMax;
     this.compactGarbageRatio = options.compactGarbageRatio;
     this.openSegmentsMax = options.openSegmentsMax;
+    this.readMergeBytesMax = options.readMergeBytesMax;
+    this.readsInFlightMax = options.readsInFlightMax;
+    this.readsQueuedMax = options.readsQueuedMax;
     this.allocate = options.allocate;
     const kernels = options.kernels ?? loadKernels();
     this.hash128 = (data) => kernels.hash128(data);
@@ -655,6 +721,8 @@ export class SegmentLog {
       bytesCapacity: this.capacityBytes,
       segments: this.segments.size,
       reads: this.readsDone,
+      readSyscalls: this.readSyscalls,
+      mergedReads: this.mergedReads,
       writes: this.writesDone,
       checksumFailures: this.checksumFailures,
       tornRecordsDropped: this.tornRecordsDropped,
@@ -1013,51 +1081,188 @@ export class SegmentLog {
   /**
    * Reads and verifies one record (header, hash, length, payload checksum). `whole` also returns
    * the header bytes (compaction copies them). The payload is a fresh buffer the caller owns.
+   * The read waits in the read queue until issueReads merges it with its neighbours and issues it.
    */
-  private async readRecord(entry: IndexEntry, whole: boolean): Promise<RecordRead> {
-    const handle = await this.acquireReader(entry.segmentId);
-    let bytes: Uint8Array;
+  private readRecord(entry: IndexEntry, whole: boolean): Promise<RecordRead> {
+    if (this.readQueue.length >= this.readsQueuedMax) {
+      return Promise.reject(
+        new LimitExceededError(
+          `SSD tier: ${this.readQueue.length} reads already wait (readsQueuedMax ${this.readsQueuedMax})`,
+          { queued: this.readQueue.length, limit: this.readsQueuedMax },
+        ),
+      );
+    }
+    return new Promise<RecordRead>((resolve, reject) => {
+      this.queueRead({
+        segmentId: entry.segmentId,
+        offset: entry.offset,
+        recordBytes: entry.recordBytes,
+        arrival: this.readArrivals++,
+        entry,
+        whole,
+        resolve,
+        reject,
+      });
+    });
+  }
+
+  /**
+   * Queues reads and issues them once the current task's microtasks ran, so that reads started
+   * together (a multi-hash request, compaction's window) are planned together. A lone read is
+   * issued at once in all but name: the microtask runs before any I/O callback.
+   */
+  private queueRead(...reads: QueuedRead[]): void {
+    this.readQueue.push(...reads);
+    if (this.readFlushScheduled) return;
+    this.readFlushScheduled = true;
+    queueMicrotask(() => {
+      this.readFlushScheduled = false;
+      this.issueReads();
+    });
+  }
+
+  /**
+   * The read elevator: while fewer than readsInFlightMax kernel reads run, plans everything queued
+   * into spans (oldest first, merged only as far as the free slots require) and issues as many as
+   * there are free slots. Reads that come in while the slots are busy queue up and merge, which is
+   * what turns a burst of small reads of neighbouring records into a few large ones.
+   */
+  private issueReads(): void {
+    if (this.readersReleased) {
+      this.failQueuedReads();
+      return;
+    }
+    const slots = this.readsInFlightMax - this.readsInFlight;
+    if (this.readQueue.length === 0 || slots <= 0) return;
+    const runs = planMergedReads(this.readQueue, this.readMergeBytesMax, slots);
+    const issued = runs.length <= slots ? runs : runs.slice(0, slots);
+    if (issued.length === runs.length) {
+      this.readQueue = [];
+    } else {
+      const taken = new Set<QueuedRead>(issued.flatMap((run) => run.members));
+      this.readQueue = this.readQueue.filter((read) => !taken.has(read));
+    }
+    for (const run of issued) {
+      this.readsInFlight++;
+      void this.readRun(run).finally(() => {
+        this.readsInFlight--;
+        this.issueReads();
+      });
+    }
+  }
+
+  private failQueuedReads(): void {
+    const queued = this.readQueue;
+    this.readQueue = [];
+    for (const read of queued) read.reject(new SegmentLogClosedError(this.dir));
+  }
+
+  /** One kernel read of a run's span, then each record in it verified and handed out on its own. */
+  private async readRun(run: MergedRecordRead<QueuedRead>): Promise<void> {
+    const members = run.members;
+    let handle: ReadHandle;
+    try {
+      handle = await this.acquireReader(run.segmentId);
+    } catch (err) {
+      for (const read of members) read.reject(err);
+      return;
+    }
     let aligned: Uint8Array | null = null;
+    let pooled = false;
     try {
       const file = await handle.opened;
-      const length = handle.direct ? entry.recordBytes : SEGMENT_RECORD_HEADER_BYTES + entry.payloadBytes;
-      aligned = handle.direct ? (this.alignedBuffers?.acquire(length) ?? null) : null;
+      const last = members[members.length - 1] as QueuedRead;
+      // Buffered reads stop at the last payload byte; O_DIRECT reads whole (aligned) records.
+      const length = handle.direct
+        ? run.bytes
+        : last.offset + SEGMENT_RECORD_HEADER_BYTES + last.entry.payloadBytes - run.offset;
+      // With an allocator the span is fresh memory and each payload a view of it (no copy, no
+      // pool); else it comes from the pool and each payload is copied out.
+      if (handle.direct) {
+        aligned = this.alignedBuffers?.acquireUnpooled(length) ?? null;
+        if (aligned === null) {
+          aligned = this.alignedBuffers?.acquire(length) ?? null;
+          pooled = aligned !== null;
+        }
+      }
       if (handle.direct && aligned === null) {
         this.disableDirectIo('no 4096-aligned buffer could be found');
-        return await this.readRecord(entry, whole);
+        this.queueRead(...members);
+        return;
       }
-      bytes = aligned !== null ? aligned.subarray(0, length) : uninitialized(length);
+      const bytes = aligned !== null ? aligned.subarray(0, length) : uninitialized(length);
       let got: number;
       try {
-        got = await readFully(file, bytes, entry.offset);
+        got = await this.readSpan(file, bytes, run.offset);
       } catch (err) {
         if (handle.direct && errnoOf(err) === 'EINVAL') {
-          this.disableDirectIo(`EINVAL from an O_DIRECT read of ${segmentFileName(entry.segmentId)}`);
-          return await this.readRecord(entry, whole);
+          this.disableDirectIo(`EINVAL from an O_DIRECT read of ${segmentFileName(run.segmentId)}`);
+          this.queueRead(...members);
+          return;
         }
-        throw new StorageIoError('read', join(this.dir, segmentFileName(entry.segmentId)), err);
+        const failure = new StorageIoError('read', join(this.dir, segmentFileName(run.segmentId)), err);
+        for (const read of members) read.reject(failure);
+        return;
       }
-      if (got < SEGMENT_RECORD_HEADER_BYTES + entry.payloadBytes)
-        return { ok: false, reason: 'record cut short' };
-      const decoded = decodeSegmentRecordHeader(this.hash128, bytes.subarray(0, SEGMENT_RECORD_HEADER_BYTES));
-      if (!decoded.ok) return { ok: false, reason: decoded.reason };
-      if (decoded.header.payloadBytes !== entry.payloadBytes) return { ok: false, reason: 'length mismatch' };
-      let payload = bytes.subarray(
-        SEGMENT_RECORD_HEADER_BYTES,
-        SEGMENT_RECORD_HEADER_BYTES + entry.payloadBytes,
-      );
-      if (!verifySegmentPayload(this.hash128, decoded.header, payload))
-        return { ok: false, reason: 'payload-checksum' };
-      // NOTE: an aligned buffer goes back to the pool, so what the caller keeps is a copy.
-      if (aligned !== null) payload = new Uint8Array(payload);
-      const headerBytes = whole
-        ? new Uint8Array(bytes.subarray(0, SEGMENT_RECORD_HEADER_BYTES))
-        : new Uint8Array(0);
-      return { ok: true, header: decoded.header, headerBytes, payload };
+      if (members.length > 1) this.mergedReads++;
+      for (const read of members) {
+        try {
+          read.resolve(this.verifyRecord(read, bytes, read.offset - run.offset, got, pooled));
+        } catch (err) {
+          read.reject(err);
+        }
+      }
+    } catch (err) {
+      // Unexpected (e.g. the allocator failed): every read not yet answered gets the error.
+      for (const read of members) read.reject(err);
     } finally {
-      if (aligned !== null) this.alignedBuffers?.release(aligned);
+      if (pooled && aligned !== null) this.alignedBuffers?.release(aligned);
       this.releaseReader(handle);
     }
+  }
+
+  /** Like readFully, counting each kernel read. */
+  private async readSpan(file: FileHandle, buffer: Uint8Array, position: number): Promise<number> {
+    let done = 0;
+    while (done < buffer.length) {
+      this.readSyscalls++;
+      const { bytesRead } = await file.read(buffer, done, buffer.length - done, position + done);
+      if (bytesRead === 0) break;
+      done += bytesRead;
+    }
+    return done;
+  }
+
+  /**
+   * Checks one record inside a span read, exactly as a read of the record alone would: header,
+   * length, payload checksum. The record starts `at` bytes into `span`, of which `got` were read.
+   * `pooled`: the span goes back to the buffer pool, so what the caller keeps is a copy.
+   */
+  private verifyRecord(
+    read: QueuedRead,
+    span: Uint8Array,
+    at: number,
+    got: number,
+    pooled: boolean,
+  ): RecordRead {
+    const { entry, whole } = read;
+    const end = at + SEGMENT_RECORD_HEADER_BYTES + entry.payloadBytes;
+    if (got < end) return { ok: false, reason: 'record cut short' };
+    const decoded = decodeSegmentRecordHeader(
+      this.hash128,
+      span.subarray(at, at + SEGMENT_RECORD_HEADER_BYTES),
+    );
+    if (!decoded.ok) return { ok: false, reason: decoded.reason };
+    if (decoded.header.payloadBytes !== entry.payloadBytes) return { ok: false, reason: 'length mismatch' };
+    let payload = span.subarray(at + SEGMENT_RECORD_HEADER_BYTES, end);
+    if (!verifySegmentPayload(this.hash128, decoded.header, payload))
+      return { ok: false, reason: 'payload-checksum' };
+    // NOTE: an aligned buffer goes back to the pool, so what the caller keeps is a copy.
+    if (pooled) payload = new Uint8Array(payload);
+    const headerBytes = whole
+      ? new Uint8Array(span.subarray(at, at + SEGMENT_RECORD_HEADER_BYTES))
+      : new Uint8Array(0);
+    return { ok: true, header: decoded.header, headerBytes, payload };
   }
 
   private acquireReader(id: number): Promise<ReadHandle> {
@@ -1627,6 +1832,8 @@ export class SegmentLog {
       segment.writer = null;
       await writer?.close().catch(() => undefined);
     }
+    this.readersReleased = true;
+    this.failQueuedReads();
     for (const handle of [...this.readers.values()]) this.retireReader(handle);
     await this.probeHandle?.close().catch(() => undefined);
     this.probeHandle = null;

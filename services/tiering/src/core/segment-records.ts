@@ -465,3 +465,101 @@ export function parseSegmentManifest(hash128: Hash128, text: string): SegmentMan
   }
   return { tailFrom, sequenceNext: BigInt(sequenceNext), sealed: segments };
 }
+
+/** A record read waiting to be issued: where the record lies, and its arrival order. */
+export interface PendingRecordRead {
+  readonly segmentId: number;
+  readonly offset: number;
+  /** The record's extent on disk (header + payload + padding), as segmentRecordBytes. */
+  readonly recordBytes: number;
+  /** Arrival order: runs holding older reads are issued first, so none waits behind newcomers. */
+  readonly arrival: number;
+}
+
+/** One read that serves `members`: the span [offset, offset + bytes) of one segment file. */
+export interface MergedRecordRead<T extends PendingRecordRead> {
+  readonly segmentId: number;
+  readonly offset: number;
+  readonly bytes: number;
+  /** By offset; two reads of the same record both appear. */
+  readonly members: T[];
+  readonly arrivalMin: number;
+}
+
+/**
+ * Groups pending record reads like a block-layer elevator: reads of records that lie back to back
+ * in the same segment (or of the same record) become one read of their span, up to
+ * `mergeBytesMax` bytes (a record longer than that is read alone). Merging trades parallelism for
+ * fewer, larger reads, so it only goes as far as it must: while there are fewer runs than
+ * `runsMin` (the free read slots), the run with the most records is split in two, so that reads
+ * which could all be in flight at once stay separate. Runs come back oldest first.
+ */
+export function planMergedReads<T extends PendingRecordRead>(
+  pending: readonly T[],
+  mergeBytesMax: number,
+  runsMin = 1,
+): MergedRecordRead<T>[] {
+  const sorted = [...pending].sort(
+    (a, b) => a.segmentId - b.segmentId || a.offset - b.offset || a.arrival - b.arrival,
+  );
+  const runs: T[][] = [];
+  let run: T[] | undefined;
+  let runOffset = 0;
+  let runEnd = 0;
+  for (const read of sorted) {
+    const end = read.offset + read.recordBytes;
+    const first = run?.[0];
+    // NOTE: records never overlap, so offset < runEnd only for a second read of a record in it.
+    if (
+      run !== undefined &&
+      first !== undefined &&
+      first.segmentId === read.segmentId &&
+      read.offset <= runEnd &&
+      Math.max(runEnd, end) - runOffset <= mergeBytesMax
+    ) {
+      runEnd = Math.max(runEnd, end);
+      run.push(read);
+      continue;
+    }
+    run = [read];
+    runOffset = read.offset;
+    runEnd = end;
+    runs.push(run);
+  }
+  const target = Math.min(runsMin, sorted.length);
+  while (runs.length < target) {
+    let widest = 0;
+    for (let i = 1; i < runs.length; i++) {
+      if ((runs[i] as T[]).length > (runs[widest] as T[]).length) widest = i;
+    }
+    const members = runs[widest] as T[];
+    if (members.length < 2) break;
+    // Split between distinct records only: two reads of one record share a read.
+    let cut = members.length >> 1;
+    while (cut > 0 && (members[cut] as T).offset === (members[cut - 1] as T).offset) cut--;
+    if (cut === 0) {
+      cut = members.length >> 1;
+      while (cut < members.length && (members[cut] as T).offset === (members[cut - 1] as T).offset) cut++;
+      if (cut === members.length) break;
+    }
+    runs.splice(widest, 1, members.slice(0, cut), members.slice(cut));
+  }
+  return runs
+    .map((members) => {
+      const head = members[0] as T;
+      let end = 0;
+      let arrivalMin = Number.POSITIVE_INFINITY;
+      for (const read of members) {
+        end = Math.max(end, read.offset + read.recordBytes);
+        arrivalMin = Math.min(arrivalMin, read.arrival);
+      }
+      return {
+        segmentId: head.segmentId,
+        offset: head.offset,
+        bytes: end - head.offset,
+        members,
+        arrivalMin,
+      };
+    })
+    .sort((a, b) => a.arrivalMin - b.arrivalMin);
+}

@@ -185,13 +185,27 @@ export class TierPolicy {
     return undefined;
   }
 
+  /**
+   * Starts the reads of all `hashes` at once, one promise per hash in order. The SSD tier then sees
+   * them together and serves reads of neighbouring records (a demoted prefix lies back to back) with
+   * fewer, larger reads. Each promise settles on its own; the caller bounds how many it starts.
+   */
+  readMany(hashes: readonly BlockHash[]): Promise<TierHit | undefined>[] {
+    return hashes.map((hash) => this.read(hash));
+  }
+
   /** As read(), and the tier no longer holds the block afterwards. */
   async promote(hash: BlockHash): Promise<TierHit | undefined> {
     const hit = await this.read(hash);
     if (hit === undefined) return undefined;
+    await this.release(hash, hit);
+    return hit;
+  }
+
+  /** The second half of promote: `hit` (from read()) leaves the tier it was read from. */
+  async release(hash: BlockHash, hit: TierHit): Promise<void> {
     if (hit.tier === 'far') this.far?.pool.remove(hash);
     else await this.ssd?.remove(hash);
-    return hit;
   }
 
   /**
