@@ -87,6 +87,32 @@ export const TIERING_CONFIG_SCHEMA = {
   ssdFsyncIntervalMs: { type: 'duration', default: '10ms', min: 1 },
   ssdDirectIo: { type: 'bool', default: true, description: 'O_DIRECT reads where the filesystem allows' },
   ssdBlocksMax: { type: 'int', default: 1 << 22, min: 1, description: 'most blocks held on SSD' },
+  ssdReadMergeBytesMax: {
+    type: 'bytes',
+    default: '4MiB',
+    min: '4KiB',
+    description: 'largest single read that serves adjacent records pending together',
+  },
+  ssdReadsInFlightMax: {
+    type: 'int',
+    default: 16,
+    min: 1,
+    max: 1024,
+    description: 'SSD reads issued at once',
+  },
+  ssdReadsQueuedMax: {
+    type: 'int',
+    default: 65536,
+    min: 1,
+    description: 'SSD reads waiting for a slot; beyond it a read is RESOURCE_EXHAUSTED',
+  },
+  readAheadBlocks: {
+    type: 'int',
+    default: 16,
+    min: 1,
+    max: 1024,
+    description: 'blocks of one Read / Promote whose reads run ahead of the one being sent',
+  },
   blockBytesMax: {
     type: 'bytes',
     default: '64MiB',

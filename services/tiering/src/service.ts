@@ -120,6 +120,9 @@ export async function startTieringService(
         recordBytesMax: config.blockBytesMax + RECORD_META_BYTES_MAX + DIRECT_IO_ALIGN_BYTES,
         blocksMax: config.ssdBlocksMax,
         directIo: config.ssdDirectIo,
+        readMergeBytesMax: config.ssdReadMergeBytesMax,
+        readsInFlightMax: config.ssdReadsInFlightMax,
+        readsQueuedMax: config.ssdReadsQueuedMax,
         kernels,
         ...(memory === null
           ? {}
@@ -172,6 +175,7 @@ export async function startTieringService(
         hashesPerRequestMax: config.hashesPerRequestMax,
         demoteMessagesPerStreamMax: config.demoteMessagesPerStreamMax,
         demoteStreamConcurrency: DEMOTE_STREAM_CONCURRENCY,
+        readAheadBlocks: config.readAheadBlocks,
         leaseMsDefault: config.leaseMsDefault,
         farPool:
           far === null
