@@ -7,39 +7,15 @@
 // --warmup S, --blocks N (GET working set), --concurrency 1,8.
 import { availableParallelism } from 'node:os';
 
-import { blockSeed, computeBlockHashBytes, encodeBlockPayload, type BlockDims } from '@kvmesh/block';
 import { loadKernels } from '@kvmesh/kernels';
-import { blockHashFromBytes, parseModelFingerprint, parseNamespace } from '@kvmesh/protocol';
-import { KvStoreClient, type BlockInput } from '@kvmesh/sdk';
+import { KvStoreClient } from '@kvmesh/sdk';
 import { spawnService } from '@kvmesh/test-harness';
 
 import type { BenchContext, BenchSuite } from '../main.ts';
+import { BENCH_KV_BYTES, benchBlocks, type BenchBlock } from '../blocks.ts';
 import { measureClosedLoop, type ThroughputResult } from '../anchors/closed-loop.ts';
 import { measureRedisThroughput, startRedisServer } from '../anchors/redis.ts';
 import { numberOption, round, stringOption } from '../options.ts';
-
-// 2 layers × 4 kv heads × 64 tokens × 64 dims × (K + V) × f32 = 262,144 bytes of KV per block.
-const DIMS: BlockDims = { layers: 2, kvHeads: 4, blockTokens: 64, headDim: 64, groupSize: 32 };
-const KV_BYTES = 2 * DIMS.layers * DIMS.kvHeads * DIMS.blockTokens * DIMS.headDim * 4;
-const FINGERPRINT = parseModelFingerprint('6b766d6573682d62656e63682d737431');
-const NAMESPACE = parseNamespace('');
-
-/** Block i: its own first-block token ids (so its own hash) over a shared payload. */
-function makeBlock(seed: Uint8Array, payload: Uint8Array, i: number): BlockInput {
-  const tokens = new Uint32Array(DIMS.blockTokens);
-  for (let t = 0; t < tokens.length; t++) tokens[t] = (i * 7919 + t * 104729) >>> 0;
-  tokens[0] = i >>> 0;
-  tokens[1] = Math.floor(i / 2 ** 32);
-  const hash = blockHashFromBytes(computeBlockHashBytes(seed, tokens, DIMS.blockTokens));
-  return {
-    hash,
-    parentHash: null,
-    namespace: NAMESPACE,
-    modelFingerprint: FINGERPRINT,
-    tokenIds: tokens,
-    payload,
-  };
-}
 
 function parseConcurrency(args: readonly string[]): number[] {
   const raw = stringOption(args, 'concurrency') ?? '1,8';
@@ -65,21 +41,10 @@ export const suite: BenchSuite = {
     const blocks = numberOption(args, 'blocks', 256);
     const levels = parseConcurrency(args);
     const kernels = loadKernels();
-    const payload = encodeBlockPayload(
-      kernels,
-      'f32',
-      DIMS,
-      Array.from({ length: DIMS.layers }, () => ({
-        k: Float32Array.from({ length: KV_BYTES / (8 * DIMS.layers) }, () => Math.random() - 0.5),
-        v: Float32Array.from({ length: KV_BYTES / (8 * DIMS.layers) }, () => Math.random() - 0.5),
-      })),
+    const { payload, block: makeBlock } = benchBlocks(kernels, '6b766d6573682d62656e63682d737431');
+    log(
+      `payload ${payload.length} bytes (${BENCH_KV_BYTES} of KV + header), ${availableParallelism()} cores`,
     );
-    const seed = blockSeed({
-      modelFingerprint: FINGERPRINT,
-      blockTokens: DIMS.blockTokens,
-      namespace: NAMESPACE,
-    });
-    log(`payload ${payload.length} bytes (${KV_BYTES} of KV + header), ${availableParallelism()} cores`);
 
     // Redis first (its own process), with the same value size and working set.
     const redis = await startRedisServer();
@@ -130,7 +95,7 @@ export const suite: BenchSuite = {
           replicas: 1,
         });
       const setup = await connect();
-      const working = Array.from({ length: blocks }, (_, i) => makeBlock(seed, payload, i));
+      const working = Array.from({ length: blocks }, (_, i) => makeBlock(i));
       for (let i = 0; i < working.length; i += 32) {
         const report = await setup.put(working.slice(i, i + 32));
         if (report.failed.length > 0)
@@ -149,7 +114,7 @@ export const suite: BenchSuite = {
           kvGet[c] = await measureClosedLoop(
             { concurrency: c, seconds, warmupSeconds, bytesPerOp: payload.length },
             async (worker, i) => {
-              const block = working[(i * c + worker) % blocks] as BlockInput;
+              const block = working[(i * c + worker) % blocks] as BenchBlock;
               const [got] = await (clients[worker] as KvStoreClient).get([block.hash]);
               if (got?.payload.length !== payload.length)
                 throw new Error(`GET ${block.hash} came back wrong`);
@@ -158,9 +123,7 @@ export const suite: BenchSuite = {
           kvPut[c] = await measureClosedLoop(
             { concurrency: c, seconds, warmupSeconds, bytesPerOp: payload.length },
             async (worker) => {
-              const report = await (clients[worker] as KvStoreClient).put([
-                makeBlock(seed, payload, nextPut++),
-              ]);
+              const report = await (clients[worker] as KvStoreClient).put([makeBlock(nextPut++)]);
               if (report.acknowledged.length !== 1)
                 throw new Error(`PUT not acknowledged: ${String(report.failed[0])}`);
             },
@@ -175,7 +138,7 @@ export const suite: BenchSuite = {
     }
 
     const result = {
-      blockBytes: KV_BYTES,
+      blockBytes: BENCH_KV_BYTES,
       payloadBytes: payload.length,
       redis: { getGBps: round(best(redisGet)), putGBps: round(best(redisPut)) },
       kvmesh: { getGBps: round(best(kvGet)), putGBps: round(best(kvPut)) },

@@ -14,38 +14,17 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { blockSeed, computeBlockHashBytes, encodeBlockPayload, type BlockDims } from '@kvmesh/block';
 import { loadKernels, nativeMemory } from '@kvmesh/kernels';
-import { blockHashFromBytes, parseModelFingerprint, parseNamespace } from '@kvmesh/protocol';
 import { spawnService } from '@kvmesh/test-harness';
 import { FarMemoryReader, TierServiceClient, type TierBlock } from '@kvmesh/tiering';
 
 import type { BenchContext, BenchSuite } from '../main.ts';
+import { benchBlocks } from '../blocks.ts';
 import { numberOption, round, stringOption } from '../options.ts';
 
-// 2 layers × 4 kv heads × 64 tokens × 64 dims × (K + V) × f32 = 262,144 bytes of KV per block.
-const DIMS: BlockDims = { layers: 2, kvHeads: 4, blockTokens: 64, headDim: 64, groupSize: 32 };
-const KV_BYTES = 2 * DIMS.layers * DIMS.kvHeads * DIMS.blockTokens * DIMS.headDim * 4;
-const FINGERPRINT = parseModelFingerprint('6b766d6573682d62656e63682d746972');
-const NAMESPACE = parseNamespace('');
 const MIB = 1024 * 1024;
 const WARMUP_BLOCKS = 32;
 const FAR_READ_PASSES = 3;
-
-function makeBlock(seed: Uint8Array, payload: Uint8Array, i: number): TierBlock {
-  const tokens = new Uint32Array(DIMS.blockTokens);
-  for (let t = 0; t < tokens.length; t++) tokens[t] = (i * 7919 + t * 104729) >>> 0;
-  tokens[0] = i >>> 0;
-  const hash = blockHashFromBytes(computeBlockHashBytes(seed, tokens, DIMS.blockTokens));
-  return {
-    hash,
-    parentHash: null,
-    namespace: NAMESPACE,
-    modelFingerprint: FINGERPRINT,
-    tokenIds: tokens,
-    payload,
-  };
-}
 
 /**
  * Runs `op(i, worker)` over `count` items from `concurrency` closed-loop workers (one operation
@@ -121,22 +100,9 @@ export const suite: BenchSuite = {
     const dir = mkdtempSync(join(base, 'kvmesh-bench-tier-'));
     const shmDir = mkdtempSync(join('/dev/shm', 'kvmesh-bench-tier-'));
     const kernels = loadKernels();
-    const payload = encodeBlockPayload(
-      kernels,
-      'f32',
-      DIMS,
-      Array.from({ length: DIMS.layers }, () => ({
-        k: Float32Array.from({ length: KV_BYTES / (8 * DIMS.layers) }, () => Math.random() - 0.5),
-        v: Float32Array.from({ length: KV_BYTES / (8 * DIMS.layers) }, () => Math.random() - 0.5),
-      })),
-    );
-    const seed = blockSeed({
-      modelFingerprint: FINGERPRINT,
-      blockTokens: DIMS.blockTokens,
-      namespace: NAMESPACE,
-    });
-    const far = Array.from({ length: blocks }, (_, i) => makeBlock(seed, payload, i));
-    const ssd = Array.from({ length: blocks }, (_, i) => makeBlock(seed, payload, blocks + i));
+    const { payload, block: makeBlock } = benchBlocks(kernels, '6b766d6573682d62656e63682d746972');
+    const far = Array.from({ length: blocks }, (_, i) => makeBlock(i));
+    const ssd = Array.from({ length: blocks }, (_, i) => makeBlock(blocks + i));
     const volumeBytes = blocks * payload.length;
     const volumeGB = volumeBytes / 1e9;
     log(
@@ -169,9 +135,7 @@ export const suite: BenchSuite = {
       });
       try {
         // Warm-up (not measured): connections, JIT, the service's buffers, the reader's mapping.
-        const warm = Array.from({ length: WARMUP_BLOCKS }, (_, i) =>
-          makeBlock(seed, payload, 2 * blocks + i),
-        );
+        const warm = Array.from({ length: WARMUP_BLOCKS }, (_, i) => makeBlock(2 * blocks + i));
         await timeAll(warm.length, concurrency, (i) => client.demote(warm[i] as TierBlock, 'far'));
         await timeAll(
           warm.length,
