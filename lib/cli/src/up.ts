@@ -297,23 +297,31 @@ export async function runUp(args: readonly string[]): Promise<number> {
     if (options.tiering) {
       const [tc, ta] = node('services/tiering/src/main.ts');
       const serviceId = `tiering-up-${randomBytes(3).toString('hex')}`;
-      const tiering = await startChild(
-        'tiering',
-        tc,
-        ta,
-        {
-          KVMESH_SERVICE_ID: serviceId,
-          KVMESH_DATA_TOKEN: token,
-          KVMESH_FAR_BYTES: options.farBytes,
-          KVMESH_SSD_BYTES: options.ssdBytes,
-          KVMESH_SSD_DIR: options.tierDir ?? join(storeDir, 'ssd'),
-        },
-        parseReadyLine,
-        children,
-      );
-      if (typeof tiering.grpcAddress !== 'string')
-        throw new Error('the tiering service announced no gRPC address');
-      tieringAddress = tiering.grpcAddress;
+      try {
+        const tiering = await startChild(
+          'tiering',
+          tc,
+          ta,
+          {
+            KVMESH_SERVICE_ID: serviceId,
+            KVMESH_DATA_TOKEN: token,
+            KVMESH_FAR_BYTES: options.farBytes,
+            KVMESH_SSD_BYTES: options.ssdBytes,
+            KVMESH_SSD_DIR: options.tierDir ?? join(storeDir, 'ssd'),
+          },
+          parseReadyLine,
+          children,
+        );
+        if (typeof tiering.grpcAddress !== 'string')
+          throw new Error('the tiering service announced no gRPC address');
+        tieringAddress = tiering.grpcAddress;
+      } catch (err) {
+        // NOTE: tiering extends the store; without it the mesh still serves (evicted blocks are dropped).
+        process.stderr.write(
+          `kvmesh up: the tiering service did not start (${err instanceof Error ? err.message : String(err)}); ` +
+            'going on without tiering (see --far-bytes, --ssd-bytes, --tier-dir, --no-tiering)\n',
+        );
+      }
     }
     const [cmd, kvArgs] = node('services/kvstore/src/main.ts');
     await Promise.all(
