@@ -33,6 +33,33 @@ export const ROUTER_CONFIG_SCHEMA = {
     choices: ROUTING_POLICIES,
     description: 'how a decode worker and a prefill worker are chosen',
   },
+  storeGBps: {
+    type: 'number',
+    default: 1,
+    min: 0.001,
+    description:
+      'bandwidth of a block fetch from the store into a worker (GB/s): prices a cached token by its KV bytes',
+  },
+  farGBps: { type: 'number', default: 0.5, min: 0.001, description: 'the same for a copy in far memory' },
+  ssdGBps: { type: 'number', default: 0.25, min: 0.001, description: 'the same for a copy on SSD' },
+  workerGflops: {
+    type: 'number',
+    default: 100,
+    min: 0.001,
+    description: "a worker's sustained dense GFLOP/s: prices a computed token at 2 FLOPs per weight",
+  },
+  activeSequenceMs: {
+    type: 'number',
+    default: 10,
+    min: 0,
+    description: 'delay each sequence already running on a worker adds to a new request (kv-aware)',
+  },
+  queueWaitMs: {
+    type: 'number',
+    default: 50,
+    min: 0,
+    description: 'delay each request queued on a worker adds (kv-aware)',
+  },
   decodeAttemptsMax: {
     type: 'int',
     default: 4,

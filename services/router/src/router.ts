@@ -12,7 +12,7 @@ import { jetstream } from '@nats-io/jetstream';
 import { blockSeed, computeBlockHashes } from '@kvmesh/block';
 import { loadModel, type LoadedModel } from '@kvmesh/engine';
 import { KvmeshError, type ErrorKind } from '@kvmesh/errors';
-import { loadKernels, type Kernels } from '@kvmesh/kernels';
+import { loadKernels, type CodecName, type Kernels } from '@kvmesh/kernels';
 import {
   codecToWire,
   type WireCodecName,
@@ -47,6 +47,7 @@ import { checkRouterConfig, type RouterConfig } from './config.ts';
 import {
   BlockIndex,
   InflightPrefixes,
+  derivedCosts,
   WorkerRouter,
   storeBlockTiers,
   storeCachedBlocks,
@@ -247,14 +248,37 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
   const metrics = options.metrics ?? new MetricsRegistry({ labelSetsMax: config.metricsLabelSetsMax });
   const measured = routerMetrics(metrics);
 
+  // The cost model's rates follow the model's KV bytes per token (in this codec) and its size.
+  const cfg = model.config;
+  const layerDims = {
+    kvHeads: cfg.kvHeads,
+    blockTokens: B,
+    headDim: cfg.headDim,
+    groupSize: Math.min(32, B, cfg.headDim),
+  };
+  const costs = {
+    ...derivedCosts(cfg, {
+      kvBytesPerToken: (kernels.sectionBytes(config.codec as CodecName, layerDims) * cfg.layers) / B,
+      storeGBps: config.storeGBps,
+      farGBps: config.farGBps,
+      ssdGBps: config.ssdGBps,
+      workerGflops: config.workerGflops,
+    }),
+    activeSequenceMs: config.activeSequenceMs,
+    queueWaitMsPerRequest: config.queueWaitMs,
+  };
   const decodeRouter = new WorkerRouter(
     {
+      ...costs,
       policy: config.policy as RoutingPolicyName,
       prefillUncachedTokensMin: config.prefillUncachedTokensMin,
     },
     DECODE_ROLE,
   );
-  const prefillRouter = new WorkerRouter({ policy: config.policy as RoutingPolicyName }, PREFILL_ROLE);
+  const prefillRouter = new WorkerRouter(
+    { ...costs, policy: config.policy as RoutingPolicyName },
+    PREFILL_ROLE,
+  );
   const prefilling = new InflightPrefixes(config.inflightBlocksMax);
   /** Decode streams this router has open, per worker. */
   const decoding = new Map<NodeId, number>();
@@ -632,6 +656,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
     const httpAddress = `${hostPart}:${http.port}`;
     const grpcAddress = `${hostPart}:${grpc.port}`;
     logger.info('router serving', {
+      costs,
       httpAddress,
       grpcAddress,
       model: modelName,

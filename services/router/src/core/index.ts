@@ -24,6 +24,7 @@ export {
   type RoutingPolicyName,
 } from './config.ts';
 export { NoWorkerAvailableError } from './errors.ts';
+export { derivedCosts, modelParameters, type DeploymentSpeeds, type ModelShapeForCosts } from './costs.ts';
 export { InflightPrefixes, type InflightTicket } from './inflight.ts';
 export {
   WorkerRouter,
