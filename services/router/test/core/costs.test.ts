@@ -3,28 +3,12 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
+import { MODEL_PRESETS } from '@kvmesh/engine';
+
 import { derivedCosts, modelParameters } from '../../src/core/index.ts';
 
-const TINY = {
-  layers: 2,
-  hiddenSize: 128,
-  queryHeads: 4,
-  kvHeads: 2,
-  headDim: 32,
-  intermediateSize: 256,
-  vocabSize: 2048,
-  tiedEmbeddings: false,
-};
-const SMALL = {
-  layers: 12,
-  hiddenSize: 768,
-  queryHeads: 12,
-  kvHeads: 4,
-  headDim: 64,
-  intermediateSize: 2048,
-  vocabSize: 8192,
-  tiedEmbeddings: false,
-};
+const TINY = { ...MODEL_PRESETS.tiny, tiedEmbeddings: false };
+const SMALL = { ...MODEL_PRESETS.small, tiedEmbeddings: false };
 
 test('costs - parameters of the generated presets (~0.8 M and ~88 M)', () => {
   // tiny: 2 × (128·256 + 128·128 + 3·128·256 + 2·128) + 2 · 2048·128 + 128.
