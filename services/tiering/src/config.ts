@@ -87,6 +87,19 @@ export const TIERING_CONFIG_SCHEMA = {
   ssdFsyncIntervalMs: { type: 'duration', default: '10ms', min: 1 },
   ssdDirectIo: { type: 'bool', default: true, description: 'O_DIRECT reads where the filesystem allows' },
   ssdBlocksMax: { type: 'int', default: 1 << 22, min: 1, description: 'most blocks held on SSD' },
+  ssdCompactIntervalMs: {
+    type: 'duration',
+    default: '30s',
+    min: 0,
+    description: 'period of the SSD compaction check; 0: compact only when an append finds the tier full',
+  },
+  ssdCompactGarbageRatio: {
+    type: 'number',
+    default: 0.3,
+    min: 0,
+    max: 1,
+    description: 'dead bytes (removed or promoted blocks) over bytes on disk from which the check compacts',
+  },
   ssdReadMergeBytesMax: {
     type: 'bytes',
     default: '4MiB',

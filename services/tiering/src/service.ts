@@ -16,6 +16,7 @@ import { registerTieringDataHandlers } from './adapters/data-handlers.ts';
 import { openFarBacking, type FarBacking } from './adapters/far-memory.ts';
 import { tieringGrpcService } from './adapters/grpc-service.ts';
 import { SegmentLog } from './adapters/segment-log.ts';
+import { startSsdCompaction } from './adapters/ssd-compaction.ts';
 import { checkTieringConfig, resolveServiceId, type TieringConfig } from './config.ts';
 import { FarPool, RECORD_META_BYTES_MAX, TierPolicy, type SsdTier } from './core/index.ts';
 
@@ -105,7 +106,8 @@ export async function startTieringService(
       else logger.info(`far memory: ${backing.description}`, { bytes: config.farBytes });
     }
 
-    let ssd: SegmentLog | null = null;
+    let ssd: SsdTier | null = null;
+    let ssdDirectIo = false;
     let ssdDir = '';
     if (config.ssdBytes > 0) {
       ssdDir = config.ssdDir === '' ? join('/var/tmp/kvmesh', serviceId, 'ssd') : config.ssdDir;
@@ -130,16 +132,30 @@ export async function startTieringService(
               allocate: (bytes: number) => new Uint8Array(memory.allocAligned(bytes, DIRECT_IO_ALIGN_BYTES)),
             }),
       });
-      ssd = log;
       cleanups.push(() => log.close());
+      const compaction = startSsdCompaction(
+        log,
+        { intervalMs: config.ssdCompactIntervalMs, garbageRatio: config.ssdCompactGarbageRatio },
+        logger,
+      );
+      cleanups.push(() => compaction.stop());
+      ssd = {
+        append: (hash, payload) => compaction.append(hash, payload),
+        read: (hash) => log.read(hash),
+        remove: (hash) => log.remove(hash),
+        has: (hash) => log.has(hash),
+        stats: () => log.stats(),
+      };
       const stats = log.stats();
+      ssdDirectIo = stats.directIo;
+      // NOTE: reads and stats go to the log; appends compact once when the log is at capacity.
       logger.info('ssd tier open', { dir: ssdDir, blocks: stats.blocks, directIo: stats.directIo });
     }
 
     const policy = new TierPolicy({
       kernels,
       far: far === null || pool === null ? null : { region: far.region, pool },
-      ssd: ssd as SsdTier | null,
+      ssd,
       blockBytesMax: config.blockBytesMax,
       leaseMsMax: config.leaseMsMax,
       onFault: (what, details) => logger.warn(what, details),
@@ -222,7 +238,7 @@ export async function startTieringService(
               description: backing.description,
             },
       ssdDir,
-      ssdDirectIo: ssd?.stats().directIo ?? false,
+      ssdDirectIo,
       policy,
       close() {
         closing ??= (async () => {

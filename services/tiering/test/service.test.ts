@@ -429,6 +429,35 @@ describe('tiering service - limits and restarts', () => {
     }
   });
 
+  it('tiering service - an SSD tier full of removed blocks compacts and takes the next block', async () => {
+    const ssd = tempDir('tier-compact');
+    const t = await startTiering({
+      KVMESH_SERVICE_ID: `tier-compact-${process.pid}`,
+      KVMESH_FAR_BYTES: '0',
+      KVMESH_SSD_DIR: ssd.dir,
+      // Room for one record of a test block; only compaction makes room for the next.
+      KVMESH_SSD_BYTES: '20KiB',
+      KVMESH_SSD_COMPACT_INTERVAL_MS: '0',
+    });
+    try {
+      const blocks = [1, 2, 3].map((i) => makeBlock(100 + i));
+      for (const block of blocks) {
+        await demoteBlocks(t.client.grpc, [block], Tier.TIER_SSD);
+        // Promote takes it back out of the tier: its record is dead space until compaction.
+        const [back] = await promote(t.client.grpc, [hashBytes(block)]);
+        assert.equal(back?.tier, Tier.TIER_SSD);
+      }
+      const last = makeBlock(200);
+      await demoteBlocks(t.client.grpc, [last], Tier.TIER_SSD);
+      const [got] = await read(t.client.grpc, [hashBytes(last)]);
+      assert.equal(got?.tier, Tier.TIER_SSD);
+      assert.equal(Number((await stats(t)).ssd?.blocks), 1);
+    } finally {
+      await t.stop();
+      ssd.remove();
+    }
+  });
+
   it('tiering service - restart: SSD contents survive; far memory is demoted to SSD at a clean stop, lost on a crash', async () => {
     const ssd = tempDir('tier-restart');
     const env = {
