@@ -132,6 +132,13 @@ export const KVSTORE_CONFIG_SCHEMA = {
     description: 'first wait before demoting again after the tiering service could not be reached',
   },
   tierTimeoutMs: { type: 'duration', default: '10s', min: 1, description: 'bound on each tiering call' },
+  tierCheckIntervalMs: {
+    type: 'duration',
+    default: '5s',
+    min: 0,
+    description:
+      'period of the check that learns which far-memory demotions the tier spilled to SSD (0: off)',
+  },
   promoteParentsMax: {
     type: 'int',
     default: 8,

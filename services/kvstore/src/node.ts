@@ -123,6 +123,7 @@ export async function startKvStoreNode(
         concurrency: config.demoteConcurrency,
         retryDelayMs: config.tierRetryMs,
         timeoutMs: config.tierTimeoutMs,
+        tierCheckIntervalMs: config.tierCheckIntervalMs,
       })
     : undefined;
 

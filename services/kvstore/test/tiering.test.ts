@@ -53,6 +53,8 @@ async function startNode(tieringAddress: string, flags: { promote: boolean }): P
       // Larger than the whole working set: no victim is ever dropped for want of buffer.
       demotingBytesMax: 200 * BLOCK_BYTES,
       tierRetryMs: 50,
+      // The tier check runs when a test asks (node.tier.checkTiers()), so tiers change only then.
+      tierCheckIntervalMs: 0,
       promoteParentsMax: flags.promote ? 8 : 0,
       prefetchBlocksMax: flags.promote ? 64 : 0,
       logLevel: 'error',
@@ -204,6 +206,11 @@ describe('kvstore tiering - a working set 12x DRAM over a real tiering service',
     assert.ok(ssdBlocks.length >= 2, `SSD holds ${ssdBlocks.length} blocks`);
     const figures = tierFigures(await tier.client.stats());
     assert.equal(figures.far.blocks + figures.ssd.blocks, demoted.length);
+    // The tier check learns what far memory spilled: those blocks are now recorded (and announced)
+    // on SSD, the others stay in far memory.
+    assert.equal(await node.tier?.checkTiers(), ssdBlocks.length);
+    for (const b of ssdBlocks) assert.equal(node.store.tierOf(b.namespace, b.hash), 'ssd');
+    for (const b of farBlocks) assert.equal(node.store.tierOf(b.namespace, b.hash), 'far');
 
     // A corrupt copy on SSD and one in far memory: reported missing, dropped from the index.
     const badSsd = ssdBlocks[0]!;

@@ -26,6 +26,11 @@ export interface TierLinkOptions {
   readonly retryDelayMs: number;
   /** Bound on connecting and on each call. */
   readonly timeoutMs: number;
+  /**
+   * Period of the check that learns which far-memory demotions the service has since spilled to
+   * SSD (one LocateFar of up to TIER_CHECK_BLOCKS_MAX hashes per round); 0 turns it off.
+   */
+  readonly tierCheckIntervalMs?: number;
 }
 
 export interface TierLinkCounters {
@@ -40,6 +45,8 @@ export interface TierLinkCounters {
 /** Hashes waiting to be removed from the tier; beyond it the oldest are given up (they leak there). */
 const REMOVALS_PENDING_MAX = 65_536;
 const BACKOFF_FACTOR_MAX = 20;
+/** Hashes one tier check asks about. */
+const TIER_CHECK_BLOCKS_MAX = 256;
 
 /** The service could not be reached or answered with a fault: try again later. */
 function isRetryable(err: unknown): boolean {
@@ -67,8 +74,49 @@ export class TierLink implements TierReader {
   private failuresInARow = 0;
   private closed = false;
   private readonly settled: (() => void)[] = [];
+  private tierCheck: NodeJS.Timeout | undefined;
+  private tierCheckCursor = 0;
+  private checking = false;
 
-  constructor(private readonly options: TierLinkOptions) {}
+  constructor(private readonly options: TierLinkOptions) {
+    const interval = options.tierCheckIntervalMs ?? 0;
+    if (interval > 0) {
+      this.tierCheck = setInterval(() => void this.checkTiers(), interval);
+      this.tierCheck.unref();
+    }
+  }
+
+  /**
+   * One round of the tier check: the far-memory demotions the pool no longer holds were spilled to
+   * SSD by the service (or lost with it; a read then finds them missing and drops them).
+   */
+  async checkTiers(): Promise<number> {
+    if (this.checking || this.closed || this.target !== 'far') return 0;
+    this.checking = true;
+    try {
+      const { store } = this.options;
+      const { blocks, next } = store.demotedIn('far', TIER_CHECK_BLOCKS_MAX, this.tierCheckCursor);
+      this.tierCheckCursor = next;
+      if (blocks.length === 0) return 0;
+      const client = await this.connect();
+      // NOTE: a 1 ms lease: the check must not hold far memory in place (0 means the default lease).
+      const located = await client.locateFar(
+        blocks.map((b) => b.hash),
+        1,
+      );
+      const missing = new Set(located.missingHashes.map((h) => Buffer.from(h).toString('hex')));
+      let moved = 0;
+      for (const block of blocks) {
+        if (missing.has(block.hash) && store.demotedMoved(block.namespace, block.hash, 'ssd')) moved++;
+      }
+      return moved;
+    } catch (err) {
+      this.options.logger.debug('tier check failed', { err });
+      return 0;
+    } finally {
+      this.checking = false;
+    }
+  }
 
   /** Call when the store has tier work (BlockStoreDeps.onTierWork). */
   readonly wake = (): void => {
@@ -106,6 +154,7 @@ export class TierLink implements TierReader {
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.backoff);
+    clearInterval(this.tierCheck);
     while (this.inFlight > 0 || this.removing) await new Promise<void>((r) => this.settled.push(r));
     const client = this.client ?? (await this.connecting?.catch(() => undefined));
     this.client = undefined;

@@ -159,7 +159,8 @@ class DemotedEntry implements DemotedRecord {
 
   constructor(
     entry: Entry,
-    readonly tier: LowerTier,
+    /** Where the tier holds it; far memory may later spill it to SSD (demotedMoved). */
+    public tier: LowerTier,
   ) {
     this.key = entry.key;
     this.namespace = entry.namespace;
@@ -653,6 +654,34 @@ export class BlockStore {
     this.events.emit({ removed, stored: [meta] });
     this.wakeTierWork();
     return 'demoted';
+  }
+
+  /**
+   * Demoted blocks recorded in `tier`, up to `max`, starting after the `after`-th (a rotating cursor
+   * lets an adapter check them all over several rounds); the cursor for the next round comes back.
+   */
+  demotedIn(
+    tier: LowerTier,
+    max: number,
+    after = 0,
+  ): { blocks: { namespace: Namespace; hash: BlockHash }[]; next: number } {
+    const all = [...this.demoted.values()].filter((d) => d.tier === tier);
+    const start = after < all.length ? after : 0;
+    const blocks = all.slice(start, start + max).map((d) => ({ namespace: d.namespace, hash: d.hash }));
+    return { blocks, next: start + blocks.length };
+  }
+
+  /**
+   * The tier moved a demoted block (far memory spilled it to SSD): records the new tier, and a
+   * `stored` event says so, so routers price a hit by where it lives. False when not demoted here.
+   */
+  demotedMoved(namespace: Namespace, hash: BlockHash, tier: LowerTier): boolean {
+    const meta = this.demoted.get(keyOf(namespace, hash));
+    if (meta === undefined) return false;
+    if (meta.tier === tier) return true;
+    meta.tier = tier;
+    this.events.emit({ stored: [meta] });
+    return true;
   }
 
   /**
