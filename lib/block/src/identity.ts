@@ -86,6 +86,35 @@ export function blockSeed(input: BlockSeedInput, kernels: HashKernels = loadKern
   return kernels.hash128(blockSeedPreimage(input));
 }
 
+/**
+ * Seeds computed once per (model, block size, namespace) and kept, up to `seedsMax` (the oldest is
+ * recomputed when next needed): every first block of a sequence starts from one, and the shared
+ * namespace '' is by far the most asked for.
+ */
+export class BlockSeeds {
+  private readonly seeds = new Map<string, Uint8Array>();
+
+  constructor(
+    private readonly kernels: HashKernels = loadKernels(),
+    readonly seedsMax = 1024,
+  ) {
+    if (!Number.isInteger(seedsMax) || seedsMax < 1)
+      throw new InvalidArgumentError(`seedsMax must be a positive integer, got ${seedsMax}`, { seedsMax });
+  }
+
+  /** The seed (shared: never mutate it). */
+  get(input: BlockSeedInput): Uint8Array {
+    const key = `${input.modelFingerprint}/${input.blockTokens}/${input.namespace}`;
+    let seed = this.seeds.get(key);
+    if (seed === undefined) {
+      seed = blockSeed(input, this.kernels);
+      if (this.seeds.size >= this.seedsMax) this.seeds.delete(this.seeds.keys().next().value as string);
+      this.seeds.set(key, seed);
+    }
+    return seed;
+  }
+}
+
 /** Token ids as a Uint32Array, checking each plain-array entry is an integer in [0, 2^32). */
 export function toTokenIds(tokens: Uint32Array | readonly number[]): Uint32Array {
   if (tokens instanceof Uint32Array) return tokens;

@@ -13,6 +13,7 @@ import { parseModelFingerprint, parseNamespace, type Namespace } from '@kvmesh/p
 import { createXXHash128 } from 'hash-wasm';
 
 import {
+  BlockSeeds,
   blockSeed,
   blockSeedPreimage,
   computeBlockHashBytes,
@@ -319,5 +320,21 @@ describe('identity - argument validation', () => {
   it('identity - computeBlockHashes rejects a seed that is not 16 bytes and a bad block size', () => {
     assert.throws(() => computeBlockHashes(new Uint8Array(15), [], 16, referenceKernels), invalid(15));
     assert.throws(() => computeBlockHashes(seed, [], 8, referenceKernels), invalid(8));
+  });
+});
+
+describe('identity - BlockSeeds', () => {
+  it('identity - the cached seed is blockSeed, computed once per key and bounded', () => {
+    const fp = parseModelFingerprint(randomBytes(16).toString('hex'));
+    const seeds = new BlockSeeds(referenceKernels, 2);
+    const input = (ns: string) => ({ modelFingerprint: fp, blockTokens: 64, namespace: parseNamespace(ns) });
+    const first = seeds.get(input('a'));
+    assert.deepEqual(first, blockSeed(input('a'), referenceKernels));
+    assert.equal(seeds.get(input('a')), first, 'the same object: computed once');
+    assert.notDeepEqual(seeds.get(input('b')), first);
+    seeds.get(input('c'));
+    assert.notEqual(seeds.get(input('a')), first, "past seedsMax the oldest ('a') was recomputed");
+    assert.deepEqual(seeds.get(input('a')), first);
+    assert.throws(() => new BlockSeeds(referenceKernels, 0), InvalidArgumentError);
   });
 });

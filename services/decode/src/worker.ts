@@ -18,7 +18,7 @@
 // worker reuses (its local cache, blocks sealed while decoding) may differ from the prefill's in the
 // last bits, so its own draw could differ, and the client must see one sequence.
 import type { ServerWritableStream, UntypedServiceImplementation } from '@grpc/grpc-js';
-import { blockSeed, computeBlockHashes, type BlockDims } from '@kvmesh/block';
+import { BlockSeeds, computeBlockHashes, type BlockDims } from '@kvmesh/block';
 import { Engine, TextStream, type LoadedModel } from '@kvmesh/engine';
 import type { CodecName, Kernels } from '@kvmesh/kernels';
 import {
@@ -262,8 +262,9 @@ export async function startDecodeWorker(
     // Runs after the gRPC server drained (cleanups run in reverse) and before the store closes.
     cleanups.push(writeBacksSettled);
 
+    const seeds = new BlockSeeds(kernels);
     const seedOf = (input: DecodeInput): Uint8Array =>
-      blockSeed({ modelFingerprint: model.fingerprint, blockTokens: B, namespace: input.namespace }, kernels);
+      seeds.get({ modelFingerprint: model.fingerprint, blockTokens: B, namespace: input.namespace });
 
     /** The leading blocks whose copies fetch cleanly and are exactly this prompt's blocks. */
     const fetchPrefix = async (

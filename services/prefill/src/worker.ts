@@ -7,7 +7,7 @@
 // instead of failing the request: the KV is a cache, and the decode worker computes what is missing.
 // Requests run one at a time behind a bounded queue: the engine's forward pass is synchronous.
 import type { UntypedServiceImplementation } from '@grpc/grpc-js';
-import { blockSeed, computeBlockHashes, type BlockDims } from '@kvmesh/block';
+import { BlockSeeds, computeBlockHashes, type BlockDims } from '@kvmesh/block';
 import { Engine, type LoadedModel } from '@kvmesh/engine';
 import { KvmeshError } from '@kvmesh/errors';
 import type { CodecName, Kernels } from '@kvmesh/kernels';
@@ -155,12 +155,14 @@ export async function startPrefillWorker(
       return usable.slice(0, count).map((b) => (b as FetchedBlock).payload);
     };
 
+    const seeds = new BlockSeeds(kernels);
     const runPrefill = async (input: PrefillInput): Promise<PrefillResponse> => {
       const tokens = input.promptTokens;
-      const seed = blockSeed(
-        { modelFingerprint: model.fingerprint, blockTokens: B, namespace: input.namespace },
-        kernels,
-      );
+      const seed = seeds.get({
+        modelFingerprint: model.fingerprint,
+        blockTokens: B,
+        namespace: input.namespace,
+      });
       const hashes = computeBlockHashes(seed, tokens, B, kernels);
       let matchedBlocks = 0;
       let held = hashes.map(() => false);

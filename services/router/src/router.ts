@@ -9,7 +9,7 @@
 // (TTFT, inter-token latency, tokens, routing decisions) in a bounded MetricsRegistry.
 import { Metadata, credentials, status as GrpcStatus, type ServiceError } from '@grpc/grpc-js';
 import { jetstream } from '@nats-io/jetstream';
-import { blockSeed, computeBlockHashes } from '@kvmesh/block';
+import { BlockSeeds, computeBlockHashes } from '@kvmesh/block';
 import { loadModel, type LoadedModel } from '@kvmesh/engine';
 import { KvmeshError, type ErrorKind } from '@kvmesh/errors';
 import { loadKernels, type CodecName, type Kernels } from '@kvmesh/kernels';
@@ -233,17 +233,10 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
     config.maxContextTokens > 0
       ? Math.min(config.maxContextTokens, model.config.maxContextTokens)
       : model.config.maxContextTokens;
-  // Block hashes are namespaced through the seed; the shared namespace '' is by far the most used.
-  const seeds = new Map<string, Uint8Array>();
-  const seedOf = (namespace: Namespace): Uint8Array => {
-    let seed = seeds.get(namespace);
-    if (seed === undefined) {
-      seed = blockSeed({ modelFingerprint: model.fingerprint, blockTokens: B, namespace }, kernels);
-      if (seeds.size >= NAMESPACE_SEEDS_MAX) seeds.delete(seeds.keys().next().value as string);
-      seeds.set(namespace, seed);
-    }
-    return seed;
-  };
+  // Block hashes are namespaced through the seed; seeds are computed once per namespace.
+  const seeds = new BlockSeeds(kernels, NAMESPACE_SEEDS_MAX);
+  const seedOf = (namespace: Namespace): Uint8Array =>
+    seeds.get({ modelFingerprint: model.fingerprint, blockTokens: B, namespace });
   const now = options.monotonicClock ?? (() => performance.now());
   const metrics = options.metrics ?? new MetricsRegistry({ labelSetsMax: config.metricsLabelSetsMax });
   const measured = routerMetrics(metrics);

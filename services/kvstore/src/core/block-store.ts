@@ -25,7 +25,7 @@
 // of blocks / demoting / demoted. The store never does I/O: adapters read demoted blocks back and
 // hand them to insertPromoted(), which verifies them like a put before they re-enter DRAM.
 import {
-  blockSeed,
+  BlockSeeds,
   computeBlockHashBytes,
   namespaceBytes,
   parseBlockHeader,
@@ -192,6 +192,7 @@ export class BlockStore {
   readonly config: ResolvedBlockStoreConfig;
   private readonly now: () => number;
   private readonly kernels: Kernels;
+  private readonly seeds: BlockSeeds;
   private readonly events: KvEventLog;
   private readonly blocks = new Map<string, Entry>();
   /** parent key → children held here whose parent is not (see the invariants above). */
@@ -252,6 +253,7 @@ export class BlockStore {
     this.now = deps.now;
     this.onTierWork = deps.onTierWork;
     this.kernels = deps.kernels ?? loadKernels();
+    this.seeds = new BlockSeeds(this.kernels);
     this.events = new KvEventLog(this.config.nodeId, deps.now, deps.sink);
     // The watermarks apply to bytes and to entries alike: either one above high starts eviction,
     // which goes on until both are at or below low.
@@ -884,7 +886,7 @@ export class BlockStore {
     // The chain formula makes the parent hash the seed of its child's hash.
     const seed =
       parentHash === null
-        ? blockSeed({ modelFingerprint, blockTokens: tokenIds.length, namespace }, this.kernels)
+        ? this.seeds.get({ modelFingerprint, blockTokens: tokenIds.length, namespace })
         : blockHashToBytes(parentHash);
     const computed = blockHashFromBytes(computeBlockHashBytes(seed, tokenIds, tokenIds.length, this.kernels));
     if (computed !== hash) throw new BlockHashMismatchError(hash, computed, parentHash, namespace);
