@@ -17,9 +17,8 @@ import {
   modelFingerprintFromBytes,
   modelFingerprintToBytes,
   parseNamespace,
+  type BlockFields,
   type BlockHash,
-  type ModelFingerprint,
-  type Namespace,
 } from '@kvmesh/protocol';
 
 export const RECORD_MAGIC = 0x5254564b; // "KVTR" read as u32 little-endian
@@ -30,12 +29,7 @@ export const RECORD_PAYLOAD_ALIGN_BYTES = 64;
 export const RECORD_META_BYTES_MAX = 1 << 20;
 
 /** A block as the tiers hold it: identity and tokens beside the payload bytes. */
-export interface TierBlock {
-  readonly hash: BlockHash;
-  readonly parentHash: BlockHash | null;
-  readonly namespace: Namespace;
-  readonly modelFingerprint: ModelFingerprint;
-  readonly tokenIds: Uint32Array;
+export interface TierBlock extends BlockFields {
   /** Block payload format v1. */
   readonly payload: Uint8Array;
 }
