@@ -9,3 +9,4 @@ export * from './service.ts';
 export * from './llamacpp.ts';
 export * from './kvstore.ts';
 export * from './tiering.ts';
+export * from './grpc-assert.ts';

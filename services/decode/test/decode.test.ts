@@ -44,6 +44,7 @@ import {
 } from '@kvmesh/runtime';
 import { KvStoreClient } from '@kvmesh/sdk';
 import {
+  rejectsWithStatus,
   spawnKvStoreNodes,
   startNatsServer,
   waitFor,
@@ -70,15 +71,6 @@ function decodeRequest(input: DecodeRequestInput): DecodeRequest {
     ...rest,
     sampling: sampling === undefined ? undefined : { ...SamplingParams.fromPartial({}), ...sampling },
   };
-}
-
-/** Asserts a call failed with `code` and a message matching `pattern`. */
-async function rejectsWith(call: Promise<unknown>, code: GrpcStatus, pattern: RegExp): Promise<void> {
-  await assert.rejects(call, (err: ServiceError) => {
-    assert.equal(err.code, code, `status ${err.code}: ${err.details}`);
-    assert.match(err.details, pattern);
-    return true;
-  });
 }
 
 describe('decode worker - over a 2-node kvstore cluster (R = 2) on a real nats-server', () => {
@@ -370,7 +362,7 @@ describe('decode worker - over a 2-node kvstore cluster (R = 2) on a real nats-s
       ),
     );
     assert.equal((await health()).activeSequences, SEQUENCES_MAX);
-    await rejectsWith(
+    await rejectsWithStatus(
       decode({ promptTokenIds: [5, 6, 7], sampling: { maxTokens: 2 } }),
       GrpcStatus.RESOURCE_EXHAUSTED,
       /decode worker is full \(3 sequences admitted\)/,
@@ -390,43 +382,43 @@ describe('decode worker - over a 2-node kvstore cluster (R = 2) on a real nats-s
   });
 
   it('decode - bad input is refused naming the field', async () => {
-    await rejectsWith(
+    await rejectsWithStatus(
       decode({ promptTokenIds: [] }),
       GrpcStatus.INVALID_ARGUMENT,
       /^prompt_token_ids is empty/,
     );
-    await rejectsWith(
+    await rejectsWithStatus(
       decode({ promptTokenIds: [1, 2, model.config.vocabSize] }),
       GrpcStatus.INVALID_ARGUMENT,
       /^prompt_token_ids\[2\] is 2048, outside the vocabulary/,
     );
-    await rejectsWith(
+    await rejectsWithStatus(
       decode({ promptTokenIds: randomTokens(B + 1), blockHashes: [Buffer.alloc(3)] }),
       GrpcStatus.INVALID_ARGUMENT,
       /^block_hashes\[0\]: /,
     );
     const prompt = randomTokens(2 * B + 1);
-    await rejectsWith(
+    await rejectsWithStatus(
       decode({ promptTokenIds: prompt, blockHashes: wireHashes(hashesOf(prompt, 'other')) }),
       GrpcStatus.INVALID_ARGUMENT,
       /^block_hashes\[0\] is [0-9a-f]{32}, but block 0 of the prompt hashes to/,
     );
-    await rejectsWith(
+    await rejectsWithStatus(
       decode({ promptTokenIds: prompt, firstTokenId: model.config.vocabSize }),
       GrpcStatus.INVALID_ARGUMENT,
       /^first_token_id is 2048/,
     );
-    await rejectsWith(
+    await rejectsWithStatus(
       decode({ promptTokenIds: prompt, sampling: { topK: 0, temperature: -1 } }),
       GrpcStatus.INVALID_ARGUMENT,
       /^sampling\.temperature must be in/,
     );
-    await rejectsWith(
+    await rejectsWithStatus(
       decode({ promptTokenIds: prompt, sampling: { stopTokenIds: [1, 99999] } }),
       GrpcStatus.INVALID_ARGUMENT,
       /^sampling\.stop_token_ids\[1\] is 99999/,
     );
-    await rejectsWith(
+    await rejectsWithStatus(
       decode({ promptTokenIds: prompt, codec: Codec.CODEC_KIVI4 }),
       GrpcStatus.FAILED_PRECONDITION,
       /^codec: this worker decodes KV in f32/,

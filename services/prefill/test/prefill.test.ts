@@ -30,6 +30,7 @@ import {
 } from '@kvmesh/runtime';
 import { KvStoreClient } from '@kvmesh/sdk';
 import {
+  rejectsWithStatus,
   spawnKvStoreNodes,
   startNatsServer,
   waitFor,
@@ -49,15 +50,6 @@ function unary<Res>(invoke: (cb: (err: ServiceError | null, res?: Res) => void) 
   return new Promise((resolve, reject) =>
     invoke((err, res) => (err !== null ? reject(err) : resolve(res as Res))),
   );
-}
-
-/** Asserts a call failed with `code` and a message matching `pattern`. */
-async function rejectsWith(call: Promise<unknown>, code: GrpcStatus, pattern: RegExp): Promise<void> {
-  await assert.rejects(call, (err: ServiceError) => {
-    assert.equal(err.code, code, `status ${err.code}: ${err.details}`);
-    assert.match(err.details, pattern);
-    return true;
-  });
 }
 
 describe('prefill worker - over a 2-node kvstore cluster (R = 2) on a real nats-server', () => {
@@ -211,22 +203,22 @@ describe('prefill worker - over a 2-node kvstore cluster (R = 2) on a real nats-
   });
 
   it('prefill - bad input is refused naming the field', async () => {
-    await rejectsWith(
+    await rejectsWithStatus(
       prefill({ promptTokenIds: [] }),
       GrpcStatus.INVALID_ARGUMENT,
       /^prompt_token_ids is empty/,
     );
-    await rejectsWith(
+    await rejectsWithStatus(
       prefill({ promptTokenIds: [1, 2, model.config.vocabSize] }),
       GrpcStatus.INVALID_ARGUMENT,
       /^prompt_token_ids\[2\] is 2048, outside the vocabulary/,
     );
-    await rejectsWith(
+    await rejectsWithStatus(
       prefill({ promptTokenIds: randomTokens(model.config.maxContextTokens) }),
       GrpcStatus.INVALID_ARGUMENT,
       /^prompt_token_ids holds 2048 tokens/,
     );
-    await rejectsWith(
+    await rejectsWithStatus(
       prefill({ promptTokenIds: [1, 2, 3], codec: Codec.CODEC_KIVI4 }),
       GrpcStatus.FAILED_PRECONDITION,
       /^codec: this worker computes KV in f32/,
