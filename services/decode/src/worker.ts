@@ -467,7 +467,16 @@ export async function startDecodeWorker(
           const to = info.fullBlocks;
           handled = to;
           const tokens = info.tokens.slice(0, to * B);
-          hashes.push(...computeBlockHashes(seedOf(input), tokens, B, kernels).slice(hashes.length));
+          // NOTE: the chain continues from the last known hash: only the new blocks are hashed.
+          const last = hashes.at(-1);
+          hashes.push(
+            ...computeBlockHashes(
+              last === undefined ? seedOf(input) : blockHashToBytes(last),
+              tokens.slice(hashes.length * B),
+              B,
+              kernels,
+            ),
+          );
           const payloads = new Map<number, Uint8Array>();
           for (let i = from; i < to; i++) payloads.set(i, engine.exportBlock(id, i));
           const indices = [...payloads.keys()];

@@ -33,7 +33,6 @@ import { CleanupStack, connectWorkerStore, workerBasics } from '@kvmesh/worker';
 
 import { checkPrefillConfig, type PrefillConfig } from './config.ts';
 import {
-  BlocksNotStoredError,
   SerialQueue,
   blocksToPut,
   parsePrefillRequest,
@@ -214,11 +213,9 @@ export async function startPrefillWorker(
             counts.blocksNotStored += report.failed.length;
             logger.warn('blocks not stored; served without them', {
               requestId: input.requestId,
-              notStored: new BlocksNotStoredError(
-                report.failed.length,
-                toPut.length,
-                firstFailure.error.message,
-              ).message,
+              failed: report.failed.length,
+              total: toPut.length,
+              err: firstFailure.error,
             });
           }
         } catch (err) {

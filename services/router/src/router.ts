@@ -50,7 +50,6 @@ import {
   derivedCosts,
   WorkerRouter,
   storeBlockTiers,
-  storeCachedBlocks,
   type RequestPlanKind,
   type RouteDecision,
   type RoutingPolicyName,
@@ -397,8 +396,8 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
       // Decode workers publish their local prefix caches too: their runs price a local hit.
       const decoderIds = tracker.liveIds(DECODE_ROLE);
       const match = index.match(namespace, hashes, new Set([...stores, ...decoderIds]));
-      const storeBlocks = storeCachedBlocks(match, (id) => stores.has(id));
       const storeTiers = storeBlockTiers(match, (id) => stores.has(id));
+      const storeBlocks = storeTiers.length;
       /** The decode worker for this request under the policy, among live ones not yet tried. */
       const chooseDecoder = (tried: ReadonlySet<NodeId>): { member: Member; decision: RouteDecision } => {
         const live = tracker.live(DECODE_ROLE);

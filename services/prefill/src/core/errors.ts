@@ -1,6 +1,6 @@
 // Typed errors of the prefill worker. Each maps to a gRPC status through its `kind` and carries what
-// the caller needs to act on it (the queue bound, the blocks the store did not acknowledge), so the
-// router can retry elsewhere without parsing messages. Codec and model mismatches are @kvmesh/worker's.
+// the caller needs to act on it (the queue bound), so the router can retry elsewhere without parsing
+// messages. Codec and model mismatches are @kvmesh/worker's.
 import { KvmeshError } from '@kvmesh/errors';
 
 /** The bounded request queue is full; retry later or on another worker. */
@@ -9,17 +9,5 @@ export class QueueFullError extends KvmeshError {
     super('QUEUE_FULL', 'resource-exhausted', `prefill queue is full (${queueDepthMax} requests waiting)`, {
       queueDepthMax,
     });
-  }
-}
-
-/** Computed blocks the store did not acknowledge: the response would claim blocks nobody holds. */
-export class BlocksNotStoredError extends KvmeshError {
-  constructor(failed: number, total: number, firstError: string) {
-    super(
-      'BLOCKS_NOT_STORED',
-      'unavailable',
-      `${failed} of ${total} new blocks were not acknowledged by the store: ${firstError}`,
-      { failed, total },
-    );
   }
 }

@@ -2,7 +2,7 @@
 // the prompt's full blocks, the bounded serial queue the engine runs behind, and the typed errors.
 // Adapters and the worker import from here only.
 export { CodecMismatchError, ModelMismatchError } from '@kvmesh/worker';
-export { BlocksNotStoredError, QueueFullError } from './errors.ts';
+export { QueueFullError } from './errors.ts';
 export {
   blocksToPut,
   importableBlocks,

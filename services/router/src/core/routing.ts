@@ -107,15 +107,13 @@ function checkInput(input: RouteInput, pool: string): void {
  * them), e.g. the kvstore nodes as opposed to workers that also publish their pools' events.
  */
 export function storeCachedBlocks(match: IndexMatch, isStoreNode: (nodeId: NodeId) => boolean): number {
-  let blocks = 0;
-  for (const position of match.positions) {
-    if (!position.holders.some((h) => isStoreNode(h.nodeId))) break;
-    blocks++;
-  }
-  return blocks;
+  return storeBlockTiers(match, isStoreNode).length;
 }
 
-/** The best (fastest) tier of each leading store-held block, for pricing its fetch. */
+/**
+ * The best (fastest) tier of each leading store-held block, for pricing its fetch; its length is
+ * storeCachedBlocks.
+ */
 export function storeBlockTiers(match: IndexMatch, isStoreNode: (nodeId: NodeId) => boolean): Tier[] {
   const rank = (tier: Tier): number => (tier === Tier.TIER_FAR ? 1 : tier === Tier.TIER_SSD ? 2 : 0);
   const tiers: Tier[] = [];
