@@ -108,8 +108,8 @@ class Entry implements BlockRecord {
   eligibleIndex = -1;
   expiryIndex = -1;
 
-  /** The payload's header checksum as verified at put (see payloadTagOf). */
-  readonly payloadTag: bigint;
+  /** The payload's header checksum as verified at put (see payloadIntact). */
+  readonly payloadTag: Uint8Array;
 
   constructor(
     readonly key: string,
@@ -125,7 +125,7 @@ class Entry implements BlockRecord {
     accessSeq: number,
   ) {
     this.codec = header.codec;
-    this.payloadTag = payloadTagOf(payload, header);
+    this.payloadTag = payload.slice(header.headerBytes - 8, header.headerBytes);
     this.lastAccessMs = storedAtMs;
     this.accessSeq = accessSeq;
   }
@@ -137,14 +137,13 @@ class Entry implements BlockRecord {
 
 /**
  * The header checksum stored in a payload (its last 8 header bytes). It covers every section
- * checksum, so it names the content: a read compares it with the value verified at put, which
- * catches payload memory that was reused or overwritten since, for the price of an 8-byte load.
+ * checksum, so it names the content: a read compares it with the copy taken at put, which
+ * catches payload memory that was reused or overwritten since, for the price of 8 byte compares.
  */
-function payloadTagOf(payload: Uint8Array, header: BlockHeader): bigint {
-  return new DataView(payload.buffer, payload.byteOffset, payload.byteLength).getBigUint64(
-    header.headerBytes - 8,
-    true,
-  );
+function payloadIntact(entry: Entry): boolean {
+  const at = entry.header.headerBytes - 8;
+  for (let i = 0; i < 8; i++) if (entry.payload[at + i] !== entry.payloadTag[i]) return false;
+  return true;
 }
 
 /** The metadata a demoted block leaves behind (a few hundred bytes; its payload is in the tier). */
@@ -396,7 +395,7 @@ export class BlockStore {
     if (entry === undefined) {
       // Leaving for a lower tier: still in memory, so still a DRAM hit (no lease: it is not resident).
       const leaving = this.demoting.get(key);
-      if (leaving !== undefined && payloadTagOf(leaving.payload, leaving.header) === leaving.payloadTag) {
+      if (leaving !== undefined && payloadIntact(leaving)) {
         this.counters.hits += 1;
         this.hitsByTier.dram += 1;
         return leaving;
@@ -404,7 +403,7 @@ export class BlockStore {
       this.counters.misses += 1;
       return undefined;
     }
-    if (payloadTagOf(entry.payload, entry.header) !== entry.payloadTag) {
+    if (!payloadIntact(entry)) {
       // NOTE: bytes that changed under a stored block are not served; the caller recomputes.
       this.counters.payloadMismatches += 1;
       this.counters.misses += 1;
