@@ -353,15 +353,17 @@ export async function startDecodeWorker(
     };
 
     /** Keeps a finished sequence's blocks in the local prefix cache (or releases them). */
-    const cacheFinished = (finished: FinishedSequence, input: DecodeInput): void => {
+    const cacheFinished = (
+      finished: FinishedSequence,
+      input: DecodeInput,
+      hashes: readonly BlockHash[],
+    ): void => {
       if (finished.poolBlocks.length === 0) return;
       if (finished.firstBlock > 0) {
         // Without its first blocks the chain cannot be matched from a prompt's start.
         for (const id of finished.poolBlocks) engine.pool.release(id);
         return;
       }
-      const covered = finished.tokens.slice(0, finished.poolBlocks.length * B);
-      const hashes = computeBlockHashes(seedOf(input), covered, B, kernels);
       const { added, refused, evicted } = cache.insert(
         finished.poolBlocks.map((poolId, i) => ({
           hash: hashes[i] as BlockHash,
@@ -376,11 +378,14 @@ export async function startDecodeWorker(
     };
 
     /** Puts the finished sequence's full blocks the store lacks; never throws (logs and counts). */
-    const startWriteBack = (finished: FinishedSequence, input: DecodeInput): void => {
+    const startWriteBack = (
+      finished: FinishedSequence,
+      input: DecodeInput,
+      hashes: readonly BlockHash[],
+    ): void => {
       if (activeStore === undefined || finished.blocks.length === 0) return;
       void inBackground('write-back', input, async () => {
-        const covered = finished.tokens.slice(0, (finished.firstBlock + finished.blocks.length) * B);
-        const hashes = computeBlockHashes(seedOf(input), covered, B, kernels);
+        const covered = finished.tokens.slice(0, hashes.length * B);
         const match = await activeStore.matchPrefix(hashes, input.namespace);
         const held = new Set<string>(match.locations.map((l) => l.hash));
         // Far blocks are in the store by construction (pinned until now).
@@ -467,16 +472,7 @@ export async function startDecodeWorker(
           const to = info.fullBlocks;
           handled = to;
           const tokens = info.tokens.slice(0, to * B);
-          // NOTE: the chain continues from the last known hash: only the new blocks are hashed.
-          const last = hashes.at(-1);
-          hashes.push(
-            ...computeBlockHashes(
-              last === undefined ? seedOf(input) : blockHashToBytes(last),
-              tokens.slice(hashes.length * B),
-              B,
-              kernels,
-            ),
-          );
+          link.hashesOf(tokens, to);
           const payloads = new Map<number, Uint8Array>();
           for (let i = from; i < to; i++) payloads.set(i, engine.exportBlock(id, i));
           const indices = [...payloads.keys()];
@@ -501,6 +497,24 @@ export async function startDecodeWorker(
               if (await link.pinFar(hashes.slice(first, first + count))) batcher.demote(id, count);
             }),
           );
+        },
+        /**
+         * Hashes of the sequence's first `count` full blocks (`tokens` are its tokens); the known
+         * chain is extended from its last hash, so each block is hashed once.
+         */
+        hashesOf(tokens: readonly number[], count: number): BlockHash[] {
+          if (hashes.length < count) {
+            const last = hashes.at(-1);
+            hashes.push(
+              ...computeBlockHashes(
+                last === undefined ? seedOf(input) : blockHashToBytes(last),
+                tokens.slice(hashes.length * B, count * B),
+                B,
+                kernels,
+              ),
+            );
+          }
+          return hashes.slice(0, count);
         },
         /** Releases the far pins once the sequence ended (in the background). */
         end(): void {
@@ -616,9 +630,10 @@ export async function startDecodeWorker(
         channel.close();
         release();
         // After the final message was handed to the stream: the client never waits on the store.
-        if (finished !== undefined) {
-          cacheFinished(finished, input);
-          startWriteBack(finished, input);
+        if (finished !== undefined && link !== undefined) {
+          const hashes = link.hashesOf(finished.tokens, finished.firstBlock + finished.blocks.length);
+          cacheFinished(finished, input, hashes);
+          startWriteBack(finished, input, hashes);
         }
         link?.end();
       }
