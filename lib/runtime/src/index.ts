@@ -14,3 +14,4 @@ export * from './membership-nats.ts';
 export * from './events.ts';
 export * from './net.ts';
 export * from './metrics.ts';
+export * from './block-stream.ts';

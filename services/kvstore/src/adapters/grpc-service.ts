@@ -12,11 +12,15 @@ import {
   type PutBlocksResponse,
   type StatsResponse,
 } from '@kvmesh/protocol';
-import { LimitExceededError } from '@kvmesh/errors';
-import { wrapClientStream, wrapServerStream, wrapUnary, type WrapOptions } from '@kvmesh/runtime';
+import {
+  runBlockStream,
+  wrapClientStream,
+  wrapServerStream,
+  wrapUnary,
+  type WrapOptions,
+} from '@kvmesh/runtime';
 
 import {
-  blockFailure,
   codecToProto,
   f32ToLittleEndian,
   tierToProto,
@@ -38,73 +42,31 @@ export interface KvStoreServiceOptions {
   readonly wrap?: WrapOptions;
 }
 
-interface PutFailure {
-  index: number;
-  hash: string;
-  error: unknown;
-}
-
 async function putStream(
   node: KvNode,
   requests: AsyncIterable<PutBlocksRequest>,
   options: KvStoreServiceOptions,
 ): Promise<PutBlocksResponse> {
-  const hashes: Buffer[] = [];
-  const statuses: (ReplicaOutcome | undefined)[] = [];
-  const inFlight = new Set<Promise<void>>();
-  let failure: PutFailure | undefined;
-  const fail = (index: number, hash: string, error: unknown): void => {
-    if (failure === undefined || index < failure.index) failure = { index, hash, error };
-  };
-  let index = 0;
-  for await (const message of requests) {
-    if (failure !== undefined) break;
-    const i = index++;
-    const hashText = message.block?.hash.toString('hex') ?? '';
-    if (i >= options.putMessagesPerStreamMax) {
-      fail(
-        i,
-        hashText,
-        new LimitExceededError(
-          `PutBlocks stream carries more than ${options.putMessagesPerStreamMax} blocks (putMessagesPerStreamMax); split it`,
-          { putMessagesPerStreamMax: options.putMessagesPerStreamMax },
-        ),
-      );
-      break;
-    }
-    let placing: Promise<ReplicaOutcome>;
-    try {
+  const placed = await runBlockStream<PutBlocksRequest, { hash: Buffer; status: ReplicaOutcome }>(requests, {
+    rpc: 'PutBlocks',
+    limitName: 'putMessagesPerStreamMax',
+    messagesMax: options.putMessagesPerStreamMax,
+    concurrency: options.putStreamConcurrency,
+    hashOf: (message) => message.block?.hash.toString('hex') ?? '',
+    start: (message) => {
       const input = putInputOf(message.block);
-      hashes[i] = Buffer.from(blockHashToBytes(input.hash));
-      placing = message.replica
+      const hash = Buffer.from(blockHashToBytes(input.hash));
+      const placing = message.replica
         ? Promise.resolve().then(() => node.putReplica(input))
-        : node.putClient(input).then((placed) => placed.status);
-    } catch (err) {
-      fail(i, hashText, err);
-      break;
-    }
-    const tracked: Promise<void> = placing.then(
-      (status) => {
-        statuses[i] = status;
-      },
-      (err: unknown) => fail(i, hashText, err),
-    );
-    inFlight.add(tracked);
-    void tracked.finally(() => inFlight.delete(tracked));
-    if (inFlight.size >= options.putStreamConcurrency) await Promise.race(inFlight);
-  }
-  await Promise.all(inFlight);
-  const end = failure?.index ?? index;
-  let acknowledged = 0;
-  while (acknowledged < end && statuses[acknowledged] !== undefined) acknowledged++;
-  if (failure !== undefined) throw blockFailure(failure.error, failure, acknowledged);
-  const response: PutBlocksResponse = { acknowledged: [], stored: 0, deduplicated: 0 };
-  for (let i = 0; i < index; i++) {
-    response.acknowledged.push(hashes[i] as Buffer);
-    if (statuses[i] === 'stored') response.stored++;
-    else response.deduplicated++;
-  }
-  return response;
+        : node.putClient(input).then((outcome) => outcome.status);
+      return placing.then((status) => ({ hash, status }));
+    },
+  });
+  return {
+    acknowledged: placed.map((p) => p.hash),
+    stored: placed.filter((p) => p.status === 'stored').length,
+    deduplicated: placed.filter((p) => p.status !== 'stored').length,
+  };
 }
 
 export function kvStoreGrpcService(node: KvNode, options: KvStoreServiceOptions): KvStoreServer {

@@ -1,9 +1,9 @@
-// Checks a coordinator runs on a client's block before fanning it out, and the error context the
-// service edge adds. The BlockStore on each owner checks identity and the payload header; the
-// coordinator additionally verifies every section checksum once (a corrupt block must not be
-// replicated R times) and refuses an oversized payload before sending it anywhere.
+// Checks a coordinator runs on a client's block before fanning it out. The BlockStore on each owner
+// checks identity and the payload header; the coordinator additionally verifies every section
+// checksum once (a corrupt block must not be replicated R times) and refuses an oversized payload
+// before sending it anywhere.
 import { verifyBlockPayload } from '@kvmesh/block';
-import { CorruptDataError, InvalidArgumentError, KvmeshError, LimitExceededError } from '@kvmesh/errors';
+import { CorruptDataError, InvalidArgumentError, LimitExceededError } from '@kvmesh/errors';
 import { CODEC_NAMES, type Kernels } from '@kvmesh/kernels';
 
 import type { PutBlockInput } from './types.ts';
@@ -35,37 +35,4 @@ export function checkClientBlock(kernels: Kernels, input: PutBlockInput, blockBy
     }
     throw err;
   }
-}
-
-/**
- * The same error with the position of the failing block in the caller's request: the code, kind
- * and details are kept (so clients still match on the code), the message names the block, and
- * `acknowledged` says how many earlier blocks were acknowledged and stay stored.
- */
-export function blockFailure(
-  error: unknown,
-  block: { index?: number; hash: string },
-  acknowledged: number,
-): KvmeshError {
-  const where = block.index === undefined ? `block ${block.hash}` : `block ${block.index} (${block.hash})`;
-  const tail =
-    block.index === undefined
-      ? ''
-      : `; the ${acknowledged} block(s) before it were acknowledged and stay stored`;
-  if (error instanceof KvmeshError) {
-    // Coordinator errors already start with the block's hash; say it once.
-    const own = `block ${block.hash}: `;
-    const message = error.message.startsWith(own) ? error.message.slice(own.length) : error.message;
-    return new KvmeshError(error.code, error.kind, `${where}: ${message}${tail}`, {
-      ...error.details,
-      ...(block.index === undefined ? {} : { index: block.index }),
-      hash: block.hash,
-      acknowledged,
-    });
-  }
-  const message = error instanceof Error ? error.message : String(error);
-  return new KvmeshError('INTERNAL', 'internal', `${where}: internal error: ${message}${tail}`, {
-    hash: block.hash,
-    acknowledged,
-  });
 }

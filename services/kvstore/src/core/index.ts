@@ -31,7 +31,7 @@ export {
   type PutBlockResult,
   type TickResult,
 } from './types.ts';
-export { blockFailure, checkClientBlock } from './block-checks.ts';
+export { checkClientBlock } from './block-checks.ts';
 export {
   ReplicasExhaustedError,
   ReplicasUnavailableError,

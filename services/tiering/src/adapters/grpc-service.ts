@@ -17,8 +17,13 @@ import {
   type TieringStatsResponse,
   Tier,
 } from '@kvmesh/protocol';
-import { KvmeshError, LimitExceededError } from '@kvmesh/errors';
-import { wrapClientStream, wrapServerStream, wrapUnary, type WrapOptions } from '@kvmesh/runtime';
+import {
+  runBlockStream,
+  wrapClientStream,
+  wrapServerStream,
+  wrapUnary,
+  type WrapOptions,
+} from '@kvmesh/runtime';
 
 import { FarMemoryNotMappableError, type TierHit, type TierPolicy } from '../core/index.ts';
 import { blockOf, hashesOf, targetTierOf, tierBlockOf, tierToProto } from './wire.ts';
@@ -74,77 +79,24 @@ async function* readAhead(
   }
 }
 
-function failure(error: unknown, index: number, hash: string, acknowledged: number): KvmeshError {
-  const where = `block ${index} (${hash})`;
-  const tail = `; the ${acknowledged} block(s) before it were acknowledged and stay stored`;
-  if (error instanceof KvmeshError)
-    return new KvmeshError(error.code, error.kind, `${where}: ${error.message}${tail}`, {
-      ...error.details,
-      index,
-      hash,
-      acknowledged,
-    });
-  const message = error instanceof Error ? error.message : String(error);
-  return new KvmeshError('INTERNAL', 'internal', `${where}: internal error: ${message}${tail}`, {
-    index,
-    hash,
-    acknowledged,
-  });
-}
-
 async function demoteStream(
   policy: TierPolicy,
   requests: AsyncIterable<DemoteRequest>,
   options: TieringServiceOptions,
 ): Promise<DemoteResponse> {
-  const hashes: Buffer[] = [];
-  const done: boolean[] = [];
-  const inFlight = new Set<Promise<void>>();
-  let failed: { index: number; hash: string; error: unknown } | undefined;
-  const fail = (index: number, hash: string, error: unknown): void => {
-    if (failed === undefined || index < failed.index) failed = { index, hash, error };
-  };
-  let index = 0;
-  for await (const message of requests) {
-    if (failed !== undefined) break;
-    const i = index++;
-    const hashText = message.block?.hash.toString('hex') ?? '';
-    if (i >= options.demoteMessagesPerStreamMax) {
-      fail(
-        i,
-        hashText,
-        new LimitExceededError(
-          `Demote stream carries more than ${options.demoteMessagesPerStreamMax} blocks (demoteMessagesPerStreamMax); split it`,
-          { demoteMessagesPerStreamMax: options.demoteMessagesPerStreamMax },
-        ),
-      );
-      break;
-    }
-    let storing: Promise<unknown>;
-    try {
+  const acknowledged = await runBlockStream<DemoteRequest, Buffer>(requests, {
+    rpc: 'Demote',
+    limitName: 'demoteMessagesPerStreamMax',
+    messagesMax: options.demoteMessagesPerStreamMax,
+    concurrency: options.demoteStreamConcurrency,
+    hashOf: (message) => message.block?.hash.toString('hex') ?? '',
+    start: (message) => {
       const block = tierBlockOf(message.block);
-      hashes[i] = Buffer.from(blockHashToBytes(block.hash));
-      storing = policy.demote(block, targetTierOf(message.target));
-    } catch (err) {
-      fail(i, hashText, err);
-      break;
-    }
-    const tracked: Promise<void> = storing.then(
-      () => {
-        done[i] = true;
-      },
-      (err: unknown) => fail(i, hashText, err),
-    );
-    inFlight.add(tracked);
-    void tracked.finally(() => inFlight.delete(tracked));
-    if (inFlight.size >= options.demoteStreamConcurrency) await Promise.race(inFlight);
-  }
-  await Promise.all(inFlight);
-  const end = failed?.index ?? index;
-  let acknowledged = 0;
-  while (acknowledged < end && done[acknowledged] === true) acknowledged++;
-  if (failed !== undefined) throw failure(failed.error, failed.index, failed.hash, acknowledged);
-  return { acknowledged: hashes.slice(0, index) };
+      const hash = Buffer.from(blockHashToBytes(block.hash));
+      return policy.demote(block, targetTierOf(message.target)).then(() => hash);
+    },
+  });
+  return { acknowledged };
 }
 
 function blockMessage(hashBytes: Buffer, hit: TierHit | undefined): TierBlockResponse {
