@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
-import { generateModel } from '@kvmesh/engine';
+import { NO_PROGRESS, generateModel } from '@kvmesh/engine';
 
 const main = fileURLToPath(new URL('../src/main.ts', import.meta.url));
 
@@ -86,17 +86,18 @@ describe('bench - suites', () => {
   });
 });
 
+/** The tiny model generated into `dir`/tiny; returns its directory. */
+function tinyModel(dir: string): string {
+  const modelDir = join(dir, 'tiny');
+  generateModel({ outDir: modelDir, preset: 'tiny', seed: 5, progress: NO_PROGRESS });
+  return modelDir;
+}
+
 describe('bench - engine suite', () => {
   it('bench - engine prints its contract on a tiny model, with llama.cpp parity', () => {
     const dir = mkdtempSync(join(tmpdir(), 'kvmesh-bench-engine-'));
     try {
-      const modelDir = join(dir, 'tiny');
-      generateModel({
-        outDir: modelDir,
-        preset: 'tiny',
-        seed: 5,
-        progress: () => ({ update: () => undefined, finish: () => undefined }),
-      });
+      const modelDir = tinyModel(dir);
       const out = bench(
         'engine',
         '--model',
@@ -143,13 +144,7 @@ describe('bench - mesh suite', () => {
   it('bench - mesh prints its contract for both policies on a tiny shared-prefix chat workload', () => {
     const dir = mkdtempSync(join(tmpdir(), 'kvmesh-bench-mesh-'));
     try {
-      const modelDir = join(dir, 'tiny');
-      generateModel({
-        outDir: modelDir,
-        preset: 'tiny',
-        seed: 5,
-        progress: () => ({ update: () => undefined, finish: () => undefined }),
-      });
+      const modelDir = tinyModel(dir);
       // 2 system prompts × 64 tokens shared by 4 conversations × 2 turns; 16-token blocks so that
       // the shared system prompt and the first turn's history are whole blocks.
       const out = bench(
