@@ -7,6 +7,8 @@ import { spawn } from 'node:child_process';
 import { resolve as resolvePath } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { EXIT_WITH_PARENT_ENV } from '@kvmesh/runtime';
+
 import { track } from './children.ts';
 import { LineRing } from './util.ts';
 
@@ -71,11 +73,16 @@ export function spawnService(options: SpawnServiceOptions): Promise<ServiceHandl
   const readyTimeoutMs = options.readyTimeoutMs ?? 30_000;
   // NOTE: resolved here, so the child finds tsx no matter what its cwd is.
   const tsx = import.meta.resolve('tsx');
-  const env = { ...(options.inheritEnv === false ? {} : process.env), ...options.env };
+  // A test runner that dies (a timeout kill) takes its services with it: they watch their stdin.
+  const env = {
+    ...(options.inheritEnv === false ? {} : process.env),
+    [EXIT_WITH_PARENT_ENV]: '1',
+    ...options.env,
+  };
   const child = spawn(
     process.execPath,
     [...(options.nodeArgs ?? []), '--import', tsx, entry, ...(options.args ?? [])],
-    { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] },
+    { cwd, env, stdio: ['pipe', 'pipe', 'pipe'] },
   );
   track(child);
 

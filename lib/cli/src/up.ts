@@ -15,11 +15,12 @@ import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 
 import { generateModel } from '@kvmesh/engine';
-import { freePort, parseBytes, parseReadyLine } from '@kvmesh/runtime';
+import { EXIT_WITH_PARENT_ENV, freePort, parseBytes, parseReadyLine } from '@kvmesh/runtime';
 
 const REPO_ROOT = resolve(new URL('../../..', import.meta.url).pathname);
 const READY_TIMEOUT_MS = 60_000;
 const STOP_GRACE_MS = 8_000;
+const SETPRIV = '/usr/bin/setpriv';
 
 export const UP_USAGE = `usage: kvmesh up [options]
 
@@ -178,10 +179,13 @@ function startChild(
   readyWhen: (line: string) => Record<string, unknown> | undefined,
   children: Child[],
 ): Promise<Record<string, unknown>> {
+  // Our own services get stdin as a pipe that only this process holds: if it dies without stopping
+  // them (SIGKILL, a crash), the pipe's end tells them to stop (stopOnSignals in @kvmesh/runtime).
+  const ours = command === process.execPath;
   const child = spawn(command, args, {
     cwd: REPO_ROOT,
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...(ours ? { [EXIT_WITH_PARENT_ENV]: '1' } : {}), ...env },
+    stdio: [ours ? 'pipe' : 'ignore', 'pipe', 'pipe'],
   });
   const exited = new Promise<void>((done) => child.once('exit', () => done()));
   children.push({ name, process: child, exited });
@@ -270,14 +274,28 @@ export async function runUp(args: readonly string[]): Promise<number> {
   const onSignal = (): void => void stop(0).then(signalled);
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
+  // NOTE: whoever reads our output (a terminal, a pipe to a bench) going away is an EPIPE on the
+  // next write; unhandled, it would end this process with the mesh still running. It means no one is
+  // watching any more: stop the mesh, quietly.
+  const onOutputError = (): void => onSignal();
+  process.stdout.on('error', onOutputError);
+  process.stderr.on('error', onOutputError);
+  // Last resort for any other way out (an uncaught error): children still running are killed.
+  process.once('exit', () => {
+    for (const child of children)
+      if (child.process.exitCode === null && child.process.signalCode === null) child.process.kill('SIGKILL');
+  });
   try {
     const natsPort = await freePort();
     const natsUrl = `nats://127.0.0.1:${natsPort}`;
     // nats-server prints no ready line of ours: its readiness is its port accepting connections.
+    const natsArgs = ['-js', '-a', '127.0.0.1', '-p', String(natsPort), '-sd', storeDir];
+    // nats-server cannot watch a pipe: util-linux's setpriv gives it a parent-death signal instead.
     void startChild(
       'nats',
-      'nats-server',
-      ['-js', '-a', '127.0.0.1', '-p', String(natsPort), '-sd', storeDir],
+      ...((existsSync(SETPRIV)
+        ? [SETPRIV, ['--pdeathsig', 'TERM', 'nats-server', ...natsArgs]]
+        : ['nats-server', natsArgs]) as [string, string[]]),
       {},
       () => undefined,
       children,

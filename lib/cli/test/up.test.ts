@@ -5,7 +5,7 @@
 // token-identical to `kvmesh generate` in one process (f32 KV), and repeating it reports cached tokens.
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -30,31 +30,52 @@ describe('cli - kvmesh up', { timeout: 120_000 }, () => {
   const dir = mkdtempSync(join(tmpdir(), 'kvmesh-up-test-'));
   after(() => rmSync(dir, { recursive: true, force: true }));
 
-  it('up - serves the OpenAI API from child processes and stops all of them on SIGTERM', async () => {
+  /** Starts the launcher and waits for its ready line; the base URL, the process and its exit. */
+  const startUp = async (
+    extra: string[],
+  ): Promise<{
+    launcher: ReturnType<typeof spawn>;
+    base: string;
+    exited: Promise<number | null>;
+    stderr: () => string;
+  }> => {
     const modelDir = join(dir, 'tiny');
-    generateModel({ outDir: modelDir, preset: 'tiny', seed: 3, progress: NO_PROGRESS });
+    if (!existsSync(join(modelDir, 'config.json')))
+      generateModel({ outDir: modelDir, preset: 'tiny', seed: 3, progress: NO_PROGRESS });
     const launcher = spawn(
       process.execPath,
-      [bin, 'up', '--model', modelDir, '--port', '0', '--block-tokens', '16'],
-      {
-        stdio: ['ignore', 'pipe', 'pipe'],
-      },
+      [bin, 'up', '--model', modelDir, '--port', '0', '--block-tokens', '16', ...extra],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
     );
     let stderr = '';
-    launcher.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-8000)));
+    launcher.stderr?.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-8000)));
     const exited = new Promise<number | null>((done) => launcher.once('exit', (code) => done(code)));
-    try {
-      const base = await new Promise<string>((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`no ready line; stderr:\n${stderr}`)), 90_000);
-        createInterface({ input: launcher.stdout }).on('line', (line) => {
-          const m = /^kvmesh ready: (http:\/\/\S+)$/.exec(line);
-          if (m) {
-            clearTimeout(timer);
-            resolve(m[1] as string);
-          }
-        });
-        void exited.then((code) => reject(new Error(`launcher exited ${code}; stderr:\n${stderr}`)));
+    const base = await new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no ready line; stderr:\n${stderr}`)), 90_000);
+      createInterface({ input: launcher.stdout as NodeJS.ReadableStream }).on('line', (line) => {
+        const m = /^kvmesh ready: (http:\/\/\S+)$/.exec(line);
+        if (m) {
+          clearTimeout(timer);
+          resolve(m[1] as string);
+        }
       });
+      void exited.then((code) => reject(new Error(`launcher exited ${code}; stderr:\n${stderr}`)));
+    }).catch((err: unknown) => {
+      launcher.kill('SIGKILL');
+      throw err;
+    });
+    return { launcher, base, exited, stderr: () => stderr };
+  };
+
+  const childrenOf = (pid: number | undefined): number[] =>
+    execFileSync('ps', ['-o', 'pid=', '--ppid', String(pid)], { encoding: 'utf8' })
+      .split('\n')
+      .map((s) => Number(s.trim()))
+      .filter((p) => p > 0);
+
+  it('up - serves the OpenAI API from child processes and stops all of them on SIGTERM', async () => {
+    const { launcher, base, exited, stderr: output } = await startUp([]);
+    try {
       const models = (await (await fetch(`${base}/models`)).json()) as { data: { id: string }[] };
       assert.equal(models.data.length, 1);
       const response = await fetch(`${base}/completions`, {
@@ -62,7 +83,7 @@ describe('cli - kvmesh up', { timeout: 120_000 }, () => {
         headers: { 'content-type': 'application/json' },
         body: JSON.stringify({ model: models.data[0]?.id, prompt: 'Once upon a time', max_tokens: 8 }),
       });
-      assert.equal(response.status, 200, `completion failed: ${await response.clone().text()}\n${stderr}`);
+      assert.equal(response.status, 200, `completion failed: ${await response.clone().text()}\n${output()}`);
       const body = (await response.json()) as {
         choices: { text: string }[];
         usage: { completion_tokens: number };
@@ -113,7 +134,7 @@ describe('cli - kvmesh up', { timeout: 120_000 }, () => {
             temperature: 0,
           }),
         });
-        assert.equal(res.status, 200, `long completion failed: ${await res.clone().text()}\n${stderr}`);
+        assert.equal(res.status, 200, `long completion failed: ${await res.clone().text()}\n${output()}`);
         const b = (await res.json()) as {
           choices: { text: string }[];
           usage: { prompt_tokens: number; prompt_tokens_details: { cached_tokens: number } };
@@ -132,7 +153,7 @@ describe('cli - kvmesh up', { timeout: 120_000 }, () => {
           bin,
           'generate',
           '--model',
-          modelDir,
+          join(dir, 'tiny'),
           '--prompt',
           longPrompt,
           '--max-tokens',
@@ -148,21 +169,33 @@ describe('cli - kvmesh up', { timeout: 120_000 }, () => {
       assert.equal(again.text, first.text);
       assert.ok(again.cached >= 512, `repeat reused ${again.cached} tokens`);
 
-      const children = execFileSync('ps', ['-o', 'pid=', '--ppid', String(launcher.pid)], {
-        encoding: 'utf8',
-      })
-        .split('\n')
-        .map((s) => Number(s.trim()))
-        .filter((pid) => pid > 0);
+      const children = childrenOf(launcher.pid);
       assert.ok(
         children.length >= 6,
-        `nats + 2 kvstore + prefill + decode + router, got ${children.length}\n${stderr}`,
+        `nats + 2 kvstore + prefill + decode + router, got ${children.length}\n${output()}`,
       );
       launcher.kill('SIGTERM');
-      assert.equal(await exited, 0, stderr);
+      assert.equal(await exited, 0, output());
       assert.deepEqual(children.filter(alive), [], 'every child stopped with the launcher');
     } finally {
       if (launcher.exitCode === null) launcher.kill('SIGKILL');
     }
+  });
+
+  it('up - a launcher killed with SIGKILL leaves no process behind', async () => {
+    const { launcher, exited } = await startUp(['--kvstore', '1', '--no-tiering']);
+    const children = childrenOf(launcher.pid);
+    assert.ok(children.length >= 5, `nats + kvstore + prefill + decode + router, got ${children.length}`);
+    launcher.kill('SIGKILL');
+    await exited;
+    // Our services see their stdin pipe end; nats-server gets its parent-death signal (setpriv).
+    const deadline = Date.now() + 30_000;
+    while (children.some(alive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    const left = children.filter(alive);
+    const commands = left.map((pid) =>
+      execFileSync('ps', ['-o', 'args=', '-p', String(pid)], { encoding: 'utf8' }).trim(),
+    );
+    for (const pid of left) process.kill(pid, 'SIGKILL');
+    assert.deepEqual(commands, [], 'every child stopped after its launcher was killed');
   });
 });

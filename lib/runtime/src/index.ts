@@ -15,3 +15,4 @@ export * from './events.ts';
 export * from './net.ts';
 export * from './metrics.ts';
 export * from './block-stream.ts';
+export * from './shutdown.ts';

@@ -1,7 +1,7 @@
 // The process entry both workers share: config from KVMESH_* env and --flags (--help lists them),
 // start, the ready line on stdout, graceful shutdown on SIGTERM / SIGINT (a second signal exits at
 // once). A bad config exits 2, a failed start exits 1.
-import { announceReady, describeConfig, type ConfigSchema } from '@kvmesh/runtime';
+import { announceReady, describeConfig, stopOnSignals, type ConfigSchema } from '@kvmesh/runtime';
 
 /** What the ready line reports of a started worker. */
 export interface StartedWorker {
@@ -44,23 +44,7 @@ export async function runWorkerMain<C, W extends StartedWorker>(spec: WorkerMain
     process.stderr.write(`${role}: cannot start: ${message(err)}\n`);
     process.exit(1);
   });
-  let stopping = false;
-  const stop = (signal: NodeJS.Signals): void => {
-    if (stopping) {
-      process.stderr.write(`${role}: ${signal} again, exiting now\n`);
-      process.exit(1);
-    }
-    stopping = true;
-    worker.close().then(
-      () => process.exit(0),
-      (err: unknown) => {
-        process.stderr.write(`${role}: shutdown failed: ${message(err)}\n`);
-        process.exit(1);
-      },
-    );
-  };
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
+  stopOnSignals({ role, close: () => worker.close() });
   announceReady({
     nodeId: worker.nodeId,
     grpcAddress: worker.grpcAddress,

@@ -1,7 +1,7 @@
 // Entry point of one kvstore node process: config (KVMESH_* env, --flags) → startKvStoreNode → the
 // ready line on stdout → graceful shutdown on SIGTERM / SIGINT (a second signal exits at once).
 // Wiring only: everything the node does lives in node.ts and the modules it assembles.
-import { announceReady, describeConfig } from '@kvmesh/runtime';
+import { announceReady, describeConfig, stopOnSignals } from '@kvmesh/runtime';
 
 import { KVSTORE_CONFIG_SCHEMA, loadKvStoreConfig, type KvStoreConfig } from './config.ts';
 import { startKvStoreNode } from './node.ts';
@@ -27,23 +27,7 @@ const node = await startKvStoreNode(config).catch((err: unknown) => {
   process.exit(1);
 });
 
-let stopping = false;
-const stop = (signal: NodeJS.Signals): void => {
-  if (stopping) {
-    process.stderr.write(`kvstore: ${signal} again, exiting now\n`);
-    process.exit(1);
-  }
-  stopping = true;
-  node.close().then(
-    () => process.exit(0),
-    (err: unknown) => {
-      process.stderr.write(`kvstore: shutdown failed: ${err instanceof Error ? err.message : String(err)}\n`);
-      process.exit(1);
-    },
-  );
-};
-process.on('SIGTERM', stop);
-process.on('SIGINT', stop);
+stopOnSignals({ role: 'kvstore', close: () => node.close() });
 
 announceReady({
   nodeId: node.nodeId,

@@ -1,7 +1,7 @@
 // Entry point of the router process: config (KVMESH_* env, --flags) → startRouter (logger, model
 // tokenizer, NATS, membership, index feed, HTTP and gRPC servers) → the ready line on stdout → graceful
 // shutdown on SIGTERM / SIGINT (a second signal exits at once). Wiring only.
-import { announceReady, describeConfig } from '@kvmesh/runtime';
+import { announceReady, describeConfig, stopOnSignals } from '@kvmesh/runtime';
 
 import { ROUTER_CONFIG_SCHEMA, checkRouterConfig, loadRouterConfig, type RouterConfig } from './config.ts';
 import { startRouter } from './router.ts';
@@ -28,23 +28,7 @@ const router = await startRouter(config).catch((err: unknown) => {
   process.exit(1);
 });
 
-let stopping = false;
-const stop = (signal: NodeJS.Signals): void => {
-  if (stopping) {
-    process.stderr.write(`router: ${signal} again, exiting now\n`);
-    process.exit(1);
-  }
-  stopping = true;
-  router.close().then(
-    () => process.exit(0),
-    (err: unknown) => {
-      process.stderr.write(`router: shutdown failed: ${err instanceof Error ? err.message : String(err)}\n`);
-      process.exit(1);
-    },
-  );
-};
-process.on('SIGTERM', stop);
-process.on('SIGINT', stop);
+stopOnSignals({ role: 'router', close: () => router.close() });
 
 announceReady({
   role: 'router',

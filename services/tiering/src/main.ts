@@ -1,7 +1,7 @@
 // Entry point of the tiering service process (one per host): config (KVMESH_* env, --flags) →
 // startTieringService → the ready line on stdout → graceful shutdown on SIGTERM / SIGINT (a second
 // signal exits at once). Wiring only: everything the service does lives in service.ts and below.
-import { announceReady, describeConfig } from '@kvmesh/runtime';
+import { announceReady, describeConfig, stopOnSignals } from '@kvmesh/runtime';
 
 import { TIERING_CONFIG_SCHEMA, loadTieringConfig, type TieringConfig } from './config.ts';
 import { startTieringService } from './service.ts';
@@ -27,23 +27,7 @@ const service = await startTieringService(config).catch((err: unknown) => {
   process.exit(1);
 });
 
-let stopping = false;
-const stop = (signal: NodeJS.Signals): void => {
-  if (stopping) {
-    process.stderr.write(`tiering: ${signal} again, exiting now\n`);
-    process.exit(1);
-  }
-  stopping = true;
-  service.close().then(
-    () => process.exit(0),
-    (err: unknown) => {
-      process.stderr.write(`tiering: shutdown failed: ${err instanceof Error ? err.message : String(err)}\n`);
-      process.exit(1);
-    },
-  );
-};
-process.on('SIGTERM', stop);
-process.on('SIGINT', stop);
+stopOnSignals({ role: 'tiering', close: () => service.close() });
 
 announceReady({
   serviceId: service.serviceId,
