@@ -20,7 +20,7 @@
 // Options: --model tiny|small|DIR, --policies P,P, --system-prompts N, --system-tokens N,
 // --conversations N, --turns N, --user-tokens N, --rate R, --think-ms MS, --max-tokens N, --seed N,
 // --block-tokens N, --codec C, --kvstore N, --prefill N, --decode N, --request-timeout-ms MS.
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -41,6 +41,8 @@ const ERROR_SAMPLES_MAX = 5;
 interface TurnRecord {
   conversation: number;
   turn: number;
+  /** When the request was sent, from the start of the replay. */
+  sentAtMs: number;
   turnsDropped: number;
   sample: ChatSample;
 }
@@ -169,6 +171,7 @@ async function replay(
     const replies: string[] = [];
     for (let turn = 0; turn < workload.params.turns; turn++) {
       const prompt = turnPrompt(workload, c, turn, replies, tokenizer, contextTokensMax);
+      const sentAtMs = performance.now() - start;
       const sample = await streamChat({
         baseUrl,
         model,
@@ -177,7 +180,7 @@ async function replay(
         timeoutMs: requestTimeoutMs,
       });
       lastEnd = Math.max(lastEnd, performance.now());
-      records.push({ conversation: c.index, turn, turnsDropped: prompt.turnsDropped, sample });
+      records.push({ conversation: c.index, turn, sentAtMs, turnsDropped: prompt.turnsDropped, sample });
       if (records.length % 16 === 0 || records.length === total)
         log(`  ${records.length}/${total} requests, ${((performance.now() - start) / 1000).toFixed(1)} s`);
       // NOTE: after an error the conversation goes on with whatever reply arrived (often none).
@@ -303,6 +306,20 @@ export const suite: BenchSuite = {
           router: await routerCounters(running.baseUrl),
         };
         log(`${policy}: ${JSON.stringify(results[policy])}`);
+        // Every request's timing, for telling where a tail came from (not part of the JSON line).
+        const samplesFile = join(OUT_DIR, 'mesh', `${policy}-samples.jsonl`);
+        writeFileSync(
+          samplesFile,
+          records
+            .map((r) => {
+              const { interTokenMs, text, ...sample } = r.sample;
+              return JSON.stringify({
+                ...r,
+                sample: { ...sample, tokens: interTokenMs.length + 1, chars: text.length },
+              });
+            })
+            .join('\n') + '\n',
+        );
       } finally {
         await running.stop();
       }
