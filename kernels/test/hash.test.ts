@@ -13,6 +13,9 @@ import { createXXHash128, type IHasher } from 'hash-wasm';
 
 import { nativeHash, type NativeHashAddon } from '../src/native/hash.ts';
 import { referenceHash } from '../src/reference/hash.ts';
+import { loadNative } from './support.ts';
+
+const isaHarness = loadNative().native;
 import type { Kernels } from '../src/types.ts';
 
 type HashKernels = Pick<Kernels, 'hash128' | 'blockHashes'>;
@@ -116,6 +119,20 @@ describe('hash - hash128 parity', () => {
       }
     });
   });
+
+  // xxHash picks its vector path at compile time; the native module carries one build per ISA.
+  for (const isa of isaHarness?.isas ?? []) {
+    it(`hash - native ${isa} build gives the reference digest for every length class`, async (t) => {
+      t.after(() => isaHarness?.resetIsa());
+      isaHarness!.useIsa(isa);
+      await withNative(t, async (k) => {
+        for (const len of [...LENGTHS, randomLength(241, 4096), 262_272, (1 << 20) + 13]) {
+          const data = randomBytes(len);
+          assert.equal(hex(k.hash128(data)), hex(await wasmHash128(data)), `${isa}, length ${len}`);
+        }
+      });
+    });
+  }
 
   it('hash - a view into a larger buffer hashes only its own bytes', (t) => {
     const backing = randomBytes(600);
