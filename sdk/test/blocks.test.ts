@@ -1,8 +1,10 @@
 // Unit tests of request assembly and read verification: blocks given in typed or wire form validate
-// to the same thing, the data channel put header is a PutBlocksRequest without the payload, bad
-// input is INVALID_ARGUMENT before anything is sent, and a fetched copy that is not the block asked
-// for (other hash, other namespace, other tokens, broken payload header) is DATA_LOSS.
+// to the same thing, the data channel put header is a PutBlocksRequest without the payload (byte for
+// byte what the generated encoder writes), bad input is INVALID_ARGUMENT before anything is sent,
+// and a fetched copy that is not the block asked for (other hash, other namespace, other tokens,
+// broken payload header) is DATA_LOSS.
 import assert from 'node:assert/strict';
+import { randomInt } from 'node:crypto';
 import { describe, it } from 'node:test';
 
 import { PutBlocksRequest, Tier, parseNamespace, type Namespace } from '@kvmesh/protocol';
@@ -38,6 +40,34 @@ describe('sdk blocks - request assembly', () => {
     assert.deepEqual(decoded.block?.hash, block.hashBytes);
     assert.equal(decoded.block?.payload.length, 0);
     assert.deepEqual(decoded.block?.tokenIds, Array.from(b1!.tokenIds));
+  });
+
+  it('assembly - the put header is byte for byte what the generated encoder writes, on random blocks', () => {
+    // Token ids across every varint length, namespaces empty / ASCII / multi-byte, with and without a parent.
+    const edges = [
+      0, 1, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152, 268_435_455, 268_435_456, 0xffff_ffff,
+    ];
+    const namespaces = ['', 'tenant-7', 'é', 'ünïcödé/名前空間/🔑'];
+    const payloads = [randomPayload(), randomPayload()];
+    for (let trial = 0; trial < 200; trial++) {
+      const blockTokens = 16 * (1 + randomInt(4));
+      const tokens = Uint32Array.from({ length: 2 * blockTokens }, () =>
+        randomInt(3) === 0 ? (edges[randomInt(edges.length)] as number) : randomInt(2 ** 32),
+      );
+      const namespace = namespaces[randomInt(namespaces.length)] as string;
+      const chain = chainBlocks(
+        { modelFingerprint: FINGERPRINT, namespace, blockTokens, tokens, payloads },
+        kernels,
+      );
+      // Odd trials take the second block, which has a parent.
+      const chained = chain[trial % 2] as (typeof chain)[number];
+      const block = normalizeBlock(chained, parseNamespace(chained.namespace), 0, BYTES_MAX);
+      const generated = PutBlocksRequest.encode({
+        block: toWireBlock(block, false),
+        replica: false,
+      }).finish();
+      assert.deepEqual(Buffer.from(encodePutHeader(block)), Buffer.from(generated), `trial ${trial}`);
+    }
   });
 
   it('assembly - malformed blocks are INVALID_ARGUMENT naming the block index', () => {

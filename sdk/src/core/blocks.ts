@@ -16,7 +16,6 @@ import { CorruptDataError, InvalidArgumentError } from '@kvmesh/errors';
 import { checkBlockTokens, type CodecName, type Kernels } from '@kvmesh/kernels';
 import type { Codec } from '@kvmesh/protocol';
 import {
-  PutBlocksRequest,
   Tier,
   blockHashFromBytes,
   blockHashToBytes,
@@ -96,6 +95,11 @@ export function toBlockHash(value: unknown, what = 'block hash'): BlockHash {
   });
 }
 
+/** How errors name a field of the block at `index` of a put. */
+function blockField(index: number, what: string): string {
+  return `block ${index} ${what}`;
+}
+
 function isWireBlock(input: PutBlockInput): input is Block {
   return input.hash instanceof Uint8Array;
 }
@@ -112,13 +116,12 @@ export function normalizeBlock(
 ): NormalizedBlock {
   if (typeof input !== 'object' || input === null)
     throw new InvalidArgumentError(`block ${index} must be an object`, { index });
-  const at = (what: string): string => `block ${index} ${what}`;
-  const hash = toBlockHash(input.hash, at('hash'));
+  const hash = toBlockHash(input.hash, blockField(index, 'hash'));
   const parentRaw = input.parentHash;
   const parentHash =
     parentRaw === undefined || parentRaw === null || parentRaw.length === 0
       ? null
-      : toBlockHash(parentRaw, at('parentHash'));
+      : toBlockHash(parentRaw, blockField(index, 'parentHash'));
   let namespace: Namespace;
   let modelFingerprint: ModelFingerprint;
   try {
@@ -129,21 +132,30 @@ export function normalizeBlock(
       ? modelFingerprintFromBytes(input.modelFingerprint)
       : parseModelFingerprint(input.modelFingerprint);
   } catch (err) {
-    throw new InvalidArgumentError(`${at('identity')}: ${(err as Error).message}`, { index, hash });
+    throw new InvalidArgumentError(`${blockField(index, 'identity')}: ${(err as Error).message}`, {
+      index,
+      hash,
+    });
   }
   let tokenIds: Uint32Array;
   try {
     tokenIds = toTokenIds(input.tokenIds);
     checkBlockTokens(tokenIds.length, 'tokenIds.length');
   } catch (err) {
-    throw new InvalidArgumentError(`${at('tokenIds')}: ${(err as Error).message}`, { index, hash });
+    throw new InvalidArgumentError(`${blockField(index, 'tokenIds')}: ${(err as Error).message}`, {
+      index,
+      hash,
+    });
   }
   const payload = input.payload;
   if (!(payload instanceof Uint8Array) || payload.byteLength === 0)
-    throw new InvalidArgumentError(`${at('payload')} must be a non-empty Uint8Array`, { index, hash });
+    throw new InvalidArgumentError(`${blockField(index, 'payload')} must be a non-empty Uint8Array`, {
+      index,
+      hash,
+    });
   if (payload.byteLength > blockBytesMax)
     throw new InvalidArgumentError(
-      `${at('payload')} of ${payload.byteLength} bytes exceeds ${blockBytesMax}`,
+      `${blockField(index, 'payload')} of ${payload.byteLength} bytes exceeds ${blockBytesMax}`,
       {
         index,
         hash,
@@ -153,7 +165,8 @@ export function normalizeBlock(
     );
   return {
     hash,
-    hashBytes: Buffer.from(blockHashToBytes(hash)),
+    // NOTE: straight from the hex, which toBlockHash checked (blockHashToBytes would copy twice).
+    hashBytes: Buffer.from(hash, 'hex'),
     parentHash,
     namespace,
     modelFingerprint,
@@ -174,9 +187,81 @@ export function toWireBlock(block: NormalizedBlock, withPayload: boolean): Block
   };
 }
 
-/** Data channel putBlock request header: PutBlocksRequest without the payload (it is the body). */
+/** Bytes of `value` (a u32) as a protobuf varint. */
+function varintBytes(value: number): number {
+  return value < 0x80 ? 1 : value < 0x4000 ? 2 : value < 0x20_0000 ? 3 : value < 0x1000_0000 ? 4 : 5;
+}
+
+/** Bytes of a length-delimited field (1-byte tag, length varint, content) of `bytes` content bytes. */
+function fieldBytes(bytes: number): number {
+  return 1 + varintBytes(bytes) + bytes;
+}
+
+/** Writes `value` (a u32) as a protobuf varint at `at`; returns the position after it. */
+function writeVarint(out: Buffer, at: number, value: number): number {
+  let v = value;
+  while (v >= 0x80) {
+    out[at++] = (v & 0x7f) | 0x80;
+    v >>>= 7;
+  }
+  out[at++] = v;
+  return at;
+}
+
+/** Protobuf tags (field number << 3 | wire type 2, length-delimited) of the fields written below. */
+const TAG_REQUEST_BLOCK = (1 << 3) | 2;
+const TAG_HASH = (1 << 3) | 2;
+const TAG_PARENT_HASH = (2 << 3) | 2;
+const TAG_NAMESPACE = (3 << 3) | 2;
+const TAG_MODEL_FINGERPRINT = (4 << 3) | 2;
+const TAG_TOKEN_IDS = (5 << 3) | 2;
+/** Hashes and model fingerprints are 16 bytes. */
+const ID_BYTES = 16;
+
+/**
+ * Data channel putBlock request header: PutBlocksRequest {block without payload, replica false},
+ * written in one pass into one buffer. Byte for byte what PutBlocksRequest.encode writes (fields in
+ * number order, defaults left out, token ids packed; a test compares the two on random blocks), for
+ * a fraction of its cost: the generated writer forks twice and grows arrays of numbers, which took
+ * longer than all the rest of the client's work on a put.
+ */
 export function encodePutHeader(block: NormalizedBlock): Uint8Array {
-  return PutBlocksRequest.encode({ block: toWireBlock(block, false), replica: false }).finish();
+  const { tokenIds, namespace } = block;
+  let tokenBytes = 0;
+  for (let i = 0; i < tokenIds.length; i++) tokenBytes += varintBytes(tokenIds[i] as number);
+  const namespaceBytes = Buffer.byteLength(namespace, 'utf8');
+  // NOTE: a normalized block always has a hash, a fingerprint and token ids (16 or more); only
+  // parentHash (null) and namespace ('') can be defaults, which protobuf leaves out.
+  const blockBytes =
+    fieldBytes(ID_BYTES) +
+    (block.parentHash === null ? 0 : fieldBytes(ID_BYTES)) +
+    (namespaceBytes === 0 ? 0 : fieldBytes(namespaceBytes)) +
+    fieldBytes(ID_BYTES) +
+    fieldBytes(tokenBytes);
+  const out = Buffer.allocUnsafe(fieldBytes(blockBytes));
+  let at = 0;
+  out[at++] = TAG_REQUEST_BLOCK;
+  at = writeVarint(out, at, blockBytes);
+  out[at++] = TAG_HASH;
+  out[at++] = ID_BYTES;
+  at += block.hashBytes.copy(out, at);
+  if (block.parentHash !== null) {
+    out[at++] = TAG_PARENT_HASH;
+    out[at++] = ID_BYTES;
+    at += out.write(block.parentHash, at, 'hex');
+  }
+  if (namespaceBytes !== 0) {
+    out[at++] = TAG_NAMESPACE;
+    at = writeVarint(out, at, namespaceBytes);
+    at += out.write(namespace, at, 'utf8');
+  }
+  out[at++] = TAG_MODEL_FINGERPRINT;
+  out[at++] = ID_BYTES;
+  at += out.write(block.modelFingerprint, at, 'hex');
+  out[at++] = TAG_TOKEN_IDS;
+  at = writeVarint(out, at, tokenBytes);
+  for (let i = 0; i < tokenIds.length; i++) at = writeVarint(out, at, tokenIds[i] as number);
+  return out;
 }
 
 export function tierName(tier: Tier): TierName {

@@ -80,6 +80,8 @@ export async function mapBounded<T, R>(
   fn: (item: T, index: number) => Promise<R>,
 ): Promise<R[]> {
   checkCount('concurrency', concurrency);
+  // One item (a put or get of one block, the common call) needs no workers.
+  if (items.length === 1) return [await fn(items[0] as T, 0)];
   const results = new Array<R>(items.length);
   let next = 0;
   let failure: { error: unknown } | undefined;

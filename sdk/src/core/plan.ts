@@ -19,6 +19,8 @@ export function candidateNodes(
   live: readonly NodeId[],
   isSuspect: (node: NodeId) => boolean,
 ): NodeId[] {
+  // One live node (a standalone store) is its own rank: no scores to compute on every call.
+  if (live.length === 1) return [live[0] as NodeId];
   const ranked = rankNodes(hash, live);
   const healthy = ranked.filter((n) => !isSuspect(n));
   return healthy.length === ranked.length ? healthy : [...healthy, ...ranked.filter(isSuspect)];

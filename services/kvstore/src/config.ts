@@ -52,8 +52,8 @@ export const KVSTORE_CONFIG_SCHEMA = {
     default: 0,
     min: 0,
     description:
-      'receive memory for PUT payloads, reused after the payloads are garbage (0 = bytesBudget); ' +
-      'without a free slot a put allocates fresh memory',
+      'receive memory for PUT payloads, reused once the store drops a block nobody read, or once ' +
+      'the payload is garbage (0 = bytesBudget); without a free slot a put allocates fresh memory',
   },
   payloadPoolDisabled: { type: 'bool', default: false, description: 'allocate fresh memory for every PUT' },
   leaseMsMax: { type: 'duration', default: '60s', min: 0 },

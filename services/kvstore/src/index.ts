@@ -18,6 +18,7 @@ export {
   type StartKvStoreNodeOptions,
 } from './node.ts';
 export { ANONYMOUS_PIN_HOLDER } from './adapters/grpc-service.ts';
+export type { PayloadPoolStats } from './adapters/payload-pool.ts';
 export type { TierLink, TierLinkCounters } from './adapters/tier-link.ts';
 export {
   BlockHashMismatchError,

@@ -23,7 +23,7 @@ import {
 
 import { KvEventForwarder, connectCluster, type ClusterConnection } from './adapters/cluster.ts';
 import { registerDataHandlers } from './adapters/data-handlers.ts';
-import { PayloadPool } from './adapters/payload-pool.ts';
+import { PayloadPool, type PayloadPoolStats } from './adapters/payload-pool.ts';
 import { kvStoreGrpcService } from './adapters/grpc-service.ts';
 import { PeerDirectory } from './adapters/peers.ts';
 import { Rebalancer } from './adapters/rebalancer.ts';
@@ -50,6 +50,8 @@ export interface KvStoreNode {
   readonly node: KvNode;
   /** The link to the host's tiering service; undefined when tiering is off. */
   readonly tier: TierLink | undefined;
+  /** Receive memory of data channel PUT bodies; undefined when the pool is disabled. */
+  payloadPoolStats(): PayloadPoolStats | undefined;
   /** Live kvstore members as this node sees them, self included, sorted. */
   liveNodes(): NodeId[];
   /** Runs a re-replication pass now (cluster mode; a no-op standalone). */
@@ -95,6 +97,11 @@ export async function startKvStoreNode(
 
   const now = monotonicWallClock();
   const events = new KvEventForwarder(logger);
+  const payloadPool = config.payloadPoolDisabled
+    ? undefined
+    : new PayloadPool({
+        bytesMax: config.payloadPoolBytes === 0 ? config.bytesBudget : config.payloadPoolBytes,
+      });
   const tiering = config.tieringAddress.trim() !== '';
   const store = new BlockStore(
     {
@@ -113,7 +120,14 @@ export async function startKvStoreNode(
       ...(config.demotingBytesMax > 0 ? { demotingBytesMax: config.demotingBytesMax } : {}),
       demotedBlocksMax: config.demotedBlocksMax,
     },
-    { now, sink: events.sink, kernels, onTierWork: () => tier?.wake() },
+    {
+      now,
+      // A standalone node publishes no events, so it does not build them either.
+      ...(standalone ? {} : { sink: events.sink }),
+      kernels,
+      onTierWork: () => tier?.wake(),
+      ...(payloadPool === undefined ? {} : { releasePayload: (payload) => payloadPool.release(payload) }),
+    },
   );
   const tier = tiering
     ? new TierLink({
@@ -198,11 +212,6 @@ export async function startKvStoreNode(
 
     const advertiseHost = config.advertiseHost === '' ? config.host : config.advertiseHost;
     const dataServer = new DataChannelServer();
-    const payloadPool = config.payloadPoolDisabled
-      ? undefined
-      : new PayloadPool({
-          bytesMax: config.payloadPoolBytes === 0 ? config.bytesBudget : config.payloadPoolBytes,
-        });
     registerDataHandlers(dataServer, node, payloadPool);
     const dataBound = await dataServer.listen({
       host: config.host,
@@ -331,6 +340,7 @@ export async function startKvStoreNode(
       store,
       node,
       tier,
+      payloadPoolStats: () => payloadPool?.stats(),
       liveNodes,
       rebalance: async (kind = 'anti-entropy') => rebalancer?.runNow(kind),
       close() {

@@ -12,7 +12,7 @@ import {
   PutBlocksRequest,
   PutBlocksResponse,
   Tier,
-  blockHashToBytes,
+  type Block,
 } from '@kvmesh/protocol';
 
 import { tierToProto, type KvNode } from '../core/index.ts';
@@ -32,7 +32,8 @@ export function putBlockHandler(node: KvNode, pool?: PayloadPool): DataHandler {
     const input = putInputOf(message.block, request.body, keep);
     const status = message.replica ? node.putReplica(input) : (await node.putClient(input)).status;
     const response = PutBlocksResponse.encode({
-      acknowledged: [Buffer.from(blockHashToBytes(input.hash))],
+      // NOTE: the request's own hash bytes: putInputOf checked them (16 bytes, input.hash is their hex).
+      acknowledged: [(message.block as Block).hash],
       stored: status === 'stored' ? 1 : 0,
       deduplicated: status === 'deduplicated' ? 1 : 0,
     }).finish();

@@ -1,13 +1,21 @@
 // Receive memory for block payloads arriving on the data channel: fixed-size slots carved from a few
 // large slabs the pool keeps for the process lifetime. Allocating a fresh 256 KiB buffer per PUT
 // makes V8 run a full collection every few dozen milliseconds ("external memory pressure"); slots
-// do not. A slot is handed out as a Buffer view and returns to its free list only after that view
-// has been garbage-collected (FinalizationRegistry), so memory is never reused while the store, a
-// socket write or a computation still references it.
+// do not. A slot is handed out as a Buffer view and returns to its free list either when the store
+// releases it (a block dropped before anything but the put path touched its payload, see
+// BlockStoreDeps.releasePayload) or after the view has been garbage-collected
+// (FinalizationRegistry), so memory is never reused while the store, a socket write or a
+// computation still references it.
 // NOTE: code that keeps a sub-view of a pooled payload must keep the payload view itself alive too
 // (the node's handlers pass the payload object around, never a re-wrapped copy of its range).
 // When no slot is free the caller allocates a fresh buffer as before: the pool bounds its memory
 // and never blocks.
+//
+// Why explicit release matters: a stored payload lives long, so its view is promoted to V8's old
+// generation and only a full collection finds it garbage. A store that evicts as fast as it takes
+// new blocks would otherwise run dry between full collections and fall back to fresh buffers,
+// whose external memory pressure is what forces those collections: measured on the store bench,
+// about one PUT in eight fell back and full collections ran every ~200 ms.
 
 export interface PayloadPoolOptions {
   /** Most bytes of slabs over all size classes. */
@@ -25,6 +33,8 @@ export interface PayloadPoolStats {
   bytes: number;
   slotsFree: number;
   pooled: number;
+  /** Slots handed back by release() (the rest return after their view is garbage). */
+  released: number;
   fallbacks: number;
 }
 
@@ -36,16 +46,23 @@ interface SizeClass {
   free: number[];
 }
 
+interface Ticket {
+  cls: SizeClass;
+  slot: number;
+}
+
 export class PayloadPool {
   private readonly bytesMax: number;
   private readonly slabBytes: number;
   private readonly sizeClassesMax: number;
   private readonly slotBytesMin: number;
   private readonly classes = new Map<number, SizeClass>();
-  private readonly issued = new WeakSet<Uint8Array>();
-  private readonly registry: FinalizationRegistry<{ cls: SizeClass; slot: number }>;
+  /** Live views → their slot; a view leaves when it is released (or collected). */
+  private readonly issued = new WeakMap<Uint8Array, Ticket>();
+  private readonly registry: FinalizationRegistry<Ticket>;
   private bytes = 0;
   private pooled = 0;
+  private released = 0;
   private fallbacks = 0;
 
   constructor(options: PayloadPoolOptions) {
@@ -73,10 +90,27 @@ export class PayloadPool {
     }
     const slab = cls.slabs[Math.floor(slot / cls.slotsPerSlab)] as ArrayBuffer;
     const view = Buffer.from(slab, (slot % cls.slotsPerSlab) * cls.slotBytes, bytes);
-    this.issued.add(view);
-    this.registry.register(view, { cls, slot });
+    const ticket: Ticket = { cls, slot };
+    this.issued.set(view, ticket);
+    // The view is its own unregister token, so release() can cancel the finalizer.
+    this.registry.register(view, ticket, view);
     this.pooled++;
     return view;
+  }
+
+  /**
+   * Takes back the slot behind `bytes` at once, for the next allocate(). The caller vouches that
+   * nothing will read or write the view again (the store calls this only for payloads it never
+   * handed out). False, changing nothing, for memory this pool did not issue or already took back.
+   */
+  release(bytes: Uint8Array): boolean {
+    const ticket = this.issued.get(bytes);
+    if (ticket === undefined) return false;
+    this.issued.delete(bytes);
+    this.registry.unregister(bytes);
+    ticket.cls.free.push(ticket.slot);
+    this.released++;
+    return true;
   }
 
   /** Whether `bytes` is a view this pool issued (the store may keep it without copying). */
@@ -91,7 +125,14 @@ export class PayloadPool {
       slabs += cls.slabs.length;
       slotsFree += cls.free.length;
     }
-    return { slabs, bytes: this.bytes, slotsFree, pooled: this.pooled, fallbacks: this.fallbacks };
+    return {
+      slabs,
+      bytes: this.bytes,
+      slotsFree,
+      pooled: this.pooled,
+      released: this.released,
+      fallbacks: this.fallbacks,
+    };
   }
 
   private classFor(bytes: number): SizeClass | undefined {

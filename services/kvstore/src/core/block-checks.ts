@@ -2,19 +2,20 @@
 // checks identity and the payload header; the coordinator additionally verifies every section
 // checksum once (a corrupt block must not be replicated R times) and refuses an oversized payload
 // before sending it anywhere.
-import { verifyBlockPayload } from '@kvmesh/block';
+import { verifyBlockPayload, type BlockHeader } from '@kvmesh/block';
 import { CorruptDataError, InvalidArgumentError, LimitExceededError } from '@kvmesh/errors';
 import { CODEC_NAMES, type Kernels } from '@kvmesh/kernels';
 
 import type { PutBlockInput } from './types.ts';
 
 /**
- * Throws LimitExceededError (RESOURCE_EXHAUSTED) for a payload over `blockBytesMax`: a configured
+ * Returns the payload's verified header (the store takes it instead of parsing it again). Throws
+ * LimitExceededError (RESOURCE_EXHAUSTED) for a payload over `blockBytesMax`: a configured
  * bound, advertised by OpenDataChannel, so the caller may retry with a smaller block or another
  * codec. Throws CorruptDataError (DATA_LOSS) when a checksum or the layout fails, and
  * InvalidArgumentError when an intact header names a codec this build does not know.
  */
-export function checkClientBlock(kernels: Kernels, input: PutBlockInput, blockBytesMax: number): void {
+export function checkClientBlock(kernels: Kernels, input: PutBlockInput, blockBytesMax: number): BlockHeader {
   const bytes = input.payload.byteLength;
   if (bytes > blockBytesMax) {
     throw new LimitExceededError(`block payload of ${bytes} bytes exceeds blockBytesMax ${blockBytesMax}`, {
@@ -23,7 +24,7 @@ export function checkClientBlock(kernels: Kernels, input: PutBlockInput, blockBy
     });
   }
   try {
-    verifyBlockPayload(kernels, input.payload);
+    return verifyBlockPayload(kernels, input.payload);
   } catch (err) {
     // NOTE: the header checksum is verified before the codec id is read, so an unknown id here is
     // what the client wrote, not a flipped bit: a bad argument rather than data loss.

@@ -74,7 +74,11 @@ import type {
 export interface BlockStoreDeps {
   /** Milliseconds, non-negative and non-decreasing (a monotonic clock or a test's fake one). */
   now: () => number;
-  sink: KvEventSink;
+  /**
+   * Receives every event. Undefined when nobody listens (a standalone node publishes no events):
+   * sequence numbers still advance, but no event is built.
+   */
+  sink?: KvEventSink;
   /** Hashing and header parsing; defaults to loadKernels(). */
   kernels?: Kernels;
   /**
@@ -82,15 +86,45 @@ export interface BlockStoreDeps {
    * claimed; the tiering adapter schedules its I/O from here. Must not call back into the store.
    */
   onTierWork?: () => void;
+  /**
+   * Takes back the memory of a payload the store drops without ever having handed it out, so it can
+   * be reused at once rather than after a garbage collection (the data channel's payload pool).
+   * Returns whether it did; the store then never hands that payload out again. Called synchronously
+   * at the end of the operation that dropped the block; must not call back into the store.
+   */
+  releasePayload?: (payload: Uint8Array) => boolean;
+}
+
+/** Options of BlockStore.put. */
+export interface PutOptions {
+  /**
+   * The caller goes on using `input.payload` after put returns (a coordinator sends it to peers),
+   * so its memory must never be released for reuse while the store drops the block.
+   */
+  payloadShared?: boolean;
+  /**
+   * What verifyBlockPayload returned for this very payload (a coordinator verified it before
+   * placing it), so the store does not parse and checksum the header a second time.
+   */
+  header?: BlockHeader;
 }
 
 const HASH_HEX = /^[0-9a-f]{32}$/;
+/** Equal to no input: what put() remembers as checked before its first put. */
+const UNCHECKED = Symbol('unchecked');
 
 /** Map key of a block: the fixed-width hash first makes the concatenation unambiguous. */
 function keyOf(namespace: Namespace, hash: BlockHash): string {
   return hash + namespace;
 }
 
+/**
+ * One block held in memory. Its payload is handed out only through the `payload` getter (or with
+ * the records of claimDemotions() and entries(), whose users read it after I/O), which marks it
+ * lent: from then on only the garbage collector reclaims that memory. A payload never lent is
+ * released to BlockStoreDeps.releasePayload when the block is dropped, and a released entry refuses
+ * to hand it out.
+ */
 class Entry implements BlockRecord {
   readonly tier: BlockTier = 'dram';
   readonly codec: CodecName;
@@ -108,8 +142,17 @@ class Entry implements BlockRecord {
   eligibleIndex = -1;
   expiryIndex = -1;
 
-  /** The payload's header checksum as verified at put (see payloadIntact). */
-  readonly payloadTag: Uint8Array;
+  /**
+   * The payload's header checksum as verified at put (see payloadIntact), as two u32 words.
+   * NOTE: numbers, not a slice: Buffer.prototype.slice is a view, so a "copy" taken with it would
+   * read the very bytes it is meant to check.
+   */
+  readonly payloadTagLow: number;
+  readonly payloadTagHigh: number;
+  /** Someone outside the store got the payload (see the class comment). */
+  payloadLent: boolean;
+  /** The payload's memory went back to its pool: it must never be read through this entry again. */
+  payloadReleased = false;
 
   constructor(
     readonly key: string,
@@ -118,32 +161,61 @@ class Entry implements BlockRecord {
     readonly parentHash: BlockHash | null,
     readonly modelFingerprint: ModelFingerprint,
     readonly tokenIds: Uint32Array,
-    readonly payload: Uint8Array,
+    /** The payload, for the store's own checks; everyone else goes through `payload`. */
+    readonly payloadMemory: Uint8Array,
     readonly header: BlockHeader,
     readonly sizeBytes: number,
     readonly storedAtMs: number,
     accessSeq: number,
+    payloadLent: boolean,
   ) {
     this.codec = header.codec;
-    this.payloadTag = payload.slice(header.headerBytes - 8, header.headerBytes);
+    this.payloadTagLow = u32At(payloadMemory, header.headerBytes - 8);
+    this.payloadTagHigh = u32At(payloadMemory, header.headerBytes - 4);
     this.lastAccessMs = storedAtMs;
     this.accessSeq = accessSeq;
+    this.payloadLent = payloadLent;
+  }
+
+  get payload(): Uint8Array {
+    if (this.payloadReleased)
+      throw new KvmeshError(
+        'PAYLOAD_RELEASED',
+        'internal',
+        `block ${this.hash} left the store and its payload memory went back to the pool for reuse`,
+        { hash: this.hash },
+      );
+    this.payloadLent = true;
+    return this.payloadMemory;
   }
 
   get payloadBytes(): number {
-    return this.payload.byteLength;
+    return this.payloadMemory.byteLength;
   }
+}
+
+/** The little-endian u32 at `at` (the caller checked the bounds). */
+function u32At(bytes: Uint8Array, at: number): number {
+  return (
+    ((bytes[at] as number) |
+      ((bytes[at + 1] as number) << 8) |
+      ((bytes[at + 2] as number) << 16) |
+      ((bytes[at + 3] as number) << 24)) >>>
+    0
+  );
 }
 
 /**
  * The header checksum stored in a payload (its last 8 header bytes). It covers every section
  * checksum, so it names the content: a read compares it with the copy taken at put, which
- * catches payload memory that was reused or overwritten since, for the price of 8 byte compares.
+ * catches payload memory that was reused or overwritten since, for the price of two compares.
  */
 function payloadIntact(entry: Entry): boolean {
   const at = entry.header.headerBytes - 8;
-  for (let i = 0; i < 8; i++) if (entry.payload[at + i] !== entry.payloadTag[i]) return false;
-  return true;
+  return (
+    u32At(entry.payloadMemory, at) === entry.payloadTagLow &&
+    u32At(entry.payloadMemory, at + 4) === entry.payloadTagHigh
+  );
 }
 
 /** The metadata a demoted block leaves behind (a few hundred bytes; its payload is in the tier). */
@@ -167,7 +239,7 @@ class DemotedEntry implements DemotedRecord {
     this.parentHash = entry.parentHash;
     this.modelFingerprint = entry.modelFingerprint;
     this.codec = entry.codec;
-    this.payloadBytes = entry.payload.byteLength;
+    this.payloadBytes = entry.payloadBytes;
   }
 }
 
@@ -246,11 +318,16 @@ export class BlockStore {
     tierRemovalsLost: 0,
   };
   private readonly onTierWork: (() => void) | undefined;
+  private readonly releasePayload: ((payload: Uint8Array) => boolean) | undefined;
+  /** The last namespace and model fingerprint put() found valid (UNCHECKED before the first). */
+  private namespaceChecked: unknown = UNCHECKED;
+  private fingerprintChecked: unknown = UNCHECKED;
 
   constructor(config: BlockStoreConfig, deps: BlockStoreDeps) {
     this.config = resolveBlockStoreConfig(config);
     this.now = deps.now;
     this.onTierWork = deps.onTierWork;
+    this.releasePayload = deps.releasePayload;
     this.kernels = deps.kernels ?? loadKernels();
     this.seeds = new BlockSeeds(this.kernels);
     this.events = new KvEventLog(this.config.nodeId, deps.now, deps.sink);
@@ -273,12 +350,20 @@ export class BlockStore {
    * kept). May evict other blocks first; throws StoreFullError, changing nothing, when the block
    * cannot fit. Emits one event: the evicted blocks as `removed`, the new block as `stored`.
    */
-  put(input: PutBlockInput): PutBlockResult {
+  put(input: PutBlockInput, options: PutOptions = {}): PutBlockResult {
     const { namespace, hash, parentHash, modelFingerprint, payload } = input;
     checkHash('hash', hash);
     if (parentHash !== null) checkHash('parentHash', parentHash);
-    namespaceBytes(namespace); // type, UTF-8 encodability and byte bound
-    parseModelFingerprint(modelFingerprint);
+    // NOTE: the last namespace and fingerprint that passed are remembered: a node sees few of them,
+    // and encoding the namespace (a TextEncoder per call) costs more than the rest of these checks.
+    if (namespace !== this.namespaceChecked) {
+      namespaceBytes(namespace); // type, UTF-8 encodability and byte bound
+      this.namespaceChecked = namespace;
+    }
+    if (modelFingerprint !== this.fingerprintChecked) {
+      parseModelFingerprint(modelFingerprint);
+      this.fingerprintChecked = modelFingerprint;
+    }
     const tokenIds = toTokenIds(input.tokenIds);
     checkBlockTokens(tokenIds.length, 'tokenIds.length');
     if (!(payload instanceof Uint8Array)) {
@@ -290,7 +375,7 @@ export class BlockStore {
         { bytes: payload.byteLength, blockBytesMax: this.config.blockBytesMax },
       );
     }
-    const header = parseBlockHeader(this.kernels, payload);
+    const header = options.header ?? parseBlockHeader(this.kernels, payload);
     if (header.dims.blockTokens !== tokenIds.length) {
       throw new InvalidArgumentError(
         `payload holds ${header.dims.blockTokens} tokens per block but ${tokenIds.length} token ids were given`,
@@ -311,7 +396,14 @@ export class BlockStore {
       return { status: 'deduplicated', record: existing, evicted: [] };
     }
 
-    const { entry, victims, dropped } = this.insert(input, tokenIds, header, now);
+    const { entry, victims, dropped } = this.insert(
+      input,
+      tokenIds,
+      header,
+      now,
+      options.payloadShared ?? false,
+    );
+    this.releasePayloads(dropped);
     // A fresh copy of a block demoted earlier: the tier's copy is now redundant.
     if (this.demoted.delete(key)) this.queueTierRemoval(hash);
     this.counters.stored += 1;
@@ -330,6 +422,7 @@ export class BlockStore {
     tokenIds: Uint32Array,
     header: BlockHeader,
     now: number,
+    payloadLent: boolean,
   ): { entry: Entry; victims: Entry[]; dropped: Entry[] } {
     const { namespace, hash, parentHash, modelFingerprint, payload } = input;
     const key = keyOf(namespace, hash);
@@ -367,6 +460,7 @@ export class BlockStore {
       sizeBytes,
       now,
       ++this.accessCounter,
+      payloadLent,
     );
     // Children that arrived before this block (other nodes wrote them here first) now hang off it.
     const waiting = this.orphanChildren.get(key);
@@ -529,6 +623,7 @@ export class BlockStore {
     this.detach(entry);
     this.counters.deleted += 1;
     this.events.emit({ removed: [entry] });
+    this.releasePayloads([entry]);
     return { deleted: true, record: entry };
   }
 
@@ -544,7 +639,9 @@ export class BlockStore {
     const victims = plan.fits ? plan.victims : [];
     for (const victim of victims) this.detach(victim);
     this.counters.evictions += victims.length;
-    this.events.emit({ removed: this.retire(victims) });
+    const dropped = this.retire(victims);
+    this.events.emit({ removed: dropped });
+    this.releasePayloads(dropped);
     this.wakeTierWork();
     return { released, evicted: victims };
   }
@@ -557,6 +654,8 @@ export class BlockStore {
   /** Drops every block, leases and pins included, and emits a `cleared` event. Returns the count. */
   clear(): number {
     const dropped = this.blocks.size + this.demoting.size + this.demoted.size;
+    this.releasePayloads(this.blocks.values());
+    this.releasePayloads(this.demoting.values());
     this.blocks.clear();
     this.orphanChildren.clear();
     this.eligible.clear();
@@ -578,7 +677,11 @@ export class BlockStore {
    * while the store changes: removed blocks are skipped and new ones are visited.
    */
   *entries(): IterableIterator<BlockRecord> {
-    yield* this.blocks.values();
+    for (const entry of this.blocks.values()) {
+      // NOTE: lent on hand-out: re-replication reads the payload only after probing peers.
+      entry.payloadLent = true;
+      yield entry;
+    }
   }
 
   stats(): BlockStoreStats {
@@ -614,6 +717,8 @@ export class BlockStore {
     for (const [key, entry] of this.unclaimed) {
       if (out.length >= max) break;
       this.unclaimed.delete(key);
+      // NOTE: lent on hand-out: the adapter reads the payload after connecting to the tier.
+      entry.payloadLent = true;
       out.push(entry);
     }
     return out;
@@ -653,6 +758,7 @@ export class BlockStore {
       this.tierCounters.demotedDropped += 1;
     }
     this.events.emit({ removed, stored: [meta] });
+    this.releasePayloads([entry]);
     this.wakeTierWork();
     return 'demoted';
   }
@@ -703,6 +809,7 @@ export class BlockStore {
     this.demotingBytes -= entry.sizeBytes;
     this.tierCounters.demotionsDropped += 1;
     this.events.emit({ removed: [entry] });
+    this.releasePayloads([entry]);
   }
 
   /**
@@ -780,9 +887,10 @@ export class BlockStore {
     this.demoted.delete(key);
     this.tierCounters.promotions += 1;
     try {
-      const { entry, dropped } = this.insert(block, tokenIds, header, now);
+      const { entry, dropped } = this.insert(block, tokenIds, header, now, false);
       if (options.countHit) this.countHit(entry, fromTier, now, options.leaseMs ?? 0);
       this.events.emit({ stored: [entry], removed: dropped });
+      this.releasePayloads(dropped);
       this.wakeTierWork();
       return { status: 'promoted', record: entry };
     } catch (err) {
@@ -800,6 +908,7 @@ export class BlockStore {
         block.payload.byteLength + tokenIds.byteLength + ENTRY_OVERHEAD_BYTES,
         now,
         ++this.accessCounter,
+        false,
       );
       if (options.countHit) {
         this.counters.hits += 1;
@@ -861,6 +970,16 @@ export class BlockStore {
       this.demotingBytes += victim.sizeBytes;
     }
     return dropped;
+  }
+
+  /** Hands the payloads of dropped entries that were never lent back to their pool (see Entry). */
+  private releasePayloads(dropped: Iterable<Entry>): void {
+    const release = this.releasePayload;
+    if (release === undefined) return;
+    for (const entry of dropped) {
+      if (!entry.payloadLent && !entry.payloadReleased && release(entry.payloadMemory))
+        entry.payloadReleased = true;
+    }
   }
 
   private queueTierRemoval(hash: BlockHash): void {
@@ -979,28 +1098,39 @@ export class BlockStore {
     const victims: Entry[] = [];
     let bytes = this.bytesUsed + bytesIncoming;
     let blocks = this.blocks.size + blocksIncoming;
-    const takeVictim = (): boolean => {
-      const victim = this.eligible.pop();
-      if (victim === undefined) return false;
-      this.releaseParent(victim);
-      victims.push(victim);
-      bytes -= victim.sizeBytes;
-      blocks -= 1;
-      return true;
-    };
     while (bytes > this.config.bytesBudget || blocks > this.config.blocksMax) {
-      if (!takeVictim()) {
+      const victim = this.takeVictim(victims);
+      if (victim === undefined) {
         // NOTE: failing here pops fewer bytes than the incoming block's own size (everything that
         // could go went, and it was not enough), so a rejected put stays cheap.
         const bytesEvictable = this.bytesUsed + bytesIncoming - bytes;
         this.rollback(victims);
         return { fits: false, bytesEvictable };
       }
+      bytes -= victim.sizeBytes;
+      blocks -= 1;
     }
     if (bytes > this.highBytes || blocks > this.highBlocks) {
-      while ((bytes > this.lowBytes || blocks > this.lowBlocks) && takeVictim());
+      while (bytes > this.lowBytes || blocks > this.lowBlocks) {
+        const victim = this.takeVictim(victims);
+        if (victim === undefined) break;
+        bytes -= victim.sizeBytes;
+        blocks -= 1;
+      }
     }
     return { fits: true, victims };
+  }
+
+  /**
+   * Pops the LRU eligible entry into `victims` and releases its parent, or undefined when none is
+   * left. A method rather than a closure in planEviction: this runs on every put.
+   */
+  private takeVictim(victims: Entry[]): Entry | undefined {
+    const victim = this.eligible.pop();
+    if (victim === undefined) return undefined;
+    this.releaseParent(victim);
+    victims.push(victim);
+    return victim;
   }
 
   /** Undoes planEviction's pops, last first, so each parent gets its child back before re-entry. */

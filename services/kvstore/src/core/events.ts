@@ -41,7 +41,8 @@ export class KvEventLog {
   constructor(
     private readonly nodeId: NodeId,
     private readonly now: () => number,
-    private readonly sink: KvEventSink,
+    /** Undefined: nobody listens, so events are numbered but never built. */
+    private readonly sink: KvEventSink | undefined,
   ) {}
 
   /** Sequence number of the last emitted event (0 before the first). */
@@ -63,6 +64,7 @@ export class KvEventLog {
     const cleared = change.cleared ?? false;
     if (stored.length === 0 && removed.length === 0 && !cleared) return;
     this.seq += 1n;
+    if (this.sink === undefined) return;
     this.sink({
       nodeId: this.nodeId,
       seq: this.seq,

@@ -2,7 +2,7 @@
 // typed errors, record and result shapes, and the wire mapping of its events; plus the node's
 // decisions over it (put coordination, block checks, partial attention, re-replication planning).
 // Adapters import from here only.
-export { BlockStore, type BlockStoreDeps } from './block-store.ts';
+export { BlockStore, type BlockStoreDeps, type PutOptions } from './block-store.ts';
 export {
   BLOCK_STORE_DEFAULTS,
   ENTRY_OVERHEAD_BYTES,

@@ -9,6 +9,7 @@
 // one block share one promotion. Then, in the background (bounded queue and concurrency), its
 // demoted ancestors are promoted too, and if a MatchPrefix recently named it as the first block
 // below DRAM of a matched prefix, the rest of that prefix is prefetched.
+import type { BlockHeader } from '@kvmesh/block';
 import type { Kernels } from '@kvmesh/kernels';
 import type { BlockHash, Namespace, NodeId } from '@kvmesh/protocol';
 
@@ -130,27 +131,24 @@ export class KvNode {
     return this.deps.replicas;
   }
 
-  /** Stores here only (a replica put, or this node's share of a coordinated one). */
-  putLocal(input: PutBlockInput): ReplicaOutcome {
-    return this.deps.store.put(input).status;
-  }
-
+  /** Stores here only, for another node's coordinator (it never fans out again). */
   putReplica(input: PutBlockInput): ReplicaOutcome {
-    const outcome = this.putLocal(input);
+    const outcome = this.deps.store.put(input).status;
     this.counters.replicaPuts++;
     return outcome;
   }
 
   /** A client put: resolves once R nodes hold the block (see coordinatePut for the failure modes). */
   async putClient(input: PutBlockInput): Promise<PlacedBlock> {
-    const { self, store, kernels, replicas } = this.deps;
+    const { store, kernels, replicas } = this.deps;
     try {
-      checkClientBlock(kernels, input, store.config.blockBytesMax);
+      const header = checkClientBlock(kernels, input, store.config.blockBytesMax);
       const placed = await coordinatePut({
         hash: input.hash,
         live: this.deps.live(),
         replicas,
-        storeOn: async (node) => (node === self ? this.putLocal(input) : this.deps.replicate(node, input)),
+        // NOTE: a bound method rather than an arrow (this runs on every put; see Placement).
+        storeOn: this.storeCopy.bind(this, input, header),
       });
       this.counters.clientPuts++;
       this.counters.substitutions += placed.substitutes.length;
@@ -159,6 +157,14 @@ export class KvNode {
       this.counters.clientPutsFailed++;
       throw err;
     }
+  }
+
+  /** One copy of a client put: into this node's store, or to a peer as a replica put. */
+  private async storeCopy(input: PutBlockInput, header: BlockHeader, node: NodeId): Promise<ReplicaOutcome> {
+    if (node !== this.deps.self) return this.deps.replicate(node, input);
+    // NOTE: with replicas > 1 the payload also goes to peers, in writes that may outlive this
+    // node's copy, so the store must not reuse its memory (payloadShared).
+    return this.deps.store.put(input, { payloadShared: this.deps.replicas > 1, header }).status;
   }
 
   partialAttention(input: PartialAttentionInput): Promise<PartialAttentionOutput> {

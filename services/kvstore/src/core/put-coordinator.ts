@@ -92,8 +92,9 @@ function summarize(failures: readonly ReplicaFailure[]): Record<string, string> 
  * where they are (unacknowledged; LRU eviction reclaims them).
  */
 export function coordinatePut(args: CoordinatePutArgs): Promise<PlacedBlock> {
-  const { hash, replicas, storeOn } = args;
-  const rank = rankNodes(hash, args.live);
+  const { hash, replicas } = args;
+  // A single live node ranks trivially (a standalone node on every put): no scores to compute.
+  const rank = args.live.length === 1 ? [args.live[0] as NodeId] : rankNodes(hash, args.live);
   if (rank.length < replicas) {
     return Promise.reject(
       new ReplicasUnavailableError(
@@ -102,63 +103,86 @@ export function coordinatePut(args: CoordinatePutArgs): Promise<PlacedBlock> {
       ),
     );
   }
-  const owners = new Set(rank.slice(0, replicas));
   return new Promise<PlacedBlock>((resolve, reject) => {
-    const holders: NodeId[] = [];
-    const failures: ReplicaFailure[] = [];
-    let deduplicated = 0;
-    let next = 0;
-    let inFlight = 0;
-    let settled = false;
-
-    const finish = (): void => {
-      if (settled) return;
-      if (holders.length >= replicas) {
-        settled = true;
-        resolve({
-          status: deduplicated === holders.length ? 'deduplicated' : 'stored',
-          holders,
-          substitutes: holders.filter((n) => !owners.has(n)),
-          failures,
-        });
-        return;
-      }
-      launch();
-      if (inFlight > 0) return;
-      settled = true;
-      reject(shortfall(hash, replicas, rank, holders, failures));
-    };
-
-    const launch = (): void => {
-      while (holders.length + inFlight < replicas && next < rank.length) {
-        const node = rank[next++] as NodeId;
-        inFlight++;
-        // NOTE: through a microtask so a synchronous throw (the local store) is a rejection too.
-        Promise.resolve()
-          .then(() => storeOn(node))
-          .then(
-            (outcome) => {
-              inFlight--;
-              holders.push(node);
-              if (outcome === 'deduplicated') deduplicated++;
-              finish();
-            },
-            (error: unknown) => {
-              inFlight--;
-              const failure = classifyFailure(error);
-              failures.push({ node, failure, error });
-              if (failure === 'fatal' && !settled) {
-                settled = true;
-                reject(error);
-                return;
-              }
-              finish();
-            },
-          );
-      }
-    };
-    launch();
+    new Placement(args, rank, resolve, reject).launch();
   });
+}
+
+/**
+ * The state of one coordinatePut until it settles. A class rather than closures over locals: this
+ * runs on every put, and each named closure costs an allocation plus, under tsx (keepNames), an
+ * Object.defineProperty.
+ */
+class Placement {
+  private readonly owners: Set<NodeId>;
+  private readonly holders: NodeId[] = [];
+  private readonly failures: ReplicaFailure[] = [];
+  private deduplicated = 0;
+  private next = 0;
+  private inFlight = 0;
+  private settled = false;
+
+  constructor(
+    private readonly args: CoordinatePutArgs,
+    private readonly rank: readonly NodeId[],
+    private readonly resolve: (placed: PlacedBlock) => void,
+    private readonly reject: (error: unknown) => void,
+  ) {
+    this.owners = new Set(rank.slice(0, args.replicas));
+  }
+
+  launch(): void {
+    const { replicas, storeOn } = this.args;
+    while (this.holders.length + this.inFlight < replicas && this.next < this.rank.length) {
+      const node = this.rank[this.next++] as NodeId;
+      this.inFlight++;
+      // NOTE: through a microtask so a synchronous throw (the local store) is a rejection too.
+      Promise.resolve()
+        .then(() => storeOn(node))
+        .then(
+          (outcome) => this.stored(node, outcome),
+          (error: unknown) => this.failed(node, error),
+        );
+    }
+  }
+
+  private stored(node: NodeId, outcome: ReplicaOutcome): void {
+    this.inFlight--;
+    this.holders.push(node);
+    if (outcome === 'deduplicated') this.deduplicated++;
+    this.finish();
+  }
+
+  private failed(node: NodeId, error: unknown): void {
+    this.inFlight--;
+    const failure = classifyFailure(error);
+    this.failures.push({ node, failure, error });
+    if (failure === 'fatal' && !this.settled) {
+      this.settled = true;
+      this.reject(error);
+      return;
+    }
+    this.finish();
+  }
+
+  private finish(): void {
+    if (this.settled) return;
+    const { holders, failures } = this;
+    if (holders.length >= this.args.replicas) {
+      this.settled = true;
+      this.resolve({
+        status: this.deduplicated === holders.length ? 'deduplicated' : 'stored',
+        holders,
+        substitutes: holders.filter((n) => !this.owners.has(n)),
+        failures,
+      });
+      return;
+    }
+    this.launch();
+    if (this.inFlight > 0) return;
+    this.settled = true;
+    this.reject(shortfall(this.args.hash, this.args.replicas, this.rank, holders, failures));
+  }
 }
 
 function shortfall(

@@ -38,7 +38,11 @@ export interface BlockRecord extends IndexedBlock {
   readonly parentHash: BlockHash | null;
   readonly modelFingerprint: ModelFingerprint;
   readonly tokenIds: Uint32Array;
-  /** Block payload format v1, held by reference: never mutate it. */
+  /**
+   * Block payload format v1, held by reference: never mutate it. Take it in the same turn that got
+   * the record: the first read pins its memory for as long as it is referenced, but a block dropped
+   * before anyone read its payload gives the memory back for reuse, and then this throws.
+   */
   readonly payload: Uint8Array;
   /** The payload's parsed, checksum-verified header (codec, dims, section table). */
   readonly header: BlockHeader;
