@@ -133,20 +133,23 @@ function countersByLabel(text: string, metric: string, label: string): Record<st
   return out;
 }
 
-/** The router's own view of the run (plans and decode workers chosen), for telling where time went. */
+/** The router's own view of the run (plans, workers chosen per pool), for telling where time went. */
 async function routerCounters(baseUrl: string): Promise<Record<string, unknown>> {
   try {
     const text = await (await fetch(`${baseUrl.replace(/\/v1$/, '')}/metrics`)).text();
-    return {
-      plans: countersByLabel(text, 'kvmesh_router_plans_total', 'plan'),
-      decodeWorkers: countersByLabel(
+    const workersOf = (pool: string): Record<string, number> =>
+      countersByLabel(
         text
           .split('\n')
-          .filter((l) => l.includes('pool="decode"'))
+          .filter((l) => l.includes(`pool="${pool}"`))
           .join('\n'),
         'kvmesh_router_routing_decisions_total',
         'worker',
-      ),
+      );
+    return {
+      plans: countersByLabel(text, 'kvmesh_router_plans_total', 'plan'),
+      decodeWorkers: workersOf('decode'),
+      prefillWorkers: workersOf('prefill'),
     };
   } catch (err) {
     return { error: (err as Error).message };
