@@ -19,6 +19,7 @@ export {
 } from './node.ts';
 export { ANONYMOUS_PIN_HOLDER } from './adapters/grpc-service.ts';
 export type { PayloadPoolStats } from './adapters/payload-pool.ts';
+export type { RebalancerStats } from './adapters/rebalancer.ts';
 export type { TierLink, TierLinkCounters } from './adapters/tier-link.ts';
 export {
   BlockHashMismatchError,

@@ -26,7 +26,7 @@ import { registerDataHandlers } from './adapters/data-handlers.ts';
 import { PayloadPool, type PayloadPoolStats } from './adapters/payload-pool.ts';
 import { kvStoreGrpcService } from './adapters/grpc-service.ts';
 import { PeerDirectory } from './adapters/peers.ts';
-import { Rebalancer } from './adapters/rebalancer.ts';
+import { Rebalancer, type RebalancerStats } from './adapters/rebalancer.ts';
 import { TierLink } from './adapters/tier-link.ts';
 import { checkKvStoreConfig, resolveNodeId, type KvStoreConfig } from './config.ts';
 import { BlockStore, KvNode } from './core/index.ts';
@@ -54,6 +54,11 @@ export interface KvStoreNode {
   payloadPoolStats(): PayloadPoolStats | undefined;
   /** Live kvstore members as this node sees them, self included, sorted. */
   liveNodes(): NodeId[];
+  /**
+   * Re-replication counters (copies made, from DRAM or read back from the tier, and failures); a
+   * snapshot, undefined when standalone.
+   */
+  replicationStats(): RebalancerStats | undefined;
   /** Runs a re-replication pass now (cluster mode; a no-op standalone). */
   rebalance(kind?: 'membership' | 'anti-entropy'): Promise<void>;
   /** Graceful shutdown; idempotent. */
@@ -270,6 +275,7 @@ export async function startKvStoreNode(
         store,
         live: liveNodes,
         peers,
+        ...(tier === undefined ? {} : { tier }),
         concurrency: config.replicationConcurrency,
         settleDelayMs: config.heartbeatIntervalMs,
         antiEntropyIntervalMs:
@@ -342,6 +348,7 @@ export async function startKvStoreNode(
       tier,
       payloadPoolStats: () => payloadPool?.stats(),
       liveNodes,
+      replicationStats: () => (rebalancer === undefined ? undefined : { ...rebalancer.stats }),
       rebalance: async (kind = 'anti-entropy') => rebalancer?.runNow(kind),
       close() {
         closing ??= (async () => {

@@ -4,26 +4,40 @@
 // anti-entropy pass asks the other owners (MatchPrefix) which blocks they really hold, so a missed
 // change or a failed copy still converges. Copies are replica puts with bounded concurrency; surplus
 // copies are left to LRU eviction. Planning yields to the event loop every PLAN_CHUNK_BLOCKS blocks.
-import type { MembershipChange } from '@kvmesh/runtime';
-import type { Logger } from '@kvmesh/runtime';
+//
+// Both passes cover every block held here, in DRAM or only in the host's tier (demoted): a demoted
+// block's payload is read from the tier (a Read, which leaves it there and in this node's index)
+// right before it is pushed, checked like a promotion, and sent on; a read that fails is a failed
+// copy, tried again by a later pass. Only `concurrency` copies, tier reads included, run at once, so
+// at most that many read-back payloads are held.
+import { KvmeshError } from '@kvmesh/errors';
 import type { BlockHash, Namespace, NodeId } from '@kvmesh/protocol';
+import { UnavailableError, type Logger, type MembershipChange } from '@kvmesh/runtime';
 
 import {
   blockKey,
+  isDemoted,
   learnedHolders,
   planPushes,
   presumedHolders,
   probesFor,
   type BlockPush,
-  type BlockRecord,
   type BlockStore,
+  type HeldRecord,
+  type LowerTier,
   type ReplicaOutcome,
   type PutBlockInput,
 } from '../core/index.ts';
 
 export interface RebalancerPeers {
   putReplica(node: NodeId, input: PutBlockInput): Promise<ReplicaOutcome>;
+  /** Which of `hashes` `node` holds, at any tier (a block it holds only in its tier is readable there). */
   heldBlocks(node: NodeId, namespace: Namespace, hashes: readonly BlockHash[]): Promise<BlockHash[]>;
+}
+
+/** The host's tier as re-replication needs it (TierLink): a copy of a demoted block, left in place. */
+export interface RebalancerTier {
+  read(hash: BlockHash): Promise<{ block: PutBlockInput; tier: LowerTier } | null>;
 }
 
 export interface RebalancerOptions {
@@ -33,7 +47,9 @@ export interface RebalancerOptions {
   /** Live kvstore members, self included. */
   readonly live: () => NodeId[];
   readonly peers: RebalancerPeers;
-  /** Copies in flight at once. */
+  /** The host's tier (tiering on): where the payloads of demoted blocks are read from. */
+  readonly tier?: RebalancerTier;
+  /** Copies in flight at once (tier reads of demoted blocks included). */
   readonly concurrency: number;
   /** Wait after a membership change before planning, to coalesce a burst of changes. */
   readonly settleDelayMs: number;
@@ -49,7 +65,11 @@ export interface RebalancerOptions {
 
 export interface RebalancerStats {
   passes: number;
+  /** Copies peers acknowledged, from DRAM and from the tier alike. */
   copies: number;
+  /** Of `copies`, those of blocks held here only in the tier (payload read back for the copy). */
+  copiesFromTier: number;
+  /** Copies that failed: the peer refused or was unreachable, or the tier read failed. */
   copiesFailed: number;
   probesFailed: number;
 }
@@ -63,7 +83,13 @@ function yieldToEventLoop(): Promise<void> {
 }
 
 export class Rebalancer {
-  readonly stats: RebalancerStats = { passes: 0, copies: 0, copiesFailed: 0, probesFailed: 0 };
+  readonly stats: RebalancerStats = {
+    passes: 0,
+    copies: 0,
+    copiesFromTier: 0,
+    copiesFailed: 0,
+    probesFailed: 0,
+  };
   /** Membership the held blocks were last planned under. */
   private placedLive: NodeId[];
   /** Nodes that left (or restarted) since the last membership pass: they hold nothing we know of. */
@@ -167,7 +193,7 @@ export class Rebalancer {
     this.placedLive = live;
     const pushes: BlockPush[] = [];
     let blocks = 0;
-    for (const chunk of chunks(store.entries(), PLAN_CHUNK_BLOCKS)) {
+    for (const chunk of chunks(store.heldRecords(), PLAN_CHUNK_BLOCKS)) {
       if (this.closed) break;
       blocks += chunk.length;
       pushes.push(...planPushes({ self, live, replicas, records: chunk, holdersOf }));
@@ -207,10 +233,10 @@ export class Rebalancer {
   }
 
   /** The next `antiEntropyBlocksPerPass` held blocks, continuing where the last pass stopped. */
-  private nextSlice(): BlockRecord[] {
-    const out: BlockRecord[] = [];
+  private nextSlice(): HeldRecord[] {
+    const out: HeldRecord[] = [];
     let position = 0;
-    for (const record of this.options.store.entries()) {
+    for (const record of this.options.store.heldRecords()) {
       if (position++ < this.cursor) continue;
       out.push(record);
       if (out.length >= this.options.antiEntropyBlocksPerPass) break;
@@ -220,31 +246,67 @@ export class Rebalancer {
   }
 
   private async push(pushes: readonly BlockPush[]): Promise<{ copies: number; failed: number }> {
-    const jobs: { record: BlockRecord; target: NodeId }[] = [];
-    for (const push of pushes) for (const target of push.targets) jobs.push({ record: push.record, target });
     let copies = 0;
     let failed = 0;
     let next = 0;
+    // NOTE: stats move as copies settle, not at the end of the pass, so they are current while it runs.
+    const failedCopies = (count: number): void => {
+      failed += count;
+      this.stats.copiesFailed += count;
+    };
+    // One job per block: a demoted block is read from the tier once for all its targets.
     const worker = async (): Promise<void> => {
-      while (next < jobs.length && !this.closed) {
-        const job = jobs[next++] as (typeof jobs)[number];
+      while (next < pushes.length && !this.closed) {
+        const { record, targets } = pushes[next++] as BlockPush;
+        let input: PutBlockInput;
         try {
-          await this.options.peers.putReplica(job.target, job.record);
-          copies++;
+          input = isDemoted(record) ? await this.readFromTier(record) : record;
         } catch (err) {
-          failed++;
-          this.options.logger.debug('re-replication copy failed', {
-            peer: job.target,
-            hash: job.record.hash,
+          failedCopies(targets.length);
+          // A tier that is down is already reported by the tier link; a bad copy is news.
+          const corrupt = err instanceof KvmeshError && err.kind !== 'unavailable';
+          this.options.logger[corrupt ? 'warn' : 'debug']('re-replication tier read failed', {
+            hash: record.hash,
             err,
           });
+          continue;
+        }
+        for (const target of targets) {
+          if (this.closed) break;
+          try {
+            await this.options.peers.putReplica(target, input);
+            copies++;
+            this.stats.copies++;
+            if (isDemoted(record)) this.stats.copiesFromTier++;
+          } catch (err) {
+            failedCopies(1);
+            this.options.logger.debug('re-replication copy failed', { peer: target, hash: record.hash, err });
+          }
         }
       }
     };
-    await Promise.all(Array.from({ length: Math.min(this.options.concurrency, jobs.length) }, worker));
-    this.stats.copies += copies;
-    this.stats.copiesFailed += failed;
+    await Promise.all(Array.from({ length: Math.min(this.options.concurrency, pushes.length) }, worker));
     return { copies, failed };
+  }
+
+  /**
+   * The payload of a block held here only in the tier, read without promoting it (a re-replication
+   * must not push hot blocks out of DRAM) and checked like a promotion, so a corrupt tier copy is
+   * never replicated. Rejects when the tier cannot be reached, no longer holds it, or sent a bad copy.
+   */
+  private async readFromTier(record: HeldRecord): Promise<PutBlockInput> {
+    const { tier, store } = this.options;
+    if (tier === undefined)
+      throw new UnavailableError(`block ${record.hash} is demoted but this node has no tier link`, {
+        hash: record.hash,
+      });
+    const read = await tier.read(record.hash);
+    // NOTE: promoted or dropped since it was planned (a later pass plans it from where it is now), or
+    // lost by the tier (the next read of it drops the metadata); the index is left to those paths.
+    if (read === null)
+      throw new UnavailableError(`the tier no longer holds block ${record.hash}`, { hash: record.hash });
+    store.checkTierCopy(record.namespace, read.block);
+    return read.block;
   }
 }
 

@@ -1,8 +1,9 @@
 // The kvstore node's link to its host's tiering service: it moves the blocks the BlockStore decided
 // to demote (claimDemotions → Demote to far memory over the service's data channel → the store
-// records the acknowledgement), removes blocks the store forgot (dropped metadata, orphans), and
-// reads demoted blocks back for KvNode (Promote). The store stays the single owner of what is
-// where; this adapter only does I/O and reports outcomes.
+// records the acknowledgement), removes blocks the store forgot (dropped metadata, orphans), reads
+// demoted blocks back for KvNode (Promote), and reads copies of them for re-replication (Read: the
+// tier keeps its copy). The store stays the single owner of what is where; this adapter only does
+// I/O and reports outcomes.
 //
 // Durability: a block leaves the store's demoting buffer only when the service acknowledged it
 // (held in its tier) or refused it for good; while the service cannot be reached, claimed blocks go
@@ -145,6 +146,22 @@ export class TierLink implements TierReader {
     } catch (err) {
       // An undecodable answer: the tier gave the block up, and what came back is not it.
       if (err instanceof KvmeshError && err.kind === 'data-loss') return null;
+      if (isRetryable(err)) this.outage(err);
+      throw err;
+    }
+  }
+
+  /**
+   * A copy of the block, left in its tier (re-replication sends it to a peer while this node keeps
+   * its demoted copy), or null when the tier does not hold it. Unverified: the caller checks it
+   * (BlockStore.checkTierCopy). Rejects when the tier cannot be reached or answers garbage.
+   */
+  async read(hash: BlockHash): Promise<{ block: PutBlockInput; tier: LowerTier } | null> {
+    const client = await this.connect();
+    try {
+      const hit = await client.read(hash);
+      return hit === null ? null : { block: hit.block, tier: hit.tier };
+    } catch (err) {
       if (isRetryable(err)) this.outage(err);
       throw err;
     }

@@ -61,6 +61,7 @@ import type {
   DeleteResult,
   DemotedRecord,
   HeldBlock,
+  HeldRecord,
   IndexedBlock,
   LowerTier,
   PinResult,
@@ -227,6 +228,7 @@ class DemotedEntry implements DemotedRecord {
   readonly modelFingerprint: ModelFingerprint;
   readonly codec: CodecName;
   readonly payloadBytes: number;
+  readonly storedAtMs: number;
 
   constructor(
     entry: Entry,
@@ -240,6 +242,7 @@ class DemotedEntry implements DemotedRecord {
     this.modelFingerprint = entry.modelFingerprint;
     this.codec = entry.codec;
     this.payloadBytes = entry.payloadBytes;
+    this.storedAtMs = entry.storedAtMs;
   }
 }
 
@@ -673,8 +676,9 @@ export class BlockStore {
   }
 
   /**
-   * Every held block, oldest insertion first (for re-replication after a membership change). Safe
-   * while the store changes: removed blocks are skipped and new ones are visited.
+   * Every block resident in DRAM, oldest insertion first (heldRecords() also lists those leaving for
+   * the tier and those in it). Safe while the store changes: removed blocks are skipped and new ones
+   * are visited.
    */
   *entries(): IterableIterator<BlockRecord> {
     for (const entry of this.blocks.values()) {
@@ -682,6 +686,22 @@ export class BlockStore {
       entry.payloadLent = true;
       yield entry;
     }
+  }
+
+  /**
+   * Every block this node holds, whatever its tier (for re-replication and anti-entropy): DRAM
+   * blocks, then those leaving for the tier (still in memory), then demoted ones (metadata only: a
+   * copy reads the payload back from the tier). Safe while the store changes, like entries().
+   */
+  *heldRecords(): IterableIterator<HeldRecord> {
+    yield* this.entries();
+    for (const entry of this.demoting.values()) {
+      // NOTE: lent for the same reason as in entries(): an acknowledged demotion must not hand
+      // this payload back to the pool while a copy may still be about to send it.
+      entry.payloadLent = true;
+      yield entry;
+    }
+    yield* this.demoted.values();
   }
 
   stats(): BlockStoreStats {
@@ -848,24 +868,7 @@ export class BlockStore {
     let tokenIds: Uint32Array;
     let header: BlockHeader;
     try {
-      if (block.namespace !== namespace)
-        throw new CorruptDataError(`tier sent block ${block.hash} of namespace '${block.namespace}'`);
-      tokenIds = toTokenIds(block.tokenIds);
-      verifyBlockPayload(this.kernels, block.payload);
-      header = parseBlockHeader(this.kernels, block.payload);
-      if (header.dims.blockTokens !== tokenIds.length)
-        throw new CorruptDataError(
-          `tier sent block ${block.hash} with a token count its payload does not hold`,
-        );
-      if (
-        meta !== undefined &&
-        (meta.parentHash !== block.parentHash ||
-          meta.modelFingerprint !== block.modelFingerprint ||
-          meta.payloadBytes !== block.payload.byteLength ||
-          meta.codec !== header.codec)
-      )
-        throw new CorruptDataError(`tier sent block ${block.hash} unlike the one demoted`);
-      this.checkIdentity(namespace, block.hash, block.parentHash, block.modelFingerprint, tokenIds);
+      ({ tokenIds, header } = this.verifyTierCopy(namespace, block, meta));
     } catch (err) {
       if (!(err instanceof KvmeshError)) throw err;
       this.tierCounters.promotionsCorrupt += 1;
@@ -919,6 +922,43 @@ export class BlockStore {
       this.wakeTierWork();
       return { status: 'served', record: entry };
     }
+  }
+
+  /**
+   * Checks a copy of a demoted block read from the tier without promoting it (re-replication sends
+   * it on to a peer): verified like a promotion, against the metadata indexed at demotion while it
+   * is still here. Throws CorruptDataError (or BlockHashMismatchError); changes nothing, counts
+   * nothing: the tier keeps its copy, and a later promotion judges that one itself.
+   */
+  checkTierCopy(namespace: Namespace, block: PutBlockInput): void {
+    this.verifyTierCopy(namespace, block, this.demoted.get(keyOf(namespace, block.hash)));
+  }
+
+  /** Every check a block read back from the tier must pass before it is served or copied. */
+  private verifyTierCopy(
+    namespace: Namespace,
+    block: PutBlockInput,
+    meta: DemotedEntry | undefined,
+  ): { tokenIds: Uint32Array; header: BlockHeader } {
+    if (block.namespace !== namespace)
+      throw new CorruptDataError(`tier sent block ${block.hash} of namespace '${block.namespace}'`);
+    const tokenIds = toTokenIds(block.tokenIds);
+    verifyBlockPayload(this.kernels, block.payload);
+    const header = parseBlockHeader(this.kernels, block.payload);
+    if (header.dims.blockTokens !== tokenIds.length)
+      throw new CorruptDataError(
+        `tier sent block ${block.hash} with a token count its payload does not hold`,
+      );
+    if (
+      meta !== undefined &&
+      (meta.parentHash !== block.parentHash ||
+        meta.modelFingerprint !== block.modelFingerprint ||
+        meta.payloadBytes !== block.payload.byteLength ||
+        meta.codec !== header.codec)
+    )
+      throw new CorruptDataError(`tier sent block ${block.hash} unlike the one demoted`);
+    this.checkIdentity(namespace, block.hash, block.parentHash, block.modelFingerprint, tokenIds);
+    return { tokenIds, header };
   }
 
   /**

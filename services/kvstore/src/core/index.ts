@@ -22,6 +22,7 @@ export {
   type DeleteResult,
   type DemotedRecord,
   type HeldBlock,
+  type HeldRecord,
   type IndexedBlock,
   type LowerTier,
   type PinResult,
@@ -56,6 +57,7 @@ export {
 } from './partial-attention.ts';
 export {
   blockKey,
+  isDemoted,
   learnedHolders,
   planPushes,
   presumedHolders,
@@ -63,6 +65,7 @@ export {
   type BlockPush,
   type OwnerProbe,
   type PlanPushesInput,
+  type PlannedBlock,
   type PresumptionInput,
 } from './rebalance.ts';
 export {

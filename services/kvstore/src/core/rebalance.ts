@@ -3,29 +3,45 @@
 // runtime's planReplication (every node applies it identically, so one holder pushes each block);
 // this module feeds it holder knowledge: presumed from the membership the blocks were placed under
 // (minus nodes that left or restarted since), or learned from owners that were asked. Pure.
+//
+// Planning is per (namespace, hash) and blind to tiers: a block this node holds only in the host's
+// tier (demoted) is as much a copy as one in DRAM, so it is planned alike; the adapter reads its
+// payload back from the tier right before pushing it.
 import type { BlockHash, Namespace, NodeId } from '@kvmesh/protocol';
 import { ownersOf, planReplication } from '@kvmesh/runtime';
 
-import type { BlockRecord } from './types.ts';
+import type { DemotedRecord, HeldRecord } from './types.ts';
 
-export interface BlockPush {
-  readonly record: BlockRecord;
+/** What planning needs of a held block, whatever its tier. */
+export interface PlannedBlock {
+  readonly namespace: Namespace;
+  readonly hash: BlockHash;
+  readonly storedAtMs: number;
+}
+
+/** Whether a held record is demoted metadata (its payload lives in the host's tier). */
+export function isDemoted(record: HeldRecord): record is DemotedRecord {
+  return record.tier !== 'dram';
+}
+
+export interface BlockPush<R extends PlannedBlock = HeldRecord> {
+  readonly record: R;
   /** Owners that lack the block, best ranked first. */
   readonly targets: NodeId[];
 }
 
-export interface PlanPushesInput {
+export interface PlanPushesInput<R extends PlannedBlock = HeldRecord> {
   readonly self: NodeId;
   readonly live: readonly NodeId[];
   readonly replicas: number;
-  readonly records: Iterable<BlockRecord>;
+  readonly records: Iterable<R>;
   /** Nodes believed to hold the block besides self (only live ones count). */
-  readonly holdersOf: (record: BlockRecord) => Iterable<NodeId>;
+  readonly holdersOf: (record: R) => Iterable<NodeId>;
 }
 
 /** The copies this node must push; blocks another holder is responsible for are left out. */
-export function planPushes(input: PlanPushesInput): BlockPush[] {
-  const pushes: BlockPush[] = [];
+export function planPushes<R extends PlannedBlock>(input: PlanPushesInput<R>): BlockPush<R>[] {
+  const pushes: BlockPush<R>[] = [];
   for (const record of input.records) {
     const plan = planReplication({
       self: input.self,
@@ -56,7 +72,7 @@ export interface PresumptionInput {
  * restarted lost everything, so it counts as departed even though it is live again); a block
  * stored since was placed by a coordinator that already saw the change, on its current owners.
  */
-export function presumedHolders(input: PresumptionInput): (record: BlockRecord) => NodeId[] {
+export function presumedHolders(input: PresumptionInput): (record: PlannedBlock) => NodeId[] {
   const { placedLive, departed, replicas, live, changedAtMs } = input;
   return (record) =>
     record.storedAtMs >= changedAtMs
@@ -72,7 +88,7 @@ export function probesFor(
   self: NodeId,
   live: readonly NodeId[],
   replicas: number,
-  records: Iterable<BlockRecord>,
+  records: Iterable<PlannedBlock>,
 ): Map<NodeId, OwnerProbe> {
   const probes = new Map<NodeId, OwnerProbe>();
   for (const record of records) {
@@ -104,7 +120,7 @@ export function learnedHolders(
   replicas: number,
   held: ReadonlyMap<NodeId, ReadonlySet<string>>,
   unknown: ReadonlySet<NodeId>,
-): (record: BlockRecord) => NodeId[] {
+): (record: PlannedBlock) => NodeId[] {
   return (record) =>
     ownersOf(record.hash, live, replicas).filter(
       (owner) =>

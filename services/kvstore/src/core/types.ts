@@ -29,6 +29,8 @@ export interface IndexedBlock {
 /** A block demoted to a lower tier: its metadata stays indexed here, its payload lives in the tier. */
 export interface DemotedRecord extends IndexedBlock {
   readonly tier: LowerTier;
+  /** When it was stored here (kept through demotion: re-replication presumes holders by it). */
+  readonly storedAtMs: number;
 }
 
 export interface BlockRecord extends IndexedBlock {
@@ -58,6 +60,12 @@ export interface BlockRecord extends IndexedBlock {
   /** Children of this block stored on this node (a block with children is never evicted). */
   readonly localChildren: number;
 }
+
+/**
+ * A block this node holds for re-replication: resident (a BlockRecord, payload in hand) or demoted
+ * (a DemotedRecord, payload to be read back from the tier); `tier` tells them apart.
+ */
+export type HeldRecord = BlockRecord | DemotedRecord;
 
 export interface PutBlockInput {
   namespace: Namespace;
