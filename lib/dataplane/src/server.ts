@@ -69,6 +69,11 @@ export function decodeDataHeader<T>(what: string, decode: (bytes: Uint8Array) =>
 export interface DataResponse {
   header?: Uint8Array;
   body?: Uint8Array;
+  /**
+   * Called once the channel holds no reference to `body` any more: the kernel has its bytes, or it
+   * will never be sent (connection gone, response refused). Lets a handler lend memory it reuses.
+   */
+  releaseBody?: () => void;
 }
 
 export type DataHandler = (request: DataRequest) => Promise<DataResponse>;
@@ -293,12 +298,14 @@ class ServerConnection {
     let status = STATUS_OK;
     let header: Uint8Array = EMPTY;
     let body: Uint8Array = EMPTY;
+    let releaseBody: (() => void) | undefined;
     try {
       const handler = this.server.handlers.get(frame.methodId);
       if (handler === undefined) throw new DataChannelMethodNotFoundError(frame.methodId);
       const response = await handler({ methodId: frame.methodId, header: frame.header, body: frame.body });
       header = response.header ?? EMPTY;
       body = response.body ?? EMPTY;
+      releaseBody = response.releaseBody;
       if (header.length > this.peerHeaderBytesMax || body.length > this.peerBodyBytesMax) {
         const part = header.length > this.peerHeaderBytesMax ? 'header' : 'body';
         const bytes = part === 'header' ? header.length : body.length;
@@ -311,10 +318,12 @@ class ServerConnection {
     } catch (err) {
       ({ status, header } = encodeErrorHeader(err, this.peerHeaderBytesMax));
       body = EMPTY;
+      releaseBody?.();
+      releaseBody = undefined;
     }
     // Wait out a congested socket before adding more: the in-flight bound then bounds buffered bytes.
     if (this.socket.writableNeedDrain) await drained(this.socket);
-    this.send(FrameType.response, frame.requestId, frame.methodId, status, header, body);
+    this.send(FrameType.response, frame.requestId, frame.methodId, status, header, body, releaseBody);
     this.inFlight--;
     this.server.inFlight--;
     this.updateFlow();
@@ -328,10 +337,14 @@ class ServerConnection {
     status: number,
     header: Uint8Array,
     body: Uint8Array,
+    releaseBody?: () => void,
   ): void {
-    if (this.state === 'closing' || this.socket.destroyed || !this.socket.writable) return;
+    if (this.state === 'closing' || this.socket.destroyed || !this.socket.writable) {
+      releaseBody?.();
+      return;
+    }
     this.server.bytesOut += FRAME_PREFIX_BYTES + header.length + body.length;
-    writeFrame(this.socket, type, requestId, methodId, status, header, body);
+    writeFrame(this.socket, type, requestId, methodId, status, header, body, releaseBody);
   }
 
   /**

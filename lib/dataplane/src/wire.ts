@@ -59,7 +59,8 @@ export function adoptAcceptedSocket(
 
 /**
  * Writes one frame as at most two buffers in one writev: prefix+header (small, copied once) and
- * the body as given (never copied; the caller must not modify it until the call settles).
+ * the body as given (never copied; the caller must not modify it until `bodyWritten` is called:
+ * the kernel has it, or the socket failed and never will).
  * Returns false when the socket's buffer is above its high-water mark (wait for 'drain').
  */
 export function writeFrame(
@@ -70,12 +71,17 @@ export function writeFrame(
   status: number,
   header: Uint8Array,
   body: Uint8Array,
+  bodyWritten?: () => void,
 ): boolean {
   const head = encodeFrameHead(type, requestId, methodId, status, header, body.length);
-  if (body.length === 0) return socket.write(head);
+  if (body.length === 0) {
+    bodyWritten?.();
+    return socket.write(head);
+  }
   socket.cork();
   socket.write(head);
-  const ok = socket.write(body);
+  // NOTE: Node calls a write's callback once, also when the socket is destroyed with it pending.
+  const ok = bodyWritten === undefined ? socket.write(body) : socket.write(body, () => bodyWritten());
   // NOTE: uncork in the same tick so the two writes leave as one writev and frames never interleave.
   socket.uncork();
   return ok;

@@ -113,6 +113,13 @@ export const TIERING_CONFIG_SCHEMA = {
     max: 1024,
     description: 'SSD reads issued at once',
   },
+  ssdReadAheadBytes: {
+    type: 'bytes',
+    default: '2MiB',
+    min: 0,
+    description:
+      'how far the SSD tier reads ahead of a sequential reader (O_DIRECT reads of back-to-back records); 0 turns it off',
+  },
   ssdReadsQueuedMax: {
     type: 'int',
     default: 65536,

@@ -11,6 +11,7 @@ export {
 export type {
   FarPoolConfig,
   FarPoolStats,
+  LentBytes,
   SsdTier,
   TierBlock,
   TierName,
@@ -31,6 +32,7 @@ export { TIERING_SERVICE_NAME, startTieringService, type TieringServiceHandle } 
 export { SegmentLog } from './adapters/segment-log.ts';
 export type {
   FsyncPolicy,
+  LentPayload,
   SegmentLogOptions,
   SegmentLogRecoveryReport,
   SegmentLogStats,

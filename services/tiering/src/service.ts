@@ -125,6 +125,7 @@ export async function startTieringService(
         readMergeBytesMax: config.ssdReadMergeBytesMax,
         readsInFlightMax: config.ssdReadsInFlightMax,
         readsQueuedMax: config.ssdReadsQueuedMax,
+        readAheadBytes: config.ssdReadAheadBytes,
         kernels,
         ...(memory === null
           ? {}
@@ -141,7 +142,8 @@ export async function startTieringService(
       cleanups.push(() => compaction.stop());
       ssd = {
         append: (hash, payload) => compaction.append(hash, payload),
-        read: (hash) => log.read(hash),
+        // Lent: the data channel hands the span back once the socket took the bytes (no garbage).
+        read: (hash) => log.readLent(hash),
         remove: (hash) => log.remove(hash),
         has: (hash) => log.has(hash),
         stats: () => log.stats(),

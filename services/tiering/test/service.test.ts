@@ -1,6 +1,7 @@
 // Integration tests of the tiering service as a real process on loopback, over real gRPC (Demote,
 // Read, Promote, Stats, LocateFar, health) and its data channel: far memory and its spill to SSD,
-// read-keeps / promote-removes, per-tier stats, corruption in far memory caught before serving, the
+// read-keeps / promote-removes, per-tier stats, SSD blocks read again and again from reused read
+// buffers and read-ahead windows, corruption in far memory caught before serving, the
 // same-host mapped read path, restarts (the SSD tier survives, far memory is demoted to it at a clean
 // shutdown and lost on a crash), bad input, and a full SSD that leaves far memory serving.
 import assert from 'node:assert/strict';
@@ -23,7 +24,7 @@ import { checkHealth, fromGrpcError } from '@kvmesh/runtime';
 import { FarMemoryReader } from '../src/adapters/client.ts';
 import { blockOf } from '../src/adapters/wire.ts';
 import { encodeRecordHead, type TierBlock } from '../src/core/index.ts';
-import { kernels, makeBlock, startTiering, tempDir, type RunningTiering } from './support.ts';
+import { SMALL_DIMS, kernels, makeBlock, startTiering, tempDir, type RunningTiering } from './support.ts';
 
 function demote(client: TieringClient, messages: DemoteRequest[]): Promise<DemoteResponse> {
   return new Promise((resolve, reject) => {
@@ -230,6 +231,27 @@ describe('tiering service - far memory, SSD and the policy over gRPC', () => {
       (await read(t.client.grpc, prefix.map(hashBytes))).map(blockOfResponse),
       prefix.map((b) => `missing ${b.hash}`),
     );
+  });
+
+  it('tiering service - SSD blocks read over and over through the data channel come back intact', async () => {
+    // Sent straight from the SSD tier's read buffers, which are reused once the socket took them,
+    // and mostly from read-ahead windows (the blocks lie back to back): a buffer handed back too
+    // early would show here as another block's bytes.
+    const dims = { ...SMALL_DIMS, kvHeads: 8, blockTokens: 32 };
+    const blocks = Array.from({ length: 48 }, (_, i) => makeBlock(500 + i, dims));
+    await demoteBlocks(t.client.grpc, blocks, Tier.TIER_SSD);
+    for (let round = 0; round < 4; round++) {
+      const got = await t.client.readMany(
+        blocks.map((b) => b.hash),
+        8,
+      );
+      assert.deepEqual(
+        got.map((r) => [r?.tier, r?.block]),
+        blocks.map((b) => ['ssd', b]),
+        `round ${round}`,
+      );
+    }
+    await promote(t.client.grpc, blocks.map(hashBytes));
   });
 
   it('tiering service - same-host readers map the pool and read verified payloads in place', async (context) => {

@@ -16,6 +16,7 @@ import {
   TierPolicy,
   TierUnavailableError,
   encodeRecordHead,
+  type LentBytes,
   type SsdTier,
   type TierBlock,
 } from '../src/core/index.ts';
@@ -39,9 +40,20 @@ class MemorySsd implements SsdTier {
     this.writes++;
     return Promise.resolve();
   }
-  read(hash: BlockHash): Promise<Uint8Array | null> {
+  /** Reads lent and not yet released. */
+  lent = 0;
+  read(hash: BlockHash): Promise<LentBytes | null> {
     this.reads++;
-    return Promise.resolve(this.records.get(hash)?.slice() ?? null);
+    const record = this.records.get(hash);
+    if (record === undefined) return Promise.resolve(null);
+    this.lent++;
+    let released = false;
+    const release = (): void => {
+      assert.ok(!released, 'lent bytes are released once');
+      released = true;
+      this.lent--;
+    };
+    return Promise.resolve({ payload: record.slice(), release });
   }
   remove(hash: BlockHash): Promise<boolean> {
     return Promise.resolve(this.records.delete(hash));
@@ -120,6 +132,25 @@ describe('tier policy - demote, read, promote', () => {
     assert.deepEqual(fromSsd?.block, b2);
     assert.equal((await policy.promote(b3.hash))?.tier, 'ssd');
     assert.equal(ssd!.has(b3.hash), false);
+  });
+
+  it('tier policy - an SSD hit holds the lent bytes until releasePayload; a record failing its checks is released at once', async () => {
+    const { policy, ssd } = setup(2);
+    const [good, bad] = [makeBlock(21), makeBlock(22)] as [TierBlock, TierBlock];
+    await policy.demote(good, 'ssd');
+    await policy.demote(bad, 'ssd');
+    const hit = await policy.read(good.hash);
+    assert.deepEqual(hit?.block, good);
+    assert.equal(ssd!.lent, 1, 'the payload is a view of the lent bytes while the hit is held');
+    hit?.releasePayload();
+    assert.equal(ssd!.lent, 0);
+    // A flipped byte in the record head: the policy's own check fails, the block is dropped.
+    const record = ssd!.records.get(bad.hash)!;
+    record[30] = (record[30] as number) ^ 0x01;
+    assert.equal(await policy.read(bad.hash), undefined);
+    assert.equal(ssd!.lent, 0, 'bytes that are not served are released');
+    assert.equal(ssd!.has(bad.hash), false);
+    assert.equal(policy.stats().find((s) => s.tier === 'ssd')?.checksumFailures, 1);
   });
 
   it('tier policy - a flipped byte in far memory is detected: block dropped, reported missing, counted', async () => {

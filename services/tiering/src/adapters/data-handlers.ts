@@ -3,8 +3,10 @@
 // that does not decode, or decodes to something outside the contract, is INVALID_ARGUMENT for that
 // request only; the connection and the service go on. Errors keep their codes (a full tier is
 // RESOURCE_EXHAUSTED, a bad block INVALID_ARGUMENT), so a client can tell which to retry.
+// A block read from SSD is sent from the tier's read buffer without a copy; the buffer goes back to
+// the tier once the socket took the bytes (DataResponse.releaseBody).
 import { InvalidArgumentError } from '@kvmesh/errors';
-import { decodeDataHeader, type DataHandler } from '@kvmesh/dataplane';
+import { decodeDataHeader, type DataHandler, type DataResponse } from '@kvmesh/dataplane';
 import {
   DemoteRequest,
   DemoteResponse,
@@ -27,10 +29,7 @@ function singleHash(hashes: readonly Buffer[], method: string): Buffer {
   return hashes[0] as Buffer;
 }
 
-function blockResponse(
-  hashBytes: Buffer,
-  hit: TierHit | undefined,
-): { header: Uint8Array; body?: Uint8Array } {
+function blockResponse(hashBytes: Buffer, hit: TierHit | undefined): DataResponse {
   if (hit === undefined) {
     const header = TierBlockResponse.encode({
       result: { $case: 'missingHash', value: hashBytes },
@@ -38,11 +37,18 @@ function blockResponse(
     }).finish();
     return { header };
   }
-  const header = TierBlockResponse.encode({
-    result: { $case: 'block', value: blockOf(hit.block, false) },
-    tier: tierToProto(hit.tier),
-  }).finish();
-  return { header, body: hit.block.payload };
+  let header: Uint8Array;
+  try {
+    header = TierBlockResponse.encode({
+      result: { $case: 'block', value: blockOf(hit.block, false) },
+      tier: tierToProto(hit.tier),
+    }).finish();
+  } catch (err) {
+    hit.releasePayload();
+    throw err;
+  }
+  // NOTE: the payload is lent (an SSD read buffer): the channel releases it once the socket took it.
+  return { header, body: hit.block.payload, releaseBody: hit.releasePayload };
 }
 
 /** Registers the three methods on a data channel server. */

@@ -102,7 +102,14 @@ async function demoteStream(
 function blockMessage(hashBytes: Buffer, hit: TierHit | undefined): TierBlockResponse {
   if (hit === undefined)
     return { result: { $case: 'missingHash', value: hashBytes }, tier: Tier.TIER_UNSPECIFIED };
-  return { result: { $case: 'block', value: blockOf(hit.block, true) }, tier: tierToProto(hit.tier) };
+  let block = hit.block;
+  if (hit.tier === 'ssd') {
+    // NOTE: an SSD payload is lent from the tier's read buffers and gRPC gives no word on when it
+    // is done with a message's bytes: the message takes a copy and the buffer goes back at once.
+    block = { ...block, payload: Buffer.from(block.payload) };
+    hit.releasePayload();
+  }
+  return { result: { $case: 'block', value: blockOf(block, true) }, tier: tierToProto(hit.tier) };
 }
 
 export function tieringGrpcService(policy: TierPolicy, options: TieringServiceOptions): TieringServer {

@@ -24,8 +24,19 @@
 // Reads go through a small elevator (issueReads): at most readsInFlightMax kernel reads at once;
 // reads pending together for records that lie back to back in one segment are served by one read
 // of their span (up to readMergeBytesMax), merged only as far as the free slots require, and each
-// record in it is still verified on its own. With an injected aligned allocator each payload is a
-// view of that span (no copy); otherwise the span comes from a buffer pool and payloads are copied.
+// record in it is still verified on its own. read() hands out memory the caller owns: with an
+// injected aligned allocator each payload is a view of a fresh span (no copy); otherwise the span
+// comes from a buffer pool and payloads are copied. readLent() hands out views of a pooled span and
+// the span returns to the pool once every payload read from it is released: no copy, no allocation,
+// and so no garbage (a fresh span per read of a few hundred KiB drives V8 into back-to-back major
+// GCs at SSD speed).
+// Sequential read-ahead (O_DIRECT only; the page cache does its own): a read that starts where
+// earlier reads of its segment ended marks a sequential reader (a promoted prefix lies back to
+// back), and the log reads up to readAheadBytes past it in windows of half that, ahead of demand.
+// Reads of records inside a window wait for it or are served from it, each record verified on its
+// own as always (one that fails is read again alone before it is called corrupt). Windows only
+// cover settled bytes (written, and past where a failed batch could be cut off: they never change),
+// hold at most 4x readAheadBytes, and go first in the elevator, since readers wait on them.
 //
 // Recovery: the manifest (written tmp + fdatasync + rename + directory fsync) names the sealed
 // segments; their record headers are read back (one 4 KiB read per record) to rebuild the index.
@@ -119,6 +130,12 @@ export interface SegmentLogOptions {
   readsInFlightMax?: number;
   /** Record reads allowed to wait for a slot; past it a read fails with LimitExceededError. */
   readsQueuedMax?: number;
+  /**
+   * How far ahead of a sequential reader (reads that go on where the last ones of their segment
+   * ended) the log reads, in windows of half this; at most 4x this is held read ahead and not yet
+   * read. O_DIRECT only. 0 turns read-ahead off. Default 2 MiB.
+   */
+  readAheadBytes?: number;
   /** Checksums; default loadKernels(). */
   kernels?: Pick<Kernels, 'hash128'>;
   /**
@@ -139,6 +156,10 @@ export interface SegmentLogStats {
   readSyscalls: number;
   /** Kernel reads that served more than one record read. */
   mergedReads: number;
+  /** Kernel reads issued ahead of sequential readers (read-ahead windows). */
+  readAheadReads: number;
+  /** Record reads served from a read-ahead window. */
+  readAheadHits: number;
   writes: number;
   checksumFailures: number;
   tornRecordsDropped: number;
@@ -183,6 +204,7 @@ const DEFAULTS = {
   readMergeBytesMax: 4 * 1024 * 1024,
   readsInFlightMax: 16,
   readsQueuedMax: 65_536,
+  readAheadBytes: 2 * 1024 * 1024,
 };
 
 const MANIFEST_FILE = 'manifest.json';
@@ -199,6 +221,13 @@ const TAIL_BYTES_MAX = 2 ** 31 - 1;
 /** Aligned read buffers kept for reuse. */
 const ALIGNED_RETAIN_BYTES_MAX = 64 * 1024 * 1024;
 const READ_RETRIES_MAX = 3;
+/** Readers whose position is remembered for read-ahead (the least recently read is forgotten first). */
+const READ_STREAMS_MAX = 16;
+/**
+ * A read counts as sequential when it starts where its segment's reads ended or at most this many
+ * records before (concurrent readers of one prefix arrive a little out of order).
+ */
+const READ_STREAM_SLACK_RECORDS = 8;
 
 interface IndexEntry {
   readonly segmentId: number;
@@ -220,6 +249,11 @@ interface Segment {
   readonly id: number;
   readonly path: string;
   sizeBytes: number;
+  /**
+   * Bytes that never change again: written and past the point where a failed batch is cut off
+   * (sizeBytes runs ahead of it while a batch syncs). Read-ahead stays below it.
+   */
+  settledBytes: number;
   bytesLive: number;
   records: number;
   sealed: boolean;
@@ -267,14 +301,59 @@ interface ReadHandle {
 }
 
 type RecordRead =
-  | { ok: true; headerBytes: Uint8Array; header: SegmentRecordHeader; payload: Uint8Array }
+  | {
+      ok: true;
+      headerBytes: Uint8Array;
+      header: SegmentRecordHeader;
+      payload: Uint8Array;
+      /** Returns a lent payload's span to the pool (a no-op for memory the caller owns). */
+      release: () => void;
+    }
   | { ok: false; reason: string };
+
+/** Where one reader of a segment got to: its last read and the windows read ahead of it end at `end`. */
+interface ReadStream {
+  readonly segmentId: number;
+  end: number;
+}
+
+/** A window read ahead of a sequential reader (see readAhead). */
+interface AheadSpan {
+  readonly stream: ReadStream;
+  readonly segmentId: number;
+  readonly offset: number;
+  readonly bytes: number;
+  state: 'queued' | 'reading' | 'ready' | 'failed';
+  /** Pooled memory (taken when the read is issued); `got` bytes of it were read. */
+  buffer: Uint8Array | null;
+  got: number;
+  /** Holds on `buffer`: the cache's, the running read's, one per payload lent from it. */
+  holders: number;
+  /** Bytes of the records served from it; once they cover it the cache lets go of it. */
+  servedBytes: number;
+  /** Record reads that came in before it was read. */
+  readonly waiters: QueuedRead[];
+}
+
+/** A verified payload in memory the log lends out (readLent). */
+export interface LentPayload {
+  readonly payload: Uint8Array;
+  /**
+   * Gives the memory back for reuse; call it once, after the last use of `payload`. A payload never
+   * released is safe, only wasteful: its memory is then left to the garbage collector.
+   */
+  release(): void;
+}
+
+const NO_RELEASE = (): void => undefined;
 
 /** A record read waiting for a slot (see issueReads). */
 interface QueuedRead extends PendingRecordRead {
   readonly entry: IndexEntry;
   /** Also return the header bytes (compaction copies them). */
   readonly whole: boolean;
+  /** The payload may be a view of pooled memory, returned by its release() (readLent). */
+  readonly lend: boolean;
   readonly resolve: (result: RecordRead) => void;
   readonly reject: (err: unknown) => void;
 }
@@ -310,6 +389,7 @@ function resolveOptions(
   checkInteger('readMergeBytesMax', resolved.readMergeBytesMax, SEGMENT_RECORD_ALIGN_BYTES, 1 << 30);
   checkInteger('readsInFlightMax', resolved.readsInFlightMax, 1, 1024);
   checkInteger('readsQueuedMax', resolved.readsQueuedMax, 1, 1 << 24);
+  checkInteger('readAheadBytes', resolved.readAheadBytes, 0, 1 << 30);
   if (!['always', 'group', 'interval'].includes(resolved.fsync)) {
     throw new InvalidArgumentError(
       `fsync must be 'always', 'group' or 'interval', got '${String(resolved.fsync)}'`,
@@ -464,6 +544,7 @@ export class SegmentLog {
   private readonly readMergeBytesMax: number;
   private readonly readsInFlightMax: number;
   private readonly readsQueuedMax: number;
+  private readonly readAheadBytes: number;
   private readonly hash128: Hash128;
   private readonly writeVectored: (
     file: FileHandle,
@@ -516,6 +597,14 @@ export class SegmentLog {
   private readFlushScheduled = false;
   /** Set once the read descriptors are closed for good: queued reads then fail. */
   private readersReleased = false;
+  /** Read-ahead windows the cache holds, oldest first, and those waiting for a slot. */
+  private aheadSpans: AheadSpan[] = [];
+  private aheadQueue: AheadSpan[] = [];
+  private aheadBytesHeld = 0;
+  /** Readers' positions, least recently read first (at most READ_STREAMS_MAX). */
+  private readStreams: ReadStream[] = [];
+  private readAheadReads = 0;
+  private readAheadHits = 0;
   private writesDone = 0;
   private checksumFailures = 0;
   private tornRecordsDropped = 0;
@@ -535,6 +624,7 @@ export class SegmentLog {
     this.readMergeBytesMax = options.readMergeBytesMax;
     this.readsInFlightMax = options.readsInFlightMax;
     this.readsQueuedMax = options.readsQueuedMax;
+    this.readAheadBytes = options.readAheadBytes;
     this.allocate = options.allocate;
     const kernels = options.kernels ?? loadKernels();
     this.hash128 = (data) => kernels.hash128(data);
@@ -647,13 +737,26 @@ export class SegmentLog {
    * CorruptDataError. Never waits for compaction: a read that races a move retries at the new place.
    */
   async read(hash: BlockHash): Promise<Uint8Array | null> {
+    return (await this.readPayload(hash, false))?.payload ?? null;
+  }
+
+  /**
+   * As read(), but the payload lies in memory the log lends out and reuses once `release()` is
+   * called: for a caller that is done with the bytes at a known point (e.g. once a socket took
+   * them). Same verification, same errors.
+   */
+  readLent(hash: BlockHash): Promise<LentPayload | null> {
+    return this.readPayload(hash, true);
+  }
+
+  private async readPayload(hash: BlockHash, lend: boolean): Promise<LentPayload | null> {
     this.checkOpen();
     for (let attempt = 0; ; attempt++) {
       const entry = this.index.get(hash);
       if (entry === undefined) return null;
       let result: RecordRead;
       try {
-        result = await this.readRecord(entry, false);
+        result = await this.readRecord(entry, false, lend);
       } catch (err) {
         // The segment was compacted away between the lookup and the open: look again.
         if (this.index.get(hash) !== entry && attempt < READ_RETRIES_MAX) continue;
@@ -661,8 +764,9 @@ export class SegmentLog {
       }
       if (result.ok && result.header.kind === 'put' && result.header.hash === hash) {
         this.readsDone++;
-        return result.payload;
+        return { payload: result.payload, release: result.release };
       }
+      if (result.ok) result.release();
       if (this.index.get(hash) !== entry) {
         if (attempt < READ_RETRIES_MAX) continue;
         return null;
@@ -723,6 +827,8 @@ export class SegmentLog {
       reads: this.readsDone,
       readSyscalls: this.readSyscalls,
       mergedReads: this.mergedReads,
+      readAheadReads: this.readAheadReads,
+      readAheadHits: this.readAheadHits,
       writes: this.writesDone,
       checksumFailures: this.checksumFailures,
       tornRecordsDropped: this.tornRecordsDropped,
@@ -894,6 +1000,7 @@ export class SegmentLog {
       }
       return;
     }
+    segment.settledBytes = segment.sizeBytes;
     let offset = start;
     for (const op of batch) {
       this.bytesReserved -= op.bytesReserved;
@@ -1080,10 +1187,11 @@ export class SegmentLog {
 
   /**
    * Reads and verifies one record (header, hash, length, payload checksum). `whole` also returns
-   * the header bytes (compaction copies them). The payload is a fresh buffer the caller owns.
-   * The read waits in the read queue until issueReads merges it with its neighbours and issues it.
+   * the header bytes (compaction copies them). The payload is a fresh buffer the caller owns, or with
+   * `lend` possibly a view of pooled memory until its release(). The read waits in the read queue
+   * until issueReads merges it with its neighbours and issues it.
    */
-  private readRecord(entry: IndexEntry, whole: boolean): Promise<RecordRead> {
+  private readRecord(entry: IndexEntry, whole: boolean, lend = false): Promise<RecordRead> {
     if (this.readQueue.length >= this.readsQueuedMax) {
       return Promise.reject(
         new LimitExceededError(
@@ -1093,17 +1201,192 @@ export class SegmentLog {
       );
     }
     return new Promise<RecordRead>((resolve, reject) => {
-      this.queueRead({
+      const read: QueuedRead = {
         segmentId: entry.segmentId,
         offset: entry.offset,
         recordBytes: entry.recordBytes,
         arrival: this.readArrivals++,
         entry,
         whole,
+        lend,
         resolve,
         reject,
-      });
+      };
+      // NOTE: compaction's reads (whole) neither use nor start read-ahead: it reads a segment once.
+      if (!whole && this.readAheadBytes > 0 && this.directIo && this.readAhead(read)) return;
+      this.queueRead(read);
     });
+  }
+
+  /**
+   * Serves `read` from a read-ahead window that holds its record (true), or finds the reader it
+   * continues (one whose reads ended where this one starts, or a few records after) and reads
+   * ahead of it (false: the read is the caller's to queue). A read that continues no reader starts
+   * a new one. A window the reader moved into is followed by the next, so a sequential reader keeps
+   * readAheadBytes read ahead of it.
+   */
+  private readAhead(read: QueuedRead): boolean {
+    const { segmentId, offset, recordBytes } = read;
+    const end = offset + recordBytes;
+    const span = this.aheadSpans.find(
+      (s) => s.segmentId === segmentId && s.offset <= offset && end <= s.offset + s.bytes,
+    );
+    const stream =
+      span?.stream ??
+      this.readStreams.find(
+        (s) =>
+          s.segmentId === segmentId &&
+          offset <= s.end &&
+          offset >= s.end - READ_STREAM_SLACK_RECORDS * recordBytes,
+      );
+    this.touchReadStream(stream ?? { segmentId, end });
+    if (span !== undefined) {
+      this.readAheadHits++;
+      span.servedBytes += recordBytes;
+      if (span.state === 'ready') this.serveFromSpan(read, span);
+      else span.waiters.push(read);
+      if (span.servedBytes >= span.bytes) this.dropAheadSpan(span);
+    }
+    // NOTE: only after the read took its hold on `span`: making room for new windows may drop it.
+    if (stream !== undefined) {
+      stream.end = Math.max(stream.end, end);
+      this.extendReadAhead(stream, end, recordBytes);
+    }
+    return span !== undefined;
+  }
+
+  /**
+   * Queues read-ahead windows of `segmentId` until readAheadBytes past `from` are read or being
+   * read, within the bytes the segment holds and the bound on bytes held. A window is half of
+   * readAheadBytes, in whole records of the reader's size (the records of one model's blocks are
+   * all one size, so windows end on record boundaries).
+   */
+  private extendReadAhead(stream: ReadStream, from: number, recordBytes: number): void {
+    const segmentId = stream.segmentId;
+    const segment = this.segments.get(segmentId);
+    if (segment === undefined || segment.retiring) return;
+    const windowBytes = Math.max(1, Math.floor(this.readAheadBytes / 2 / recordBytes)) * recordBytes;
+    const target = Math.min(from + this.readAheadBytes, segment.settledBytes);
+    let at = Math.max(stream.end, from);
+    let queued = false;
+    while (at < target) {
+      const bytes = Math.min(windowBytes, segment.settledBytes - at);
+      if (!this.makeRoomAhead(bytes)) break;
+      const span: AheadSpan = {
+        stream,
+        segmentId,
+        offset: at,
+        bytes,
+        state: 'queued',
+        buffer: null,
+        got: 0,
+        holders: 1,
+        servedBytes: 0,
+        waiters: [],
+      };
+      this.aheadSpans.push(span);
+      this.aheadQueue.push(span);
+      this.aheadBytesHeld += bytes;
+      at += bytes;
+      queued = true;
+    }
+    stream.end = Math.max(stream.end, at);
+    if (queued) this.queueRead();
+  }
+
+  /** Makes `stream` the most recently read one, forgetting the least recently read past the bound. */
+  private touchReadStream(stream: ReadStream): void {
+    const i = this.readStreams.indexOf(stream);
+    if (i >= 0) this.readStreams.splice(i, 1);
+    this.readStreams.push(stream);
+    if (this.readStreams.length > READ_STREAMS_MAX) this.readStreams.shift();
+  }
+
+  /** Drops the oldest windows already read until `bytes` more fit in 4x readAheadBytes. */
+  private makeRoomAhead(bytes: number): boolean {
+    const limit = 4 * this.readAheadBytes;
+    while (this.aheadBytesHeld + bytes > limit) {
+      const oldest = this.aheadSpans.find((s) => s.state === 'ready');
+      if (oldest === undefined) return false;
+      this.dropAheadSpan(oldest);
+    }
+    return true;
+  }
+
+  /** The cache lets go of `span` (its lent payloads and a running read keep their holds). */
+  private dropAheadSpan(span: AheadSpan): void {
+    const i = this.aheadSpans.indexOf(span);
+    if (i < 0) return;
+    this.aheadSpans.splice(i, 1);
+    this.aheadBytesHeld -= span.bytes;
+    this.unholdAheadSpan(span);
+  }
+
+  private unholdAheadSpan(span: AheadSpan): void {
+    if (--span.holders === 0 && span.buffer !== null) this.alignedBuffers?.release(span.buffer);
+  }
+
+  /**
+   * Verifies `read`'s record inside a window that was read, as a read of the record alone would. A
+   * record that fails is read again on its own before anyone calls it corrupt: a window is a guess
+   * made ahead of time, the verdict belongs to a read made for the record.
+   */
+  private serveFromSpan(read: QueuedRead, span: AheadSpan): void {
+    try {
+      const buffer = span.buffer as Uint8Array;
+      const result = this.verifyRecord(read, buffer, read.offset - span.offset, span.got, !read.lend);
+      if (!result.ok) {
+        this.queueRead(read);
+        return;
+      }
+      if (read.lend) {
+        span.holders++;
+        result.release = once(() => this.unholdAheadSpan(span));
+      }
+      read.resolve(result);
+    } catch (err) {
+      read.reject(err);
+    }
+  }
+
+  /** One kernel read of a read-ahead window, then the reads that waited for it are served. */
+  private async readAheadSpan(span: AheadSpan): Promise<void> {
+    span.state = 'reading';
+    span.holders++;
+    let handle: ReadHandle | undefined;
+    try {
+      handle = await this.acquireReader(span.segmentId);
+      const file = await handle.opened;
+      if (!handle.direct) throw new Error('O_DIRECT reads were turned off');
+      span.buffer = this.alignedBuffers?.acquire(span.bytes) ?? null;
+      if (span.buffer === null) throw new Error('no 4096-aligned buffer could be found');
+      this.readAheadReads++;
+      span.got = await this.readSpan(file, span.buffer.subarray(0, span.bytes), span.offset);
+      span.state = 'ready';
+      for (const read of span.waiters.splice(0)) this.serveFromSpan(read, span);
+    } catch {
+      // A window is only a guess: the reads that waited go their own way (and meet the error, if
+      // it was the device's); the window is forgotten.
+      span.state = 'failed';
+      this.dropAheadSpan(span);
+      const waiters = span.waiters.splice(0);
+      if (waiters.length > 0) this.queueRead(...waiters);
+    } finally {
+      if (handle !== undefined) this.releaseReader(handle);
+      this.unholdAheadSpan(span);
+    }
+  }
+
+  /** Forgets the read-ahead windows of a segment that goes away (their waiters read on their own). */
+  private dropReadAheadOf(segmentId: number): void {
+    this.readStreams = this.readStreams.filter((s) => s.segmentId !== segmentId);
+    for (const span of this.aheadSpans.filter((s) => s.segmentId === segmentId)) {
+      this.dropAheadSpan(span);
+      if (span.state !== 'queued') continue; // a running read still serves its waiters
+      this.aheadQueue = this.aheadQueue.filter((s) => s !== span);
+      const waiters = span.waiters.splice(0);
+      if (waiters.length > 0) this.queueRead(...waiters);
+    }
   }
 
   /**
@@ -1132,6 +1415,15 @@ export class SegmentLog {
       this.failQueuedReads();
       return;
     }
+    // Read-ahead windows go first: readers are waiting on them or about to be.
+    while (this.aheadQueue.length > 0 && this.readsInFlight < this.readsInFlightMax) {
+      const span = this.aheadQueue.shift() as AheadSpan;
+      this.readsInFlight++;
+      void this.readAheadSpan(span).finally(() => {
+        this.readsInFlight--;
+        this.issueReads();
+      });
+    }
     const slots = this.readsInFlightMax - this.readsInFlight;
     if (this.readQueue.length === 0 || slots <= 0) return;
     const runs = planMergedReads(this.readQueue, this.readMergeBytesMax, slots);
@@ -1154,6 +1446,10 @@ export class SegmentLog {
   private failQueuedReads(): void {
     const queued = this.readQueue;
     this.readQueue = [];
+    for (const span of this.aheadQueue.splice(0)) {
+      this.dropAheadSpan(span);
+      queued.push(...span.waiters.splice(0));
+    }
     for (const read of queued) read.reject(new SegmentLogClosedError(this.dir));
   }
 
@@ -1169,6 +1465,11 @@ export class SegmentLog {
     }
     let aligned: Uint8Array | null = null;
     let pooled = false;
+    // A pooled span goes back to the pool when this run and every payload lent from it let go.
+    let holders = 1;
+    const letGo = (): void => {
+      if (--holders === 0 && pooled && aligned !== null) this.alignedBuffers?.release(aligned);
+    };
     try {
       const file = await handle.opened;
       const last = members[members.length - 1] as QueuedRead;
@@ -1176,10 +1477,12 @@ export class SegmentLog {
       const length = handle.direct
         ? run.bytes
         : last.offset + SEGMENT_RECORD_HEADER_BYTES + last.entry.payloadBytes - run.offset;
-      // With an allocator the span is fresh memory and each payload a view of it (no copy, no
-      // pool); else it comes from the pool and each payload is copied out.
-      if (handle.direct) {
-        aligned = this.alignedBuffers?.acquireUnpooled(length) ?? null;
+      // A run with a lent read takes its span from the pool (lent payloads are views, the others
+      // copies). Otherwise, with an allocator, the span is fresh memory and each payload a view of
+      // it (no copy, no pool); else it comes from the pool and each payload is copied out.
+      const lending = members.some((read) => read.lend);
+      if (handle.direct || lending) {
+        if (handle.direct && !lending) aligned = this.alignedBuffers?.acquireUnpooled(length) ?? null;
         if (aligned === null) {
           aligned = this.alignedBuffers?.acquire(length) ?? null;
           pooled = aligned !== null;
@@ -1207,7 +1510,13 @@ export class SegmentLog {
       if (members.length > 1) this.mergedReads++;
       for (const read of members) {
         try {
-          read.resolve(this.verifyRecord(read, bytes, read.offset - run.offset, got, pooled));
+          const lent = pooled && read.lend;
+          const result = this.verifyRecord(read, bytes, read.offset - run.offset, got, pooled && !lent);
+          if (result.ok && lent) {
+            holders++;
+            result.release = once(letGo);
+          }
+          read.resolve(result);
         } catch (err) {
           read.reject(err);
         }
@@ -1216,7 +1525,7 @@ export class SegmentLog {
       // Unexpected (e.g. the allocator failed): every read not yet answered gets the error.
       for (const read of members) read.reject(err);
     } finally {
-      if (pooled && aligned !== null) this.alignedBuffers?.release(aligned);
+      letGo();
       this.releaseReader(handle);
     }
   }
@@ -1236,14 +1545,14 @@ export class SegmentLog {
   /**
    * Checks one record inside a span read, exactly as a read of the record alone would: header,
    * length, payload checksum. The record starts `at` bytes into `span`, of which `got` were read.
-   * `pooled`: the span goes back to the buffer pool, so what the caller keeps is a copy.
+   * `copy`: the span goes back to the buffer pool, so what the caller keeps is a copy.
    */
   private verifyRecord(
     read: QueuedRead,
     span: Uint8Array,
     at: number,
     got: number,
-    pooled: boolean,
+    copy: boolean,
   ): RecordRead {
     const { entry, whole } = read;
     const end = at + SEGMENT_RECORD_HEADER_BYTES + entry.payloadBytes;
@@ -1258,11 +1567,11 @@ export class SegmentLog {
     if (!verifySegmentPayload(this.hash128, decoded.header, payload))
       return { ok: false, reason: 'payload-checksum' };
     // NOTE: an aligned buffer goes back to the pool, so what the caller keeps is a copy.
-    if (pooled) payload = new Uint8Array(payload);
+    if (copy) payload = new Uint8Array(payload);
     const headerBytes = whole
       ? new Uint8Array(span.subarray(at, at + SEGMENT_RECORD_HEADER_BYTES))
       : new Uint8Array(0);
-    return { ok: true, header: decoded.header, headerBytes, payload };
+    return { ok: true, header: decoded.header, headerBytes, payload, release: NO_RELEASE };
   }
 
   private acquireReader(id: number): Promise<ReadHandle> {
@@ -1419,6 +1728,7 @@ export class SegmentLog {
     for (const tombstone of this.tombstonesByTarget.get(segment.id) ?? []) this.dropTombstone(tombstone);
     this.tombstonesByTarget.delete(segment.id);
     this.bytesOnDisk -= segment.sizeBytes;
+    this.dropReadAheadOf(segment.id);
     const reader = this.readers.get(segment.id);
     if (reader !== undefined) this.retireReader(reader);
     await unlink(segment.path).catch(() => undefined);
@@ -1579,6 +1889,7 @@ export class SegmentLog {
         scans.set(id, records);
         const segment = newSegment(id, path);
         segment.sizeBytes = sizeBytes;
+        segment.settledBytes = sizeBytes;
         segment.records = records.length;
         segment.sealed = true;
         this.segments.set(id, segment);
@@ -1846,6 +2157,7 @@ function newSegment(id: number, path: string): Segment {
     id,
     path,
     sizeBytes: 0,
+    settledBytes: 0,
     bytesLive: 0,
     records: 0,
     sealed: false,
@@ -1855,6 +2167,16 @@ function newSegment(id: number, path: string): Segment {
     dirty: false,
     puts: new Set(),
     tombstones: new Map(),
+  };
+}
+
+/** `fn` on the first call only (a lent payload released twice must not free its span twice). */
+function once(fn: () => void): () => void {
+  let called = false;
+  return () => {
+    if (called) return;
+    called = true;
+    fn();
   };
 }
 

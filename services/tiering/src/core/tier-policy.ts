@@ -28,11 +28,20 @@ import {
 
 export type TierName = 'far' | 'ssd';
 
-/** What the policy needs of the SSD tier (the SegmentLog implements it). */
+/** Bytes a tier lends out: valid until release() is called (once); never released, the GC frees them. */
+export interface LentBytes {
+  readonly payload: Uint8Array;
+  release(): void;
+}
+
+/** What the policy needs of the SSD tier (the SegmentLog implements it, read as readLent). */
 export interface SsdTier {
   append(hash: BlockHash, payload: Uint8Array): Promise<void>;
-  /** Throws a CorruptDataError-kind error on a checksum mismatch (the entry is dropped). */
-  read(hash: BlockHash): Promise<Uint8Array | null>;
+  /**
+   * The verified record, in memory lent until its release(). Throws a CorruptDataError-kind error
+   * on a checksum mismatch (the entry is dropped).
+   */
+  read(hash: BlockHash): Promise<LentBytes | null>;
   remove(hash: BlockHash): Promise<boolean>;
   has(hash: BlockHash): boolean;
   stats(): {
@@ -74,9 +83,17 @@ export interface TierStatsView {
 }
 
 export interface TierHit {
-  /** The block with a payload the caller owns (a copy out of far memory, or the SSD read buffer). */
+  /**
+   * The block: a payload copied out of far memory, or lent from the SSD tier's read buffers (a
+   * view into the record read), valid until releasePayload().
+   */
   readonly block: TierBlock;
   readonly tier: TierName;
+  /**
+   * Lets the tier reuse the payload's memory; call it once, after the last use of block.payload
+   * (e.g. once a socket took the bytes). Optional: without it the memory is left to the GC.
+   */
+  readonly releasePayload: () => void;
 }
 
 export interface FarLocationView {
@@ -97,6 +114,8 @@ interface Counters {
 }
 
 export type DemoteOutcome = 'stored' | 'held';
+
+const NO_RELEASE = (): void => undefined;
 
 export class TierPolicy {
   private readonly kernels: Kernels;
@@ -179,9 +198,9 @@ export class TierPolicy {
   /** The block from the fastest tier holding it, verified; undefined when missing or corrupt. */
   async read(hash: BlockHash): Promise<TierHit | undefined> {
     const fromFar = this.readFar(hash);
-    if (fromFar !== undefined) return { block: fromFar, tier: 'far' };
+    if (fromFar !== undefined) return { block: fromFar, tier: 'far', releasePayload: NO_RELEASE };
     const fromSsd = await this.readSsd(hash);
-    if (fromSsd !== undefined) return { block: fromSsd, tier: 'ssd' };
+    if (fromSsd !== undefined) return { ...fromSsd, tier: 'ssd' };
     return undefined;
   }
 
@@ -386,12 +405,14 @@ export class TierPolicy {
     this.options.onFault?.('far-block-corrupt', { hash, err });
   }
 
-  private async readSsd(hash: BlockHash): Promise<TierBlock | undefined> {
+  private async readSsd(
+    hash: BlockHash,
+  ): Promise<{ block: TierBlock; releasePayload: () => void } | undefined> {
     const ssd = this.ssd;
     if (ssd === null || !ssd.has(hash)) return undefined;
-    let bytes: Uint8Array | null;
+    let lent: LentBytes | null;
     try {
-      bytes = await ssd.read(hash);
+      lent = await ssd.read(hash);
     } catch (err) {
       // The SSD tier counts its own checksum failures and drops the entry.
       if (err instanceof KvmeshError && err.kind === 'data-loss') {
@@ -400,13 +421,18 @@ export class TierPolicy {
       }
       throw err;
     }
-    if (bytes === null) return undefined;
+    if (lent === null) return undefined;
+    const bytes = lent.payload;
     try {
       // NOTE: the SSD tier verified its record checksum over all of these bytes on this read, so the
       // payload sections are not hashed a second time; head, metadata and identity are checked here.
       const { meta, payloadOffset, recordBytes } = decodeRecordMeta(this.kernels, bytes, hash);
-      return { ...meta, payload: bytes.subarray(payloadOffset, recordBytes) };
+      return {
+        block: { ...meta, payload: bytes.subarray(payloadOffset, recordBytes) },
+        releasePayload: () => lent.release(),
+      };
     } catch (err) {
+      lent.release();
       if (!(err instanceof CorruptDataError)) throw err;
       this.ssdRecordFailures++;
       await ssd.remove(hash);
