@@ -87,18 +87,30 @@ export function writeFrame(
   return ok;
 }
 
-/** Resolves once `socket` has drained or closed (a closed socket never drains; the close handler reports it). */
+/** The wait in progress per socket: every waiter shares it (one listener pair, however many wait). */
+const drainWaits = new WeakMap<Socket, Promise<void>>();
+
+/**
+ * Resolves once `socket` has drained or closed (a closed socket never drains; the close handler
+ * reports it). Concurrent callers share one wait, so many responses held back on one congested
+ * connection add no listeners beyond the first pair.
+ */
 export function drained(socket: Socket): Promise<void> {
   if (!socket.writableNeedDrain || socket.destroyed) return Promise.resolve();
-  return new Promise((resolve) => {
+  const waiting = drainWaits.get(socket);
+  if (waiting !== undefined) return waiting;
+  const wait = new Promise<void>((resolve) => {
     const done = (): void => {
       socket.off('drain', done);
       socket.off('close', done);
+      drainWaits.delete(socket);
       resolve();
     };
     socket.on('drain', done);
     socket.on('close', done);
   });
+  drainWaits.set(socket, wait);
+  return wait;
 }
 
 export interface HelloBlob {
