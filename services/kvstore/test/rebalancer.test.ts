@@ -11,7 +11,7 @@ import { createLogger, ownersOf } from '@kvmesh/runtime';
 
 import { Rebalancer, type RebalancerPeers, type RebalancerTier } from '../src/adapters/rebalancer.ts';
 import type { BlockStore, LowerTier, PutBlockInput, ReplicaOutcome } from '../src/core/index.ts';
-import { BLOCK_BYTES, FakeClock, chain, hex, makeStore, type ChainBlock } from './core/helpers.ts';
+import { FakeClock, chain, hex, tieredStoreWith, type ChainBlock } from './core/helpers.ts';
 
 const [A, B, C] = ['kv-a', 'kv-b', 'kv-c'].map(parseNodeId) as [NodeId, NodeId, NodeId];
 const NODES = [A, B, C];
@@ -88,21 +88,7 @@ class FakePeers implements RebalancerPeers {
 
 /** Node A's store with `blocks` put in order into room for `dramBlocks`; the rest demoted to `tier`. */
 function storeOfA(blocks: readonly ChainBlock[], dramBlocks: number, tier: MapTier): BlockStore {
-  const clock = new FakeClock();
-  const { store } = makeStore(
-    {
-      bytesBudget: dramBlocks * BLOCK_BYTES,
-      highWatermark: 1,
-      lowWatermark: 1,
-      tiering: true,
-      demotingBytesMax: 100 * BLOCK_BYTES,
-    },
-    clock,
-  );
-  for (const block of blocks) {
-    store.put(block);
-    clock.advance(10);
-  }
+  const store = tieredStoreWith(blocks, dramBlocks, new FakeClock());
   for (const record of store.claimDemotions(1_000)) {
     tier.blocks.set(record.hash, { ...record, payload: record.payload.slice() });
     assert.equal(store.demotionAcknowledged(record.namespace, record.hash, 'far'), 'demoted');

@@ -4,15 +4,14 @@
 // (also after a double release), read() callers sharing a merged span keep their own copy, and a
 // corrupt record is never lent.
 import assert from 'node:assert/strict';
-import { randomBytes, randomInt } from 'node:crypto';
-import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { randomInt } from 'node:crypto';
+import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 
 import { CorruptDataError } from '@kvmesh/errors';
 import { nativeMemory } from '@kvmesh/kernels';
-import { blockHashFromBytes, type BlockHash } from '@kvmesh/protocol';
+import { type BlockHash } from '@kvmesh/protocol';
 
 import { SegmentLog, type LentPayload, type SegmentLogOptions } from '../src/adapters/segment-log.ts';
 import {
@@ -20,25 +19,9 @@ import {
   segmentFileName,
   segmentRecordBytes,
 } from '../src/core/segment-records.ts';
+import { tempDirs, randomRecords } from './support.ts';
 
-const dirs: string[] = [];
-after(() => {
-  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
-});
-
-function tempDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'kvmesh-seglend-'));
-  dirs.push(dir);
-  return dir;
-}
-
-/** `count` blocks of `bytes` random bytes each (never zeros), in append order. */
-function blocksOf(count: number, bytes: number): [BlockHash, Uint8Array][] {
-  return Array.from(
-    { length: count },
-    () => [blockHashFromBytes(randomBytes(16)), randomBytes(bytes)] as [BlockHash, Uint8Array],
-  );
-}
+const tempDir = tempDirs('kvmesh-seglend-');
 
 /** An aligned allocator (the service's) that counts the buffers it hands out. */
 function countingAllocator(): { allocate: (bytes: number) => Uint8Array; calls: () => number } | null {
@@ -82,7 +65,7 @@ describe('tiering - lent SSD reads', () => {
     // Read-ahead off: its windows are pooled too, and would make the warm-up longer than a round.
     const log = await open({ allocate: counting.allocate, readAheadBytes: 0 });
     assert.equal(log.stats().directIo, true, 'O_DIRECT reads (the temp dir allows them)');
-    const blocks = blocksOf(12, randomInt(20_000, 60_000));
+    const blocks = randomRecords(12, randomInt(20_000, 60_000));
     await Promise.all(blocks.map(([hash, payload]) => log.append(hash, payload)));
     const round = async (release: boolean): Promise<void> => {
       for (let i = 0; i < blocks.length; i += 4) {
@@ -109,7 +92,7 @@ describe('tiering - lent SSD reads', () => {
   it('segment log - a span still lent is never handed to another read, also after a double release', async () => {
     for (const allocate of [countingAllocator()?.allocate, undefined]) {
       const log = await open({ readsInFlightMax: 1, ...(allocate === undefined ? {} : { allocate }) });
-      const blocks = blocksOf(16, randomInt(3000, 12_000));
+      const blocks = randomRecords(16, randomInt(3000, 12_000));
       await Promise.all(blocks.map(([hash, payload]) => log.append(hash, payload)));
       // Read together with one slot: they merge, so several payloads share a span.
       const held = await lendAll(log, blocks);
@@ -144,7 +127,7 @@ describe('tiering - lent SSD reads', () => {
 
   it('segment log - read() callers that share a merged span with lent reads keep their own copy', async () => {
     const log = await open({ readsInFlightMax: 1 });
-    const blocks = blocksOf(10, randomInt(3000, 12_000));
+    const blocks = randomRecords(10, randomInt(3000, 12_000));
     await Promise.all(blocks.map(([hash, payload]) => log.append(hash, payload)));
     const got = await Promise.all(
       blocks.map(([hash], i) => (i % 2 === 0 ? log.read(hash) : log.readLent(hash))),
@@ -166,7 +149,7 @@ describe('tiering - lent SSD reads', () => {
     const dir = tempDir();
     const log = await SegmentLog.open({ dir, capacityBytes: 64 * 1024 * 1024 });
     const payloadBytes = 9000;
-    const blocks = blocksOf(3, payloadBytes);
+    const blocks = randomRecords(3, payloadBytes);
     for (const [hash, payload] of blocks) await log.append(hash, payload);
     const victim = 1;
     const at =

@@ -4,11 +4,10 @@
 // byte on disk is caught and never served, strange files in the dir are reported, not fatal.
 import assert from 'node:assert/strict';
 import { randomBytes, randomInt } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 
 import { CorruptDataError, LimitExceededError } from '@kvmesh/errors';
 import { blockHashFromBytes, type BlockHash } from '@kvmesh/protocol';
@@ -25,17 +24,9 @@ import {
   segmentFileName,
   segmentRecordBytes,
 } from '../src/core/segment-records.ts';
+import { tempDirs } from './support.ts';
 
-const dirs: string[] = [];
-after(() => {
-  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
-});
-
-function tempDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'kvmesh-seglog-'));
-  dirs.push(dir);
-  return dir;
-}
+const tempDir = tempDirs('kvmesh-seglog-');
 
 function randomHash(): BlockHash {
   return blockHashFromBytes(randomBytes(16));

@@ -5,10 +5,9 @@
 // lone read is one read of its own record.
 import assert from 'node:assert/strict';
 import { randomBytes, randomInt } from 'node:crypto';
-import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 
 import { CorruptDataError } from '@kvmesh/errors';
 import { nativeMemory } from '@kvmesh/kernels';
@@ -23,17 +22,9 @@ import {
   segmentRecordBytes,
   type PendingRecordRead,
 } from '../src/core/segment-records.ts';
+import { tempDirs } from './support.ts';
 
-const dirs: string[] = [];
-after(() => {
-  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
-});
-
-function tempDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'kvmesh-segmerge-'));
-  dirs.push(dir);
-  return dir;
-}
+const tempDir = tempDirs('kvmesh-segmerge-');
 
 function randomHash(): BlockHash {
   return blockHashFromBytes(randomBytes(16));

@@ -4,14 +4,13 @@
 // never served; windows never read bytes a batch is still writing (reads of the active segment while
 // appends go on), and reads racing compaction get the right bytes.
 import assert from 'node:assert/strict';
-import { randomBytes, randomInt } from 'node:crypto';
-import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { randomInt } from 'node:crypto';
+import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 
 import { CorruptDataError } from '@kvmesh/errors';
-import { blockHashFromBytes, type BlockHash } from '@kvmesh/protocol';
+import { type BlockHash } from '@kvmesh/protocol';
 
 import { SegmentLog, type LentPayload, type SegmentLogOptions } from '../src/adapters/segment-log.ts';
 import {
@@ -19,25 +18,9 @@ import {
   segmentFileName,
   segmentRecordBytes,
 } from '../src/core/segment-records.ts';
+import { tempDirs, randomRecords } from './support.ts';
 
-const dirs: string[] = [];
-after(() => {
-  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
-});
-
-function tempDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'kvmesh-segahead-'));
-  dirs.push(dir);
-  return dir;
-}
-
-/** `count` blocks of `bytes` random bytes each (never zeros), in append order. */
-function blocksOf(count: number, bytes: number): [BlockHash, Uint8Array][] {
-  return Array.from(
-    { length: count },
-    () => [blockHashFromBytes(randomBytes(16)), randomBytes(bytes)] as [BlockHash, Uint8Array],
-  );
-}
+const tempDir = tempDirs('kvmesh-segahead-');
 
 async function open(dir: string, extra: Partial<SegmentLogOptions> = {}): Promise<SegmentLog> {
   const log = await SegmentLog.open({ dir, capacityBytes: 256 * 1024 * 1024, ...extra });
@@ -81,7 +64,7 @@ describe('tiering - SSD read-ahead', () => {
     it(`segment log - a sequential reader is served from read-ahead windows (concurrency ${concurrency}, ${lent ? 'lent' : 'owned'} payloads)`, async () => {
       const payloadBytes = randomInt(20_000, 40_000);
       const log = await open(tempDir(), { readAheadBytes: 8 * segmentRecordBytes(payloadBytes) });
-      const blocks = blocksOf(64, payloadBytes);
+      const blocks = randomRecords(64, payloadBytes);
       await appendInOrder(log, blocks);
       const before = log.stats();
       await readInOrder(log, blocks, concurrency, lent);
@@ -97,7 +80,7 @@ describe('tiering - SSD read-ahead', () => {
   it('segment log - a reader starting over and two readers at different places each get read-ahead', async () => {
     const payloadBytes = 10_000;
     const log = await open(tempDir(), { readAheadBytes: 8 * segmentRecordBytes(payloadBytes) });
-    const blocks = blocksOf(96, payloadBytes);
+    const blocks = randomRecords(96, payloadBytes);
     await appendInOrder(log, blocks);
     const hitsOf = async (run: () => Promise<void>): Promise<number> => {
       const before = log.stats().readAheadHits;
@@ -121,7 +104,7 @@ describe('tiering - SSD read-ahead', () => {
     const payloadBytes = 6000;
     const recordBytes = segmentRecordBytes(payloadBytes);
     const log = await open(tempDir(), { readAheadBytes: 6 * recordBytes, readsInFlightMax: 4 });
-    const blocks = blocksOf(400, payloadBytes);
+    const blocks = randomRecords(400, payloadBytes);
     await appendInOrder(log, blocks);
     const reader = async (indexes: number[]): Promise<void> => {
       const held: { i: number; lent: LentPayload }[] = [];
@@ -159,7 +142,7 @@ describe('tiering - SSD read-ahead', () => {
 
   it('segment log - scattered reads start no read-ahead', async () => {
     const log = await open(tempDir(), { readAheadBytes: 1 << 20 });
-    const blocks = blocksOf(120, 5000);
+    const blocks = randomRecords(120, 5000);
     await appendInOrder(log, blocks);
     // Every read lands at least 10 records away from the one before (the slack is 8).
     const order = Array.from({ length: 12 }, (_, i) => i * 10);
@@ -181,7 +164,7 @@ describe('tiering - SSD read-ahead', () => {
     const payloadBytes = 9000;
     const recordBytes = segmentRecordBytes(payloadBytes);
     const log = await open(dir, { readAheadBytes: 16 * recordBytes });
-    const blocks = blocksOf(24, payloadBytes);
+    const blocks = randomRecords(24, payloadBytes);
     await appendInOrder(log, blocks);
     const victim = randomInt(4, 20);
     const at = victim * recordBytes + SEGMENT_RECORD_HEADER_BYTES + randomInt(0, payloadBytes);
@@ -213,7 +196,7 @@ describe('tiering - SSD read-ahead', () => {
   it('segment log - sequential reads of the active segment while appends go on get the right bytes', async () => {
     const payloadBytes = 12_000;
     const log = await open(tempDir(), { readAheadBytes: 8 * segmentRecordBytes(payloadBytes) });
-    const blocks = blocksOf(96, payloadBytes);
+    const blocks = randomRecords(96, payloadBytes);
     await appendInOrder(log, blocks.slice(0, 8));
     let appended = 8;
     const appending = (async () => {
@@ -237,7 +220,7 @@ describe('tiering - SSD read-ahead', () => {
 
   it('segment log - sequential reads racing compaction get the right bytes', async () => {
     const log = await open(tempDir(), { segmentBytesMax: 256 * 1024, readAheadBytes: 128 * 1024 });
-    const blocks = blocksOf(160, randomInt(4000, 8000));
+    const blocks = randomRecords(160, randomInt(4000, 8000));
     await appendInOrder(log, blocks);
     for (const [i, [hash]] of blocks.entries()) if (i % 3 !== 0) await log.remove(hash);
     const survivors = blocks.filter((_, i) => i % 3 === 0);

@@ -1,12 +1,15 @@
 // Shared fixtures of the tiering tests: real blocks (random K/V encoded as payload format v1, hashes
 // from the spec v1 chain), and a real tiering service process on loopback with a client.
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { blockSeed, computeBlockHashBytes, encodeBlockPayload, type BlockDims } from '@kvmesh/block';
 import { loadKernels, type Kernels } from '@kvmesh/kernels';
-import { blockHashFromBytes, parseModelFingerprint, parseNamespace } from '@kvmesh/protocol';
+import { after } from 'node:test';
+
+import { blockHashFromBytes, parseModelFingerprint, parseNamespace, type BlockHash } from '@kvmesh/protocol';
 import { spawnService, type ServiceHandle } from '@kvmesh/test-harness';
 
 import type { TierBlock } from '../src/core/index.ts';
@@ -98,4 +101,28 @@ export async function startTiering(env: Record<string, string>): Promise<Running
       await service.stop();
     },
   };
+}
+
+/**
+ * A maker of fresh temporary directories named `prefix`…, all removed when the calling test file
+ * ends (call it at the top level of that file).
+ */
+export function tempDirs(prefix: string): () => string {
+  const dirs: string[] = [];
+  after(() => {
+    for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+  });
+  return () => {
+    const dir = mkdtempSync(join(tmpdir(), prefix));
+    dirs.push(dir);
+    return dir;
+  };
+}
+
+/** `count` (hash, bytes) pairs of `bytes` random bytes each, for raw segment-log records. */
+export function randomRecords(count: number, bytes: number): [BlockHash, Uint8Array][] {
+  return Array.from(
+    { length: count },
+    () => [blockHashFromBytes(randomBytes(16)), randomBytes(bytes)] as [BlockHash, Uint8Array],
+  );
 }

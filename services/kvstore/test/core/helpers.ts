@@ -116,3 +116,29 @@ export function heldHashes(store: BlockStore): BlockHash[] {
 export function hex(buffer: Uint8Array): string {
   return Buffer.from(buffer).toString('hex');
 }
+
+/**
+ * A tiering store with room for `dramBlocks` blocks, `blocks` put in order 10 ms apart on `clock`
+ * (watermarks at 1: each put past the room claims the oldest for demotion). Nothing is demoted yet.
+ */
+export function tieredStoreWith(
+  blocks: readonly ChainBlock[],
+  dramBlocks: number,
+  clock: FakeClock,
+): BlockStore {
+  const { store } = makeStore(
+    {
+      bytesBudget: dramBlocks * BLOCK_BYTES,
+      highWatermark: 1,
+      lowWatermark: 1,
+      tiering: true,
+      demotingBytesMax: 100 * BLOCK_BYTES,
+    },
+    clock,
+  );
+  for (const block of blocks) {
+    store.put(block);
+    clock.advance(10);
+  }
+  return store;
+}

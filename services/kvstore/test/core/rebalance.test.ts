@@ -17,7 +17,7 @@ import {
   type BlockStore,
   type HeldRecord,
 } from '../../src/core/index.ts';
-import { BLOCK_BYTES, FakeClock, chain, makeStore, type ChainBlock } from './helpers.ts';
+import { FakeClock, chain, tieredStoreWith, type ChainBlock } from './helpers.ts';
 
 const [A, B, C] = ['kv-a', 'kv-b', 'kv-c'].map(parseNodeId) as [NodeId, NodeId, NodeId];
 const NODES = [A, B, C];
@@ -49,20 +49,7 @@ function demoteAll(store: BlockStore): BlockHash[] {
  */
 function nodeA(blocks: readonly ChainBlock[]): { store: BlockStore; clock: FakeClock; demoted: BlockHash[] } {
   const clock = new FakeClock(1_000);
-  const { store } = makeStore(
-    {
-      bytesBudget: DRAM_BLOCKS * BLOCK_BYTES,
-      highWatermark: 1,
-      lowWatermark: 1,
-      tiering: true,
-      demotingBytesMax: 100 * BLOCK_BYTES,
-    },
-    clock,
-  );
-  for (const block of blocks) {
-    store.put(block);
-    clock.advance(10);
-  }
+  const store = tieredStoreWith(blocks, DRAM_BLOCKS, clock);
   const demoted = demoteAll(store);
   return { store, clock, demoted };
 }
@@ -73,20 +60,7 @@ describe('rebalance - planning covers demoted blocks', () => {
   it('rebalance - heldRecords lists DRAM, demoting and demoted blocks; demoted ones keep storedAtMs', () => {
     const blocks = ownedBy([A, B], 6);
     const clock = new FakeClock(1_000);
-    const { store } = makeStore(
-      {
-        bytesBudget: DRAM_BLOCKS * BLOCK_BYTES,
-        highWatermark: 1,
-        lowWatermark: 1,
-        tiering: true,
-        demotingBytesMax: 100 * BLOCK_BYTES,
-      },
-      clock,
-    );
-    for (const block of blocks) {
-      store.put(block);
-      clock.advance(10);
-    }
+    const store = tieredStoreWith(blocks, DRAM_BLOCKS, clock);
     // Two victims wait in the demoting buffer: still in memory, listed as DRAM records.
     const before = [...store.heldRecords()];
     assert.deepEqual(hashesOf(before), [...hashesOf(blocks.slice(2)), ...hashesOf(blocks.slice(0, 2))]);
