@@ -146,6 +146,7 @@ export async function startTieringService(
         read: (hash) => log.readLent(hash),
         remove: (hash) => log.remove(hash),
         has: (hash) => log.has(hash),
+        hashes: () => log.hashes(),
         stats: () => log.stats(),
       };
       const stats = log.stats();

@@ -412,14 +412,14 @@ describe('tiering service - limits and restarts', () => {
     }
   });
 
-  it('tiering service - a full SSD is a clear RESOURCE_EXHAUSTED and far memory keeps serving', async () => {
+  it('tiering service - a block the SSD cannot hold is a clear RESOURCE_EXHAUSTED and far memory keeps serving', async () => {
     const ssd = tempDir('tier-disk-full');
     const t = await startTiering({
       KVMESH_SERVICE_ID: `tier-full-${process.pid}`,
       KVMESH_FAR_BYTES: String(farBytesFor(2)),
       KVMESH_SSD_DIR: ssd.dir,
-      // One 4 KiB-aligned record of a test block is ~12 KiB: the SSD holds one, no more.
-      KVMESH_SSD_BYTES: '20KiB',
+      // One 4 KiB-aligned record of a test block is ~12 KiB: the SSD holds none, evicting cannot help.
+      KVMESH_SSD_BYTES: '8KiB',
     });
     try {
       const [a, b, c, d] = [1, 2, 3, 4].map((i) => makeBlock(i)) as [
@@ -428,9 +428,8 @@ describe('tiering service - limits and restarts', () => {
         TierBlock,
         TierBlock,
       ];
-      await demoteBlocks(t.client.grpc, [a], Tier.TIER_SSD);
       await assert.rejects(
-        demoteBlocks(t.client.grpc, [b], Tier.TIER_SSD),
+        demoteBlocks(t.client.grpc, [a], Tier.TIER_SSD),
         rejectsWith(GrpcStatus.RESOURCE_EXHAUSTED, /SSD tier full/),
       );
       await demoteBlocks(t.client.grpc, [b, c], Tier.TIER_FAR);
@@ -442,9 +441,44 @@ describe('tiering service - limits and restarts', () => {
       const answers = await read(t.client.grpc, [a, b, c, d].map(hashBytes));
       assert.deepEqual(
         answers.map((x) => x.tier),
-        [Tier.TIER_SSD, Tier.TIER_FAR, Tier.TIER_FAR, Tier.TIER_UNSPECIFIED],
+        [Tier.TIER_UNSPECIFIED, Tier.TIER_FAR, Tier.TIER_FAR, Tier.TIER_UNSPECIFIED],
       );
       assert.equal(await checkHealth(t.info.grpcAddress), 'SERVING');
+    } finally {
+      await t.stop();
+      ssd.remove();
+    }
+  });
+
+  it('tiering service - a full SSD evicts its coldest block for a demote or a spill; evicted blocks read missing', async () => {
+    const ssd = tempDir('tier-ssd-evict');
+    const t = await startTiering({
+      KVMESH_SERVICE_ID: `tier-evict-${process.pid}`,
+      KVMESH_FAR_BYTES: String(farBytesFor(2)),
+      KVMESH_SSD_DIR: ssd.dir,
+      // Room for one record of a test block: each new one evicts the last.
+      KVMESH_SSD_BYTES: '20KiB',
+      KVMESH_SSD_COMPACT_INTERVAL_MS: '0',
+    });
+    try {
+      const [a, b, c, d, e] = [1, 2, 3, 4, 5].map((i) => makeBlock(300 + i)) as [
+        TierBlock,
+        TierBlock,
+        TierBlock,
+        TierBlock,
+        TierBlock,
+      ];
+      await demoteBlocks(t.client.grpc, [a], Tier.TIER_SSD);
+      await demoteBlocks(t.client.grpc, [b], Tier.TIER_SSD);
+      await demoteBlocks(t.client.grpc, [c, d], Tier.TIER_FAR);
+      // Far memory is full: its coldest blocks spill to SSD (c, and d as well when c's extent is not
+      // reusable yet), each evicting the SSD's one block for it.
+      await demoteBlocks(t.client.grpc, [e], Tier.TIER_FAR);
+      const answers = (await read(t.client.grpc, [a, b, c, d, e].map(hashBytes))).map((x) => x.tier);
+      assert.deepEqual(answers.slice(0, 2), [Tier.TIER_UNSPECIFIED, Tier.TIER_UNSPECIFIED]);
+      assert.equal(answers.slice(2, 4).filter((tier) => tier === Tier.TIER_SSD).length, 1);
+      assert.equal(answers[4], Tier.TIER_FAR);
+      assert.equal(Number((await stats(t)).ssd?.blocks), 1);
     } finally {
       await t.stop();
       ssd.remove();

@@ -1,7 +1,8 @@
 // Unit tests of the tiering policy over a plain byte region and an in-memory SSD tier (the core
 // takes both injected): demote / read / promote per tier, LRU demotion of far memory to SSD in exact
 // order, corruption in far memory detected and dropped, a refusing SSD leaving far memory serving,
-// and bad blocks refused before anything is written.
+// bad blocks refused before anything is written, and a full SSD evicting its coldest blocks (in exact
+// order, never one being read) to take new ones.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
@@ -27,6 +28,10 @@ class MemorySsd implements SsdTier {
   readonly records = new Map<BlockHash, Uint8Array>();
   writes = 0;
   reads = 0;
+  /** Blocks removed, in order. */
+  readonly removed: BlockHash[] = [];
+  /** While set, reads wait for it (a read in flight). */
+  readGate: Promise<void> | null = null;
   constructor(private readonly bytesCapacity = Number.MAX_SAFE_INTEGER) {}
   private get bytesUsed(): number {
     let used = 0;
@@ -35,17 +40,20 @@ class MemorySsd implements SsdTier {
   }
   append(hash: BlockHash, payload: Uint8Array): Promise<void> {
     if (this.bytesUsed + payload.length > this.bytesCapacity)
-      return Promise.reject(new SsdFullError('ssd full', { bytesCapacity: this.bytesCapacity }));
+      return Promise.reject(
+        new SsdFullError('ssd full', { bytesNeeded: payload.length, bytesCapacity: this.bytesCapacity }),
+      );
     this.records.set(hash, payload.slice());
     this.writes++;
     return Promise.resolve();
   }
   /** Reads lent and not yet released. */
   lent = 0;
-  read(hash: BlockHash): Promise<LentBytes | null> {
+  async read(hash: BlockHash): Promise<LentBytes | null> {
     this.reads++;
+    await this.readGate;
     const record = this.records.get(hash);
-    if (record === undefined) return Promise.resolve(null);
+    if (record === undefined) return null;
     this.lent++;
     let released = false;
     const release = (): void => {
@@ -53,18 +61,23 @@ class MemorySsd implements SsdTier {
       released = true;
       this.lent--;
     };
-    return Promise.resolve({ payload: record.slice(), release });
+    return { payload: record.slice(), release };
   }
   remove(hash: BlockHash): Promise<boolean> {
+    if (this.records.has(hash)) this.removed.push(hash);
     return Promise.resolve(this.records.delete(hash));
   }
   has(hash: BlockHash): boolean {
     return this.records.has(hash);
   }
+  hashes(): Iterable<BlockHash> {
+    return this.records.keys();
+  }
   stats() {
     return {
       blocks: this.records.size,
       bytesUsed: this.bytesUsed,
+      bytesLive: this.bytesUsed,
       bytesCapacity: this.bytesCapacity,
       reads: this.reads,
       writes: this.writes,
@@ -218,5 +231,48 @@ describe('tier policy - demote, read, promote', () => {
       blocks.map((b) => b.hash),
     );
     for (const b of blocks) assert.equal(policy.where(b.hash), 'ssd');
+  });
+});
+
+describe('tier policy - SSD eviction', () => {
+  it('tier policy - a full SSD evicts its least recently appended or read blocks, in order', async () => {
+    const ssd = new MemorySsd(3 * recordBytes(0));
+    const { policy } = setup(1, ssd);
+    const b = Array.from({ length: 7 }, (_, i) => makeBlock(i));
+    for (const block of b.slice(0, 3)) assert.equal(await policy.demote(block, 'ssd'), 'stored');
+    assert.ok((await policy.read(b[0]!.hash)) !== undefined); // recency now 1, 2, 0
+    assert.equal(await policy.demote(b[3]!, 'ssd'), 'stored');
+    assert.equal(await policy.demote(b[4]!, 'ssd'), 'stored');
+    assert.deepEqual(ssd.removed, [b[1]!.hash, b[2]!.hash]);
+    assert.equal(policy.ssdEvictions, 2);
+    assert.equal(await policy.read(b[1]!.hash), undefined, 'an evicted block is missing');
+    assert.deepEqual((await policy.read(b[0]!.hash))?.block, b[0]);
+
+    // A block being read is passed over: 3 is the coldest, 4 goes instead.
+    let open = (): void => undefined;
+    ssd.readGate = new Promise((resolve) => {
+      open = resolve;
+    });
+    const reading = policy.read(b[3]!.hash);
+    assert.equal(await policy.demote(b[5]!, 'ssd'), 'stored');
+    open();
+    ssd.readGate = null;
+    assert.deepEqual((await reading)?.block, b[3]);
+    assert.deepEqual(ssd.removed.slice(2), [b[4]!.hash]);
+    assert.equal(policy.ssdEvictions, 3);
+    assert.deepEqual(new Set(ssd.records.keys()), new Set([b[0]!.hash, b[3]!.hash, b[5]!.hash]));
+  });
+
+  it('tier policy - blocks the SSD held before the policy started are evicted first', async () => {
+    const ssd = new MemorySsd(2 * recordBytes(0));
+    const { policy: before } = setup(1, ssd);
+    const [old, kept, fresh] = [makeBlock(1), makeBlock(2), makeBlock(3)];
+    await before.demote(old, 'ssd');
+    await before.demote(kept, 'ssd');
+    const { policy } = setup(1, ssd); // a restart: the new policy learns the SSD's blocks
+    assert.ok((await policy.read(kept.hash)) !== undefined);
+    assert.equal(await policy.demote(fresh, 'ssd'), 'stored');
+    assert.deepEqual(ssd.removed, [old.hash]);
+    assert.equal(await policy.read(old.hash), undefined);
   });
 });

@@ -853,11 +853,14 @@ export class SegmentLog {
    * file is unlinked. The active segment is sealed first when it is itself above the ratio.
    * Resolves to the bytes reclaimed (stats().compactions counts segments). One run at a time: a
    * call during a run joins it. Reads never wait for it.
+   * With `roomForBytes` (an append refused for capacity) segments below the ratio are taken too,
+   * most garbage first, until a record of that many bytes fits: blocks evicted one by one leave
+   * garbage spread too thin for the ratio, and without this the space would never come back.
    */
-  compact(): Promise<number> {
+  compact(roomForBytes?: number): Promise<number> {
     this.checkOpen();
     if (this.compacting === null) {
-      this.compacting = this.runCompaction().finally(() => {
+      this.compacting = this.runCompaction(roomForBytes).finally(() => {
         this.compacting = null;
       });
     }
@@ -1685,19 +1688,28 @@ export class SegmentLog {
     return segment.sizeBytes === 0 ? 0 : (segment.sizeBytes - segment.bytesLive) / segment.sizeBytes;
   }
 
-  private async runCompaction(): Promise<number> {
-    if (this.active.sizeBytes > 0 && this.garbageRatio(this.active) > this.compactGarbageRatio) {
+  private async runCompaction(roomForBytes: number | undefined): Promise<number> {
+    const fits = (): boolean =>
+      roomForBytes !== undefined &&
+      this.bytesOnDisk + this.bytesReserved + roomForBytes <= this.capacityBytes;
+    // Below the ratio a segment is only worth copying when an append is waiting for its garbage.
+    const ratioMin = roomForBytes === undefined || fits() ? this.compactGarbageRatio : 0;
+    if (this.active.sizeBytes > 0 && this.garbageRatio(this.active) > ratioMin) {
       await this.enqueueControl('roll');
     }
     const candidates = [...this.segments.values()]
-      .filter(
-        (s) =>
-          s.sealed && !s.retiring && (s.sizeBytes === 0 || this.garbageRatio(s) > this.compactGarbageRatio),
-      )
+      .filter((s) => s.sealed && !s.retiring && (s.sizeBytes === 0 || this.garbageRatio(s) > ratioMin))
       .sort((a, b) => this.garbageRatio(b) - this.garbageRatio(a));
     let reclaimed = 0;
     for (const segment of candidates) {
       if (this.closing) break;
+      // NOTE: only the capacity-driven pass stops early; it copies no more than the append needs.
+      if (
+        ratioMin < this.compactGarbageRatio &&
+        this.garbageRatio(segment) <= this.compactGarbageRatio &&
+        fits()
+      )
+        break;
       reclaimed += await this.compactSegment(segment);
     }
     return reclaimed;

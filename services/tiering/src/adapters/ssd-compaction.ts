@@ -1,7 +1,9 @@
 // Keeps the SSD tier's space reclaimed without anyone asking: a periodic pass compacts once dead
 // records (removed or promoted blocks) make up enough of the log, and an append refused for
-// capacity compacts once and tries again before the refusal reaches the caller. Compaction never
-// blocks reads (SegmentLog.compact copies live records forward); passes never overlap.
+// capacity compacts once and tries again before the refusal reaches the caller (that pass also takes
+// segments below the ratio, until the record fits: the tier policy evicts cold blocks one by one and
+// their garbage is spread thin). Compaction never blocks reads (SegmentLog.compact copies live
+// records forward); passes never overlap.
 import { LimitExceededError } from '@kvmesh/errors';
 import type { BlockHash } from '@kvmesh/protocol';
 import type { Logger } from '@kvmesh/runtime';
@@ -18,8 +20,11 @@ export interface SsdCompactionOptions {
 export interface SsdCompaction {
   /** SegmentLog.append that compacts and retries once when the log is at capacity. */
   append(hash: BlockHash, payload: Uint8Array): Promise<void>;
-  /** Runs one pass now (or joins the running one); resolves to the bytes reclaimed. */
-  compact(): Promise<number>;
+  /**
+   * Runs one pass now (or joins the running one); resolves to the bytes reclaimed. With
+   * `roomForBytes` it also copies segments below the ratio until a record of that size fits.
+   */
+  compact(roomForBytes?: number): Promise<number>;
   stop(): Promise<void>;
   stats(): { passes: number; bytesReclaimed: number; capacityRetries: number };
 }
@@ -31,9 +36,9 @@ export function startSsdCompaction(
 ): SsdCompaction {
   let running: Promise<number> | null = null;
   const counts = { passes: 0, bytesReclaimed: 0, capacityRetries: 0 };
-  const compact = (): Promise<number> => {
+  const compact = (roomForBytes?: number): Promise<number> => {
     running ??= log
-      .compact()
+      .compact(roomForBytes)
       .then((bytes) => {
         counts.passes++;
         counts.bytesReclaimed += bytes;
@@ -65,7 +70,10 @@ export function startSsdCompaction(
         if (!(err instanceof LimitExceededError) || log.stats().bytesUsed === log.stats().bytesLive)
           throw err;
         counts.capacityRetries++;
-        if ((await compact()) === 0) throw err;
+        // The log names the record's size; the pass reclaims at least that much when it can (the
+        // tier policy evicts cold blocks first, so the garbage is there).
+        const needed = err.details['bytesNeeded'];
+        if ((await compact(typeof needed === 'number' ? needed : undefined)) === 0) throw err;
         await log.append(hash, payload);
       }
     },

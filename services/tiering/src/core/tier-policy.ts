@@ -8,6 +8,10 @@
 // Durability: a far-memory demote is acknowledged once its bytes are written into the pool; an SSD
 // demote once SsdTier.append resolved. A block demoted from far to SSD leaves far memory only after
 // its append resolved, so an acknowledged block is held by some tier at every moment.
+// The SSD tier is a cache too: an append it refuses for capacity evicts its least recently appended or
+// read blocks (never one being read) until the live bytes leave room, and is tried once more (the
+// SSD tier compacts then: log-structured space only comes back by compaction). An evicted block is
+// simply missing afterwards.
 // Pure: the pool region, the SSD tier and the kernels are injected; no transport or file access here.
 import { verifyBlockPayload } from '@kvmesh/block';
 import { CorruptDataError, InvalidArgumentError, KvmeshError, LimitExceededError } from '@kvmesh/errors';
@@ -44,9 +48,13 @@ export interface SsdTier {
   read(hash: BlockHash): Promise<LentBytes | null>;
   remove(hash: BlockHash): Promise<boolean>;
   has(hash: BlockHash): boolean;
+  /** Every block held (at construction the policy takes these as its coldest, in this order). */
+  hashes(): Iterable<BlockHash>;
   stats(): {
     blocks: number;
     bytesUsed: number;
+    /** Bytes of the blocks held; bytesUsed also counts dead records not yet compacted away. */
+    bytesLive: number;
     bytesCapacity: number;
     reads: number;
     writes: number;
@@ -80,6 +88,8 @@ export interface TierStatsView {
   reads: number;
   writes: number;
   checksumFailures: number;
+  /** SSD only: blocks dropped to make room (kept here, the wire's TierStats has no field for it). */
+  evictions?: number;
 }
 
 export interface TierHit {
@@ -129,12 +139,25 @@ export class TierPolicy {
   private farQueue: Promise<unknown> = Promise.resolve();
   /** Blocks moved from far memory to SSD to make room. */
   spills = 0;
+  /** Blocks dropped from the SSD tier to make room there. */
+  ssdEvictions = 0;
+  /**
+   * The SSD tier's blocks, least recently appended or read first (a Set keeps insertion order; a
+   * touch re-inserts). NOTE: bounded by the SSD tier itself: every block enters on a resolved append
+   * and leaves on every removal the policy makes; one the tier dropped on its own is pruned when
+   * eviction reaches it.
+   */
+  private readonly ssdRecency = new Set<BlockHash>();
+  /** SSD reads in flight per block: eviction passes over these. */
+  private readonly ssdReading = new Map<BlockHash, number>();
 
   constructor(options: TierPolicyOptions) {
     this.options = options;
     this.kernels = options.kernels;
     this.far = options.far;
     this.ssd = options.ssd;
+    // Blocks from before a restart: nobody has asked for them yet, so they go first.
+    for (const hash of this.ssd?.hashes() ?? []) this.ssdRecency.add(hash);
   }
 
   get hasFar(): boolean {
@@ -191,7 +214,7 @@ export class TierPolicy {
     const ssd = this.ssd;
     if (ssd === null) throw new TierUnavailableError('ssd', 'this service runs without an SSD tier');
     if (this.where(block.hash) !== undefined) return 'held';
-    await ssd.append(block.hash, encodeRecord(this.kernels, block));
+    await this.appendSsd(ssd, block.hash, encodeRecord(this.kernels, block));
     return 'stored';
   }
 
@@ -224,7 +247,7 @@ export class TierPolicy {
   /** The second half of promote: `hit` (from read()) leaves the tier it was read from. */
   async release(hash: BlockHash, hit: TierHit): Promise<void> {
     if (hit.tier === 'far') this.far?.pool.remove(hash);
-    else await this.ssd?.remove(hash);
+    else await this.removeSsd(hash);
   }
 
   /**
@@ -285,6 +308,7 @@ export class TierPolicy {
         reads: ssd.reads,
         writes: ssd.writes,
         checksumFailures: ssd.checksumFailures + this.ssdRecordFailures,
+        evictions: this.ssdEvictions,
       });
     }
     return out;
@@ -366,7 +390,7 @@ export class TierPolicy {
     try {
       if (!ssd.has(entry.hash)) {
         // A copy: the SSD tier may hold the bytes across its await, and the extent must stay reusable.
-        await ssd.append(entry.hash, far.region.slice(entry.offset, entry.offset + entry.bytes));
+        await this.appendSsd(ssd, entry.hash, far.region.slice(entry.offset, entry.offset + entry.bytes));
       }
     } catch (err) {
       far.pool.pin(entry.hash, false);
@@ -377,7 +401,73 @@ export class TierPolicy {
       this.spills++;
     } else {
       // Promoted while the append ran: the block left the tiers, so the new SSD copy goes too.
-      await ssd.remove(entry.hash);
+      await this.removeSsd(entry.hash);
+    }
+  }
+
+  /**
+   * SsdTier.append that makes room: refused for capacity, it evicts the coldest SSD blocks until the
+   * live bytes leave room for the record and tries once more. That try may still be refused when
+   * compaction could not reclaim the space yet; the next append finds it reclaimed.
+   */
+  private async appendSsd(ssd: SsdTier, hash: BlockHash, record: Uint8Array): Promise<void> {
+    try {
+      await ssd.append(hash, record);
+    } catch (err) {
+      if (!(err instanceof LimitExceededError)) throw err;
+      const needed = err.details['bytesNeeded'];
+      // Only a refusal for capacity names bytesNeeded (not blocksMax or a record too large).
+      if (typeof needed !== 'number' || !(await this.evictSsd(ssd, hash, needed))) throw err;
+      await ssd.append(hash, record);
+    }
+    // A promote can take the block away while the append resolves.
+    if (ssd.has(hash)) this.touchSsd(hash);
+  }
+
+  /**
+   * Removes the coldest SSD blocks not being read until `bytesNeeded` more live bytes fit; false
+   * when nothing could be evicted (every block is being read, or the tier is empty).
+   */
+  private async evictSsd(ssd: SsdTier, hash: BlockHash, bytesNeeded: number): Promise<boolean> {
+    let evicted = false;
+    // NOTE: bounded: every pass removes one hash from ssdRecency or stops.
+    for (;;) {
+      const stats = ssd.stats();
+      if (stats.bytesLive + bytesNeeded <= stats.bytesCapacity) return true;
+      let victim: BlockHash | undefined;
+      for (const candidate of this.ssdRecency) {
+        if (!ssd.has(candidate)) this.ssdRecency.delete(candidate);
+        else if (candidate !== hash && !this.ssdReading.has(candidate)) {
+          victim = candidate;
+          break;
+        }
+      }
+      if (victim === undefined) return evicted;
+      this.ssdRecency.delete(victim);
+      try {
+        if (await ssd.remove(victim)) this.ssdEvictions++;
+      } catch (err) {
+        if (ssd.has(victim)) this.ssdRecency.add(victim);
+        this.options.onFault?.('ssd-evict-failed', { hash: victim, err });
+        return evicted;
+      }
+      evicted = true;
+    }
+  }
+
+  private touchSsd(hash: BlockHash): void {
+    this.ssdRecency.delete(hash);
+    this.ssdRecency.add(hash);
+  }
+
+  private async removeSsd(hash: BlockHash): Promise<void> {
+    this.ssdRecency.delete(hash);
+    try {
+      await this.ssd?.remove(hash);
+    } catch (err) {
+      // Not removed: the block stays evictable.
+      if (this.ssd?.has(hash) === true) this.touchSsd(hash);
+      throw err;
     }
   }
 
@@ -411,17 +501,27 @@ export class TierPolicy {
     const ssd = this.ssd;
     if (ssd === null || !ssd.has(hash)) return undefined;
     let lent: LentBytes | null;
+    this.ssdReading.set(hash, (this.ssdReading.get(hash) ?? 0) + 1);
     try {
       lent = await ssd.read(hash);
     } catch (err) {
       // The SSD tier counts its own checksum failures and drops the entry.
       if (err instanceof KvmeshError && err.kind === 'data-loss') {
+        this.ssdRecency.delete(hash);
         this.options.onFault?.('ssd-block-corrupt', { hash, err });
         return undefined;
       }
       throw err;
+    } finally {
+      const reading = (this.ssdReading.get(hash) ?? 1) - 1;
+      if (reading === 0) this.ssdReading.delete(hash);
+      else this.ssdReading.set(hash, reading);
     }
-    if (lent === null) return undefined;
+    if (lent === null) {
+      if (!ssd.has(hash)) this.ssdRecency.delete(hash);
+      return undefined;
+    }
+    this.touchSsd(hash);
     const bytes = lent.payload;
     try {
       // NOTE: the SSD tier verified its record checksum over all of these bytes on this read, so the
@@ -435,7 +535,7 @@ export class TierPolicy {
       lent.release();
       if (!(err instanceof CorruptDataError)) throw err;
       this.ssdRecordFailures++;
-      await ssd.remove(hash);
+      await this.removeSsd(hash);
       this.options.onFault?.('ssd-block-corrupt', { hash, err });
       return undefined;
     }
