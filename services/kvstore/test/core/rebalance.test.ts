@@ -14,6 +14,7 @@ import {
   planPushes,
   presumedHolders,
   probesFor,
+  type BlockPush,
   type BlockStore,
   type HeldRecord,
 } from '../../src/core/index.ts';
@@ -54,6 +55,18 @@ function nodeA(blocks: readonly ChainBlock[]): { store: BlockStore; clock: FakeC
   return { store, clock, demoted };
 }
 
+/** What node A must push once B left the membership {A, B, C} at `changedAtMs` (R = 2). */
+function pushesOfAAfterBLeft(store: BlockStore, changedAtMs: number): BlockPush<HeldRecord>[] {
+  const live = [A, C];
+  return planPushes<HeldRecord>({
+    self: A,
+    live,
+    replicas: 2,
+    records: store.heldRecords(),
+    holdersOf: presumedHolders({ placedLive: NODES, departed: new Set([B]), replicas: 2, live, changedAtMs }),
+  });
+}
+
 const hashesOf = (records: Iterable<{ hash: BlockHash }>): BlockHash[] => [...records].map((r) => r.hash);
 
 describe('rebalance - planning covers demoted blocks', () => {
@@ -92,20 +105,7 @@ describe('rebalance - planning covers demoted blocks', () => {
     const { store, demoted } = nodeA(order);
     assert.deepEqual(demoted, hashesOf(order.slice(0, 8)));
 
-    const live = [A, C];
-    const pushes = planPushes<HeldRecord>({
-      self: A,
-      live,
-      replicas: 2,
-      records: store.heldRecords(),
-      holdersOf: presumedHolders({
-        placedLive: NODES,
-        departed: new Set([B]),
-        replicas: 2,
-        live,
-        changedAtMs: 5_000,
-      }),
-    });
+    const pushes = pushesOfAAfterBLeft(store, 5_000);
     assert.deepEqual(
       pushes.map((p) => [p.record.hash, p.record.tier, p.targets]),
       [
@@ -122,21 +122,8 @@ describe('rebalance - planning covers demoted blocks', () => {
   it('rebalance - a demoted block stored after the change was placed on the new owners: no copy', () => {
     const sharedWithB = ownedBy([A, B], 6);
     const { store } = nodeA(sharedWithB);
-    const live = [A, C];
     // The change came between the second and third put (t = 1010 and 1020).
-    const pushes = planPushes<HeldRecord>({
-      self: A,
-      live,
-      replicas: 2,
-      records: store.heldRecords(),
-      holdersOf: presumedHolders({
-        placedLive: NODES,
-        departed: new Set([B]),
-        replicas: 2,
-        live,
-        changedAtMs: 1_015,
-      }),
-    });
+    const pushes = pushesOfAAfterBLeft(store, 1_015);
     assert.deepEqual(
       pushes.map((p) => [p.record.hash, p.record.tier]),
       [
