@@ -105,10 +105,15 @@ test('kv-aware - local prefix, store remainder and recompute add up exactly', ()
   assert.equal(decision.estimate.ttftMs, 54);
 });
 
-test('kv-aware - equal estimates fall to the lighter worker, then the lowest id', () => {
+test('kv-aware - equal estimates fall to the lighter worker, then the least recently chosen, then the lowest id', () => {
   const router = new WorkerRouter({ ...COSTS, policy: 'kv-aware' });
   assert.equal(router.route(input([worker(DA, 0, 3), worker(DB, 0, 1)])).nodeId, DB);
-  assert.equal(router.route(input([worker(DC), worker(DB), worker(DA)])).nodeId, DA);
+  const equals = [worker(DC), worker(DB), worker(DA)];
+  // dec-a and dec-c were never chosen (the lower id first), then dec-b is the least recent.
+  const chosen = [1, 2, 3, 4, 5].map(() => router.route(input(equals)).nodeId);
+  assert.deepEqual(chosen, [DA, DC, DB, DA, DC]);
+  // A lower estimate still wins over recency.
+  assert.equal(router.route(input([worker(DA), worker(DB, 0, 0, 16)], 1024, 0)).nodeId, DB);
 });
 
 test('round-robin - rotates by id and stays fair when workers join or leave', () => {
@@ -129,11 +134,17 @@ test('round-robin - rotates by id and stays fair when workers join or leave', ()
   assert.equal(decision.estimate.ttftMs, 2 * 50);
 });
 
-test('least-loaded - lowest queue, then fewest active sequences, then lowest id; cache ignored', () => {
+test('least-loaded - lowest queue, then fewest active sequences, then least recently chosen, then lowest id; cache ignored', () => {
   const router = new WorkerRouter({ policy: 'least-loaded' });
   assert.equal(router.route(input([worker(DA, 2, 0, 16), worker(DB, 1, 5), worker(DC, 1, 2)])).nodeId, DC);
-  assert.equal(router.route(input([worker(DC, 1, 2), worker(DA, 1, 2)])).nodeId, DA);
-  assert.equal(router.route(input([worker(DB, 0, 0), worker(DA, 0, 0, 16)])).nodeId, DA);
+  assert.equal(router.route(input([worker(DC, 1, 2), worker(DA, 1, 2)])).nodeId, DA, 'dec-c was chosen last');
+  assert.equal(
+    router.route(input([worker(DB, 0, 0), worker(DA, 0, 0, 16)])).nodeId,
+    DB,
+    'dec-a was chosen last',
+  );
+  const fresh = new WorkerRouter({ policy: 'least-loaded' });
+  assert.equal(fresh.route(input([worker(DB, 0, 0), worker(DA, 0, 0, 16)])).nodeId, DA, 'the lowest id');
 });
 
 test('planRequest - decode-only below prefillUncachedTokensMin, prefill-then-decode from it', () => {
