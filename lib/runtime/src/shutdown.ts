@@ -1,10 +1,13 @@
-// How a service process stops: SIGTERM / SIGINT close it gracefully (a second signal exits at once),
-// and, when its starter asks for it with KVMESH_EXIT_WITH_PARENT=1, so does the end of its stdin.
+// How a service process stops: its shutdown steps (CleanupStack) run last-in first-out; SIGTERM /
+// SIGINT close it gracefully (a second signal exits at once), and, when its starter asks for it with
+// KVMESH_EXIT_WITH_PARENT=1, so does the end of its stdin.
 // Why stdin: a starter that dies without stopping its children (SIGKILL, a crash) cannot signal
 // them, and Linux's parent-death signal is out of Node's reach; but the kernel closes the write end
 // of a pipe when its only holder dies, so a child reading that pipe learns of it at once. The local
 // launcher (`kvmesh up`) and the test harness spawn services with stdin as such a pipe. Anything
 // else (a container, a shell) leaves the variable unset and stdin alone.
+
+import type { Logger } from './logger.ts';
 
 export const EXIT_WITH_PARENT_ENV = 'KVMESH_EXIT_WITH_PARENT';
 const PARENT_GONE_GRACE_MS = 10_000;
@@ -61,4 +64,25 @@ export function stopOnSignals(options: StopOptions): (reason: string) => void {
     process.stdin.resume();
   }
   return stop;
+}
+
+/** Shutdown steps, run last-in first-out; a failing step is logged and the rest still run. */
+export class CleanupStack {
+  private readonly steps: (() => Promise<unknown> | void)[] = [];
+
+  constructor(private readonly logger: Logger) {}
+
+  push(step: () => Promise<unknown> | void): void {
+    this.steps.push(step);
+  }
+
+  async run(): Promise<void> {
+    for (const step of this.steps.splice(0).reverse()) {
+      try {
+        await step();
+      } catch (err) {
+        this.logger.warn('shutdown step failed', { err });
+      }
+    }
+  }
 }

@@ -1,35 +1,14 @@
-// Process plumbing both workers share: their node id, logger, kernels and model; an ordered stack of
-// shutdown steps; and the NATS connection plus block-store client a worker opens when it is given a
+// Process plumbing both workers share: their node id, logger, kernels and model; and the NATS connection plus block-store client a worker opens when it is given a
 // NATS URL. Without one (or when a test
 // injects its own store) the worker runs without the store and says so.
 import { loadModel, type LoadedModel } from '@kvmesh/engine';
 import { loadKernels, type Kernels } from '@kvmesh/kernels';
 import type { NodeId } from '@kvmesh/protocol';
+import type { CleanupStack } from '@kvmesh/runtime';
 import { connectNats, createLogger, isLogLevel, type Logger, type NatsConnection } from '@kvmesh/runtime';
 import { KvStoreClient } from '@kvmesh/sdk';
 
 import { resolveWorkerNodeId } from './config.ts';
-
-/** Shutdown steps, run last-in first-out; a failing step is logged and the rest still run. */
-export class CleanupStack {
-  private readonly steps: (() => Promise<unknown> | void)[] = [];
-
-  constructor(private readonly logger: Logger) {}
-
-  push(step: () => Promise<unknown> | void): void {
-    this.steps.push(step);
-  }
-
-  async run(): Promise<void> {
-    for (const step of this.steps.splice(0).reverse()) {
-      try {
-        await step();
-      } catch (err) {
-        this.logger.warn('shutdown step failed', { err });
-      }
-    }
-  }
-}
 
 export interface WorkerStoreConfig {
   natsUrl: string;

@@ -35,6 +35,7 @@ import {
   type WorkerHealthResponse,
 } from '@kvmesh/protocol';
 import {
+  CleanupStack,
   createGrpcServer,
   openKvEventPublisher,
   startHeartbeats,
@@ -45,7 +46,7 @@ import {
 } from '@kvmesh/runtime';
 import type { KvStoreClient } from '@kvmesh/sdk';
 import { type FetchedBlock } from '@kvmesh/sdk';
-import { CleanupStack, connectWorkerStore, workerBasics } from '@kvmesh/worker';
+import { connectWorkerStore, workerBasics } from '@kvmesh/worker';
 
 import { checkDecodeConfig, type DecodeConfig } from './config.ts';
 import {

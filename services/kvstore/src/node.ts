@@ -9,6 +9,7 @@ import { DataChannelServer, PROTOCOL_VERSION, formatDataAddress } from '@kvmesh/
 import { loadKernels, type Kernels } from '@kvmesh/kernels';
 import { KVSTORE_DATA_METHODS, KvStoreService, type NodeId } from '@kvmesh/protocol';
 import {
+  CleanupStack,
   MembershipTracker,
   createGrpcServer,
   createLogger,
@@ -146,16 +147,7 @@ export async function startKvStoreNode(
       })
     : undefined;
 
-  const cleanups: (() => Promise<unknown> | void)[] = [];
-  const cleanup = async (): Promise<void> => {
-    for (const step of cleanups.splice(0).reverse()) {
-      try {
-        await step();
-      } catch (err) {
-        logger.warn('shutdown step failed', { err });
-      }
-    }
-  };
+  const cleanups = new CleanupStack(logger);
 
   try {
     let cluster: ClusterConnection | undefined;
@@ -356,14 +348,14 @@ export async function startKvStoreNode(
           // NOTE: NOT_SERVING first (health checks see it while requests drain); the cleanups run in
           // reverse start order: heartbeats, membership, re-replication, servers, peers, events, NATS.
           grpc.setServing(false);
-          await cleanup();
+          await cleanups.run();
           logger.info('kvstore node stopped');
         })();
         return closing;
       },
     };
   } catch (err) {
-    await cleanup();
+    await cleanups.run();
     throw err;
   }
 }

@@ -21,6 +21,7 @@ import {
   type WorkerHealthResponse,
 } from '@kvmesh/protocol';
 import {
+  CleanupStack,
   createGrpcServer,
   startHeartbeats,
   wrapUnary,
@@ -29,7 +30,7 @@ import {
 } from '@kvmesh/runtime';
 import type { KvStoreClient } from '@kvmesh/sdk';
 import { type FetchedBlock } from '@kvmesh/sdk';
-import { CleanupStack, connectWorkerStore, workerBasics } from '@kvmesh/worker';
+import { connectWorkerStore, workerBasics } from '@kvmesh/worker';
 
 import { checkPrefillConfig, type PrefillConfig } from './config.ts';
 import {

@@ -30,6 +30,7 @@ import {
   type SamplingParams,
 } from '@kvmesh/protocol';
 import {
+  CleanupStack,
   LATENCY_BUCKETS_SECONDS,
   MembershipTracker,
   MetricsRegistry,
@@ -276,16 +277,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
   const decoding = new Map<NodeId, number>();
   const counts = { requests: 0, plans: { 'decode-only': 0, 'prefill-then-decode': 0 } };
 
-  const cleanups: (() => Promise<unknown> | void)[] = [];
-  const cleanup = async (): Promise<void> => {
-    for (const step of cleanups.splice(0).reverse()) {
-      try {
-        await step();
-      } catch (err) {
-        logger.warn('shutdown step failed', { err });
-      }
-    }
-  };
+  const cleanups = new CleanupStack(logger);
 
   let refreshGrpcHealth = (): void => undefined;
   try {
@@ -680,14 +672,14 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
       close() {
         closing ??= (async () => {
           logger.info('router shutting down');
-          await cleanup();
+          await cleanups.run();
           logger.info('router stopped');
         })();
         return closing;
       },
     };
   } catch (err) {
-    await cleanup();
+    await cleanups.run();
     throw err;
   }
 }

@@ -10,7 +10,14 @@ import { join } from 'node:path';
 import { DataChannelServer, PROTOCOL_VERSION, formatDataAddress } from '@kvmesh/dataplane';
 import { loadKernels, nativeMemory, type Kernels } from '@kvmesh/kernels';
 import { TieringService as TieringServiceDefinition, type NodeId } from '@kvmesh/protocol';
-import { createGrpcServer, createLogger, isLogLevel, loggingWrapOptions, type Logger } from '@kvmesh/runtime';
+import {
+  CleanupStack,
+  createGrpcServer,
+  createLogger,
+  isLogLevel,
+  loggingWrapOptions,
+  type Logger,
+} from '@kvmesh/runtime';
 
 import { registerTieringDataHandlers } from './adapters/data-handlers.ts';
 import { openFarBacking, type FarBacking } from './adapters/far-memory.ts';
@@ -73,16 +80,7 @@ export async function startTieringService(
   // NOTE: leases are relative times: a monotonic clock keeps them immune to wall-clock steps.
   const now = (): number => performance.now();
 
-  const cleanups: (() => Promise<unknown> | void)[] = [];
-  const cleanup = async (): Promise<void> => {
-    for (const step of cleanups.splice(0).reverse()) {
-      try {
-        await step();
-      } catch (err) {
-        logger.warn('shutdown step failed', { err });
-      }
-    }
-  };
+  const cleanups = new CleanupStack(logger);
 
   try {
     let far: FarBacking | null = null;
@@ -249,14 +247,14 @@ export async function startTieringService(
           // NOTE: NOT_SERVING first; cleanups then run in reverse start order: servers (in-flight
           // requests finish), the far → SSD drain, the segment log, the pool.
           grpc.setServing(false);
-          await cleanup();
+          await cleanups.run();
           logger.info('tiering service stopped');
         })();
         return closing;
       },
     };
   } catch (err) {
-    await cleanup();
+    await cleanups.run();
     throw err;
   }
 }
