@@ -3,10 +3,10 @@
 // injects its own store) the worker runs without the store and says so.
 import { loadModel, type LoadedModel } from '@kvmesh/engine';
 import { loadKernels, type Kernels } from '@kvmesh/kernels';
-import type { NodeId } from '@kvmesh/protocol';
+import type { BlockHash, ModelFingerprint, Namespace, NodeId } from '@kvmesh/protocol';
 import type { CleanupStack } from '@kvmesh/runtime';
 import { connectNats, createLogger, isLogLevel, type Logger, type NatsConnection } from '@kvmesh/runtime';
-import { KvStoreClient } from '@kvmesh/sdk';
+import { KvStoreClient, type BlockInput } from '@kvmesh/sdk';
 
 import { resolveWorkerNodeId } from './config.ts';
 
@@ -78,4 +78,30 @@ export function workerBasics(
       ? Math.min(config.maxContextTokens, model.config.maxContextTokens)
       : model.config.maxContextTokens;
   return { nodeId, logger, kernels, model, maxContextTokens };
+}
+
+/** A prompt's full blocks as both workers store them: chain hashes computed once, over its tokens. */
+export interface PromptBlocks {
+  readonly hashes: readonly BlockHash[];
+  readonly tokens: readonly number[];
+  readonly blockTokens: number;
+  readonly namespace: Namespace;
+  readonly modelFingerprint: ModelFingerprint;
+}
+
+/** Put inputs for blocks `indices` of `prompt` (block i's parent is block i - 1; the first has none). */
+export function promptBlockInputs(
+  prompt: PromptBlocks,
+  indices: readonly number[],
+  payloadOf: (index: number) => Uint8Array,
+): BlockInput[] {
+  const { hashes, tokens, blockTokens: B } = prompt;
+  return indices.map((i) => ({
+    hash: hashes[i] as BlockHash,
+    parentHash: i === 0 ? null : (hashes[i - 1] as BlockHash),
+    namespace: prompt.namespace,
+    modelFingerprint: prompt.modelFingerprint,
+    tokenIds: tokens.slice(i * B, (i + 1) * B),
+    payload: payloadOf(i),
+  }));
 }

@@ -46,7 +46,7 @@ import {
 } from '@kvmesh/runtime';
 import type { KvStoreClient } from '@kvmesh/sdk';
 import { type FetchedBlock } from '@kvmesh/sdk';
-import { connectWorkerStore, workerBasics } from '@kvmesh/worker';
+import { connectWorkerStore, promptBlockInputs, workerBasics } from '@kvmesh/worker';
 
 import { checkDecodeConfig, type DecodeConfig } from './config.ts';
 import {
@@ -330,14 +330,11 @@ export async function startDecodeWorker(
     ): Promise<Set<string>> => {
       if (activeStore === undefined || indices.length === 0) return new Set();
       const report = await activeStore.put(
-        indices.map((i) => ({
-          hash: hashes[i] as BlockHash,
-          parentHash: i === 0 ? null : (hashes[i - 1] as BlockHash),
-          namespace: input.namespace,
-          modelFingerprint: model.fingerprint,
-          tokenIds: tokens.slice(i * B, (i + 1) * B),
-          payload: payloadOf(i),
-        })),
+        promptBlockInputs(
+          { hashes, tokens, blockTokens: B, namespace: input.namespace, modelFingerprint: model.fingerprint },
+          indices,
+          payloadOf,
+        ),
       );
       counts.blocksStored += report.acknowledged.length;
       const firstFailure = report.failed[0];

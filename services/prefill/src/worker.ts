@@ -30,7 +30,7 @@ import {
 } from '@kvmesh/runtime';
 import type { KvStoreClient } from '@kvmesh/sdk';
 import { type FetchedBlock } from '@kvmesh/sdk';
-import { connectWorkerStore, workerBasics } from '@kvmesh/worker';
+import { connectWorkerStore, promptBlockInputs, workerBasics } from '@kvmesh/worker';
 
 import { checkPrefillConfig, type PrefillConfig } from './config.ts';
 import {
@@ -199,14 +199,17 @@ export async function startPrefillWorker(
       if (activeStore !== undefined && toPut.length > 0) {
         try {
           const report = await activeStore.put(
-            toPut.map((i) => ({
-              hash: hashes[i] as BlockHash,
-              parentHash: i === 0 ? null : (hashes[i - 1] as BlockHash),
-              namespace: input.namespace,
-              modelFingerprint: model.fingerprint,
-              tokenIds: tokens.slice(i * B, (i + 1) * B),
-              payload: payloads[i] as Uint8Array,
-            })),
+            promptBlockInputs(
+              {
+                hashes,
+                tokens,
+                blockTokens: B,
+                namespace: input.namespace,
+                modelFingerprint: model.fingerprint,
+              },
+              toPut,
+              (i) => payloads[i] as Uint8Array,
+            ),
           );
           for (const hash of report.acknowledged) stored.add(hash);
           const firstFailure = report.failed[0];
