@@ -27,6 +27,12 @@ const WIDE: LayerDims = { kvHeads: 1, blockTokens: 64, headDim: 128, groupSize: 
 
 /** Relative L2 tolerance of native vs reference: f32 summation order only (kivi adds the folded zero terms). */
 const TOLERANCE: Record<CodecName, number> = { f32: 1e-5, f16: 1e-5, kivi8: 1e-4, kivi4: 1e-4, kivi2: 1e-4 };
+/**
+ * Floor of the l and m tolerance. Both carry the absolute rounding of the scores: the scalar kernel
+ * sums a 128-term f32 dot product serially, and over 2000 seeds of the wide shape its l drifted up
+ * to 1.3e-5 relative to the reference (the vector kernels stay under 3.2e-6).
+ */
+const SCORE_TOLERANCE = 5e-5;
 
 function randomKv(dims: LayerDims): { k: Float32Array; v: Float32Array } {
   const n = dims.kvHeads * dims.blockTokens * dims.headDim;
@@ -51,13 +57,19 @@ function args(dims: LayerDims, queryHeads: number, blocks: AttentionBlock[], sca
   return a;
 }
 
-function assertClose(got: PartialAttention, want: PartialAttention, tol: number, what: string): void {
+function assertClose(
+  got: PartialAttention,
+  want: PartialAttention,
+  tol: number,
+  what: string,
+  scoreTol = tol,
+): void {
   const err = relL2(got.o, want.o);
   assert.ok(err <= tol, `${what}: o relative L2 error ${err} > ${tol}`);
-  assert.ok(maxRelDiff(got.l, want.l) <= tol, `${what}: l differs ${maxRelDiff(got.l, want.l)}`);
+  assert.ok(maxRelDiff(got.l, want.l) <= scoreTol, `${what}: l differs ${maxRelDiff(got.l, want.l)}`);
   got.m.forEach((m, h) => {
     assert.ok(
-      Math.abs(m - (want.m[h] as number)) <= tol * Math.max(1, Math.abs(want.m[h] as number)),
+      Math.abs(m - (want.m[h] as number)) <= scoreTol * Math.max(1, Math.abs(want.m[h] as number)),
       `${what}: m[${h}]`,
     );
   });
@@ -174,6 +186,7 @@ describe('attention - native parity', { skip: native === null }, () => {
             referenceAttention.attention(a),
             TOLERANCE[codec],
             `tail ${tail}`,
+            Math.max(TOLERANCE[codec], SCORE_TOLERANCE),
           );
         }
         const wide = args(WIDE, 8, randomBlocks(WIDE, [codec, codec], 37), 0.3);
@@ -182,6 +195,7 @@ describe('attention - native parity', { skip: native === null }, () => {
           referenceAttention.attention(wide),
           TOLERANCE[codec],
           'wide',
+          Math.max(TOLERANCE[codec], SCORE_TOLERANCE),
         );
         const mha = args(WIDE, 1, randomBlocks(WIDE, [codec], 50));
         assertClose(
@@ -189,6 +203,7 @@ describe('attention - native parity', { skip: native === null }, () => {
           referenceAttention.attention(mha),
           TOLERANCE[codec],
           'mha',
+          Math.max(TOLERANCE[codec], SCORE_TOLERANCE),
         );
       });
 
