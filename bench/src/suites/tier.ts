@@ -4,8 +4,13 @@
 // - far read: the same-host zero-copy path: LocateFar over gRPC for a batch of hashes, then each
 //   payload read in place from a read-only mapping of the pool and verified (every section checksum);
 //   the data-channel read (a copy through the service) is reported beside it;
-// - SSD write / read: demote to TIER_SSD / Read over the data channel; SSD reads use O_DIRECT (the
-//   ready line's ssdDirectIo says whether the filesystem allowed it), so they are not page-cache hits.
+// - SSD write: demote to TIER_SSD over the data channel;
+// - SSD read: the same-host path: LocateFar with stageSsd for a batch of hashes (the service reads
+//   each block from its segment log, verifies it and copies it into the staging area after the pool,
+//   leased for SSD_STAGE_LEASE_MS), then each payload verified in place in the mapping; blocks the
+//   staging area had no room for are read over the data channel. The data-channel read (a copy
+//   through the service's socket) is reported beside it. SSD reads use O_DIRECT (the ready line's
+//   ssdDirectIo says whether the filesystem allowed it), so they are not page-cache hits.
 // Anchors: memcpy GB/s into a shared-memory mapping like the pool (far); `dd` direct-I/O sequential
 // write and read of the same volume in the SSD tier's directory (SSD). GB/s are 10^9 bytes/s of
 // payload. Options: --blocks N (volume), --concurrency C, --batch B (hashes per LocateFar), --dir D.
@@ -25,6 +30,8 @@ import { numberOption, round, stringOption } from '../options.ts';
 const MIB = 1024 * 1024;
 const WARMUP_BLOCKS = 32;
 const FAR_READ_PASSES = 3;
+/** Lease on staged SSD copies: verifying a batch in place takes a few ms; the staging room is reused after. */
+const SSD_STAGE_LEASE_MS = 20;
 
 /**
  * Runs `op(i, worker)` over `count` items from `concurrency` closed-loop workers (one operation
@@ -133,6 +140,7 @@ export const suite: BenchSuite = {
         grpcAddress: info.grpcAddress,
         dataConnections: Math.min(concurrency, 4),
       });
+      const reader = new FarMemoryReader(client, kernels);
       try {
         // Warm-up (not measured): connections, JIT, the service's buffers, the reader's mapping.
         const warm = Array.from({ length: WARMUP_BLOCKS }, (_, i) => makeBlock(2 * blocks + i));
@@ -142,7 +150,6 @@ export const suite: BenchSuite = {
           concurrency,
           async (i) => void (await client.read((warm[i] as TierBlock).hash)),
         );
-        const reader = new FarMemoryReader(client, kernels);
         const into = Array.from({ length: concurrency }, () => new Uint8Array(payload.length));
         const farReadPass = (): Promise<number> =>
           timeAll(Math.ceil(blocks / batch), Math.min(concurrency, 2), async (b) => {
@@ -154,22 +161,34 @@ export const suite: BenchSuite = {
             )
               throw new Error(`far read of batch ${b} came back incomplete (${got.missing.length} missing)`);
           });
-        let farWriteS: number;
-        let farReadS = Number.POSITIVE_INFINITY;
-        let farChannelReadS: number;
-        try {
-          farWriteS = await timeAll(blocks, concurrency, (i) => client.demote(far[i] as TierBlock, 'far'));
-          // Reads keep the blocks: one pass maps and warms, the best of the next passes counts.
-          await farReadPass();
-          for (let pass = 0; pass < FAR_READ_PASSES; pass++)
-            farReadS = Math.min(farReadS, await farReadPass());
-          farChannelReadS = await timeAll(blocks, concurrency, async (i, w) => {
-            const got = await client.read((far[i] as TierBlock).hash, into[w]);
-            if (got?.tier !== 'far') throw new Error(`far block ${i} not read from far memory`);
+        let unstaged = 0;
+        /** Mapped reads of SSD blocks staged by the service; unstaged ones over the data channel. */
+        const ssdStagedRead = (list: readonly TierBlock[]): Promise<number> =>
+          timeAll(Math.ceil(list.length / batch), Math.min(concurrency, 2), async (b, w) => {
+            const hashes = list.slice(b * batch, (b + 1) * batch).map((x) => x.hash);
+            const got = await reader.read(hashes, { stageSsd: true, leaseMs: SSD_STAGE_LEASE_MS });
+            for (const hash of got.unstaged) {
+              const viaChannel = await client.read(hash, into[w]);
+              if (viaChannel?.tier !== 'ssd') throw new Error(`ssd block ${hash} not read from SSD`);
+            }
+            unstaged += got.unstaged.length;
+            if (
+              got.hits.length + got.unstaged.length !== hashes.length ||
+              got.hits.some((h) => h.tier !== 'ssd' || h.payload.length !== payload.length)
+            )
+              throw new Error(`ssd read of batch ${b} came back incomplete (${got.missing.length} missing)`);
           });
-        } finally {
-          reader.close();
-        }
+        const farWriteS = await timeAll(blocks, concurrency, (i) =>
+          client.demote(far[i] as TierBlock, 'far'),
+        );
+        // Reads keep the blocks: one pass maps and warms, the best of the next passes counts.
+        await farReadPass();
+        let farReadS = Number.POSITIVE_INFINITY;
+        for (let pass = 0; pass < FAR_READ_PASSES; pass++) farReadS = Math.min(farReadS, await farReadPass());
+        const farChannelReadS = await timeAll(blocks, concurrency, async (i, w) => {
+          const got = await client.read((far[i] as TierBlock).hash, into[w]);
+          if (got?.tier !== 'far') throw new Error(`far block ${i} not read from far memory`);
+        });
         await timeAll(
           warm.length,
           concurrency,
@@ -181,11 +200,15 @@ export const suite: BenchSuite = {
           concurrency,
           async (i, w) => void (await client.read((warm[i] as TierBlock).hash, into[w])),
         );
+        await ssdStagedRead(warm);
+        unstaged = 0;
         const ssdWriteS = await timeAll(blocks, concurrency, (i) =>
           client.demote(ssd[i] as TierBlock, 'ssd'),
         );
-        // One pass only: O_DIRECT reads come from the device every time, nothing to warm.
-        const ssdReadS = await timeAll(blocks, concurrency, async (i, w) => {
+        // One pass each: O_DIRECT reads come from the device every time, nothing to warm. The
+        // data-channel pass does not use the staged copies.
+        const ssdReadS = await ssdStagedRead(ssd);
+        const ssdChannelReadS = await timeAll(blocks, concurrency, async (i, w) => {
           const got = await client.read((ssd[i] as TierBlock).hash, into[w]);
           if (got?.tier !== 'ssd' || got.block.payload.length !== payload.length)
             throw new Error(`ssd block ${i} came back wrong`);
@@ -218,8 +241,11 @@ export const suite: BenchSuite = {
           paths: {
             farRead: `same-host mapped pool: LocateFar (gRPC, ${batch} hashes per call) + in-place checksum verification`,
             farWrite: 'data channel (negotiated over gRPC) → far memory',
-            ssd: 'data channel (negotiated over gRPC) → segment log',
+            ssdWrite: 'data channel (negotiated over gRPC) → segment log',
             farReadThroughServiceGBps: round(volumeGB / farChannelReadS),
+            ssdRead: `same-host staged: LocateFar with stageSsd (gRPC, ${batch} hashes per call, ${SSD_STAGE_LEASE_MS} ms lease) + in-place checksum verification`,
+            ssdReadUnstagedBlocks: unstaged,
+            ssdReadThroughServiceGBps: round(volumeGB / ssdChannelReadS),
             ssdDirectIoReads: info.ssdDirectIo,
             memcpyMedium: memcpy.medium,
           },
@@ -228,6 +254,7 @@ export const suite: BenchSuite = {
           concurrency,
         };
       } finally {
+        reader.close();
         await client.close();
       }
     } finally {

@@ -120,6 +120,13 @@ export const TIERING_CONFIG_SCHEMA = {
     description:
       'how far the SSD tier reads ahead of a sequential reader (O_DIRECT reads of back-to-back records); 0 turns it off',
   },
+  ssdStageBytes: {
+    type: 'bytes',
+    default: '64MiB',
+    min: 0,
+    description:
+      'room after the far-memory pool (same mapping) where LocateFar stages SSD blocks for same-host readers; 0 turns staging off',
+  },
   ssdReadsQueuedMax: {
     type: 'int',
     default: 65536,

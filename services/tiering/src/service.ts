@@ -25,7 +25,7 @@ import { tieringGrpcService } from './adapters/grpc-service.ts';
 import { SegmentLog } from './adapters/segment-log.ts';
 import { startSsdCompaction } from './adapters/ssd-compaction.ts';
 import { checkTieringConfig, resolveServiceId, type TieringConfig } from './config.ts';
-import { FarPool, RECORD_META_BYTES_MAX, TierPolicy, type SsdTier } from './core/index.ts';
+import { FarPool, RECORD_META_BYTES_MAX, TierPolicy, type SsdTier, type StageArea } from './core/index.ts';
 
 export const TIERING_SERVICE_NAME = 'kvmesh.v1.Tiering';
 /** gRPC message bound above blockBytesMax: room for the block's other fields and token ids. */
@@ -85,11 +85,15 @@ export async function startTieringService(
   try {
     let far: FarBacking | null = null;
     let pool: FarPool | null = null;
+    let stage: StageArea | null = null;
+    // The staging area for SSD blocks follows the pool in the same mapping (one map per reader).
+    const stageBytes = config.farBytes > 0 && config.ssdBytes > 0 ? config.ssdStageBytes : 0;
+    const mappedBytes = config.farBytes + stageBytes;
     if (config.farBytes > 0) {
       const backing = openFarBacking({
         backing: config.farBacking as 'auto' | 'shm' | 'dax' | 'process',
         path: config.farPath,
-        bytesCapacity: config.farBytes,
+        bytesCapacity: mappedBytes,
         numaNode: config.farNumaNode,
         serviceId,
         prefault: config.farPrefault,
@@ -100,6 +104,16 @@ export async function startTieringService(
         { bytesCapacity: config.farBytes, blocksMax: config.farBlocksMax, alignBytes: config.farAlignBytes },
         now,
       );
+      if (stageBytes > 0) {
+        stage = {
+          region: backing.region.subarray(config.farBytes, mappedBytes),
+          offset: config.farBytes,
+          pool: new FarPool(
+            { bytesCapacity: stageBytes, blocksMax: config.farBlocksMax, alignBytes: config.farAlignBytes },
+            now,
+          ),
+        };
+      }
       if (backing.kind === 'process') logger.warn(`far memory: ${backing.description}`);
       else logger.info(`far memory: ${backing.description}`, { bytes: config.farBytes });
     }
@@ -155,8 +169,9 @@ export async function startTieringService(
 
     const policy = new TierPolicy({
       kernels,
-      far: far === null || pool === null ? null : { region: far.region, pool },
+      far: far === null || pool === null ? null : { region: far.region.subarray(0, config.farBytes), pool },
       ssd,
+      stage,
       blockBytesMax: config.blockBytesMax,
       leaseMsMax: config.leaseMsMax,
       onFault: (what, details) => logger.warn(what, details),
@@ -199,7 +214,7 @@ export async function startTieringService(
             ? null
             : far.kind === 'process'
               ? { unmappable: far.description, backing: 'in-process memory' }
-              : { path: far.path, bytes: config.farBytes, poolId: far.poolId },
+              : { path: far.path, bytes: mappedBytes, poolId: far.poolId },
         dataAddress,
         dataToken: config.dataToken,
         dataProtocolVersion: PROTOCOL_VERSION,

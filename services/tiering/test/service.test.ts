@@ -284,6 +284,43 @@ describe('tiering service - far memory, SSD and the policy over gRPC', () => {
     await promote(t.client.grpc, blocks.map(hashBytes));
   });
 
+  it('tiering service - with stageSsd, same-host readers reach SSD blocks through the staging area', async (context) => {
+    if (nativeMemory() === null) {
+      context.skip('no native module: the pool is not mappable');
+      return;
+    }
+    const onSsd = [22, 23].map((i) => makeBlock(i));
+    await demoteBlocks(t.client.grpc, onSsd, Tier.TIER_SSD);
+    const reader = new FarMemoryReader(t.client, kernels);
+    try {
+      const hashes = [...onSsd.map((b) => b.hash), makeBlock(97).hash];
+      const plain = await reader.read(hashes, { leaseMs: 50 });
+      assert.deepEqual(plain.missing, hashes, 'without stageSsd, SSD blocks are not located');
+      const staged = await reader.read(hashes, { leaseMs: 50, withMeta: true, stageSsd: true });
+      assert.deepEqual(
+        staged.hits.map((h) => [
+          h.hash,
+          h.tier,
+          Buffer.from(h.payload).equals(Buffer.from(onSsd.find((b) => b.hash === h.hash)!.payload)),
+          h.meta?.tokenIds,
+        ]),
+        onSsd.map((b) => [b.hash, 'ssd', true, b.tokenIds]),
+      );
+      assert.deepEqual([staged.missing, staged.unstaged, staged.corrupt], [[makeBlock(97).hash], [], []]);
+      const ssdReads = (await stats(t)).ssd?.reads;
+      const again = await reader.read(
+        onSsd.map((b) => b.hash),
+        { leaseMs: 50, stageSsd: true },
+      );
+      assert.equal(again.hits.length, 2);
+      assert.equal((await stats(t)).ssd?.reads, ssdReads, 'the staged copies serve the second read');
+      assert.equal((await t.client.read(onSsd[0]!.hash))?.tier, 'ssd', 'staging leaves the blocks on SSD');
+    } finally {
+      reader.close();
+    }
+    await promote(t.client.grpc, onSsd.map(hashBytes));
+  });
+
   it('tiering service - a corrupt byte in far memory is detected: missing, counted, never served', async (context) => {
     const memory = nativeMemory();
     if (memory === null) {
@@ -383,6 +420,45 @@ describe('tiering service - limits and restarts', () => {
       assert.match(t.service.stderrTail(), /far memory: in-process memory/);
     } finally {
       await t.stop();
+    }
+  });
+
+  it('tiering service - SSD blocks the staging area has no free room for come back unstaged', async (context) => {
+    if (nativeMemory() === null) {
+      context.skip('no native module: the pool is not mappable');
+      return;
+    }
+    const ssd = tempDir('tier-stage');
+    const t = await startTiering({
+      KVMESH_SERVICE_ID: `tier-stage-${process.pid}`,
+      KVMESH_FAR_BYTES: String(farBytesFor(1)),
+      KVMESH_SSD_STAGE_BYTES: String(farBytesFor(2)),
+      KVMESH_SSD_DIR: ssd.dir,
+      KVMESH_SSD_BYTES: '16MiB',
+    });
+    const reader = new FarMemoryReader(t.client, kernels);
+    try {
+      const blocks = [60, 61, 62].map((i) => makeBlock(i));
+      await t.client.demote(blocks[0]!, 'ssd');
+      await t.client.demote(blocks[1]!, 'ssd');
+      await t.client.demote(blocks[2]!, 'ssd');
+      const first = await reader.read(
+        blocks.map((b) => b.hash),
+        { leaseMs: 60_000, stageSsd: true },
+      );
+      // Room for two: whichever read finished last finds both extents leased.
+      assert.deepEqual([first.hits.length, first.unstaged.length], [2, 1]);
+      assert.deepEqual(
+        [...first.hits.map((h) => h.hash), ...first.unstaged].sort(),
+        blocks.map((b) => b.hash).sort(),
+      );
+      const unstaged = blocks.find((b) => b.hash === first.unstaged[0])!;
+      // Unstaged is not lost: the block reads over the data channel, and is still held on SSD.
+      assert.deepEqual((await t.client.read(unstaged.hash))?.block, unstaged);
+    } finally {
+      reader.close();
+      await t.stop();
+      ssd.remove();
     }
   });
 

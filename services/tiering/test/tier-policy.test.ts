@@ -276,3 +276,122 @@ describe('tier policy - SSD eviction', () => {
     assert.equal(await policy.read(old.hash), undefined);
   });
 });
+
+describe('tier policy - staging SSD blocks for same-host readers', () => {
+  /** Far memory and the staging area back to back in one region, as the service maps them. */
+  function stagedSetup(farBlocks: number, stageBlocks: number) {
+    const extent = Math.ceil(recordBytes(0) / 64) * 64;
+    const mapping = new Uint8Array((farBlocks + stageBlocks) * extent);
+    const farBytes = farBlocks * extent;
+    const clock = { ms: 0 };
+    const now = (): number => clock.ms;
+    const ssd = new MemorySsd();
+    const stage = {
+      region: mapping.subarray(farBytes),
+      offset: farBytes,
+      pool: new FarPool({ bytesCapacity: stageBlocks * extent, blocksMax: 1000, alignBytes: 64 }, now),
+    };
+    const policy = new TierPolicy({
+      kernels,
+      far: {
+        region: mapping.subarray(0, farBytes),
+        pool: new FarPool({ bytesCapacity: farBytes, blocksMax: 1000, alignBytes: 64 }, now),
+      },
+      ssd,
+      stage,
+      blockBytesMax: 1 << 20,
+      leaseMsMax: 1000,
+    });
+    const payloadAt = (location: { payloadOffset: number; payloadBytes: number }): Uint8Array =>
+      mapping.subarray(location.payloadOffset, location.payloadOffset + location.payloadBytes);
+    const ssdStats = () => policy.stats().find((s) => s.tier === 'ssd');
+    return { policy, ssd, stage, mapping, farBytes, clock, payloadAt, ssdStats };
+  }
+
+  it('tier policy - an SSD block is copied after the far pool and leased; the copy serves the next stage without a read', async () => {
+    const { policy, ssd, farBytes, payloadAt, ssdStats } = stagedSetup(2, 2);
+    const [inFar, onSsd] = [makeBlock(31), makeBlock(32)] as [TierBlock, TierBlock];
+    await policy.demote(inFar, 'far');
+    await policy.demote(onSsd, 'ssd');
+
+    const far = await policy.stage(inFar.hash, 10);
+    assert.ok(far !== undefined && far !== 'unstaged');
+    assert.equal(far.tier, 'far');
+    assert.ok(far.payloadOffset < farBytes);
+    assert.deepEqual(payloadAt(far), inFar.payload);
+
+    const staged = await policy.stage(onSsd.hash, 10, true);
+    assert.ok(staged !== undefined && staged !== 'unstaged');
+    assert.equal(staged.tier, 'ssd');
+    assert.ok(staged.payloadOffset >= farBytes, 'staged copies lie after the far pool');
+    assert.deepEqual(payloadAt(staged), onSsd.payload);
+    const { payload: _payload, ...meta } = onSsd;
+    assert.deepEqual(staged.meta, meta);
+    assert.equal(ssd.lent, 0, 'the SSD read buffer is released once copied');
+    assert.equal(ssd.reads, 1);
+
+    const again = await policy.stage(onSsd.hash, 10);
+    assert.ok(again !== undefined && again !== 'unstaged');
+    assert.equal(again.payloadOffset, staged.payloadOffset);
+    assert.equal(ssd.reads, 1, 'a staged copy is located without reading the SSD again');
+    assert.equal(policy.where(onSsd.hash), 'ssd', 'staging does not move the block between tiers');
+    assert.equal(await policy.stage(makeBlock(39).hash, 10), undefined);
+    assert.deepEqual([ssdStats()?.staged, ssdStats()?.stageHits], [1, 1]);
+  });
+
+  it('tier policy - leased copies are never reused (unstaged); unleased ones are, least recently used first', async () => {
+    const { policy, ssd, clock, payloadAt } = stagedSetup(1, 2);
+    const [b1, b2, b3] = [41, 42, 43].map((i) => makeBlock(i)) as [TierBlock, TierBlock, TierBlock];
+    for (const b of [b1, b2, b3]) await policy.demote(b, 'ssd');
+    await policy.stage(b1.hash, 100);
+    await policy.stage(b2.hash, 100);
+    assert.equal(await policy.stage(b3.hash, 100), 'unstaged');
+    assert.equal(ssd.lent, 0);
+    assert.equal(policy.where(b3.hash), 'ssd', 'an unstaged block is still held');
+
+    clock.ms = 150; // both leases ended: b1 is the least recently used copy
+    await policy.stage(b2.hash, 100);
+    const third = await policy.stage(b3.hash, 100);
+    assert.ok(third !== undefined && third !== 'unstaged');
+    assert.deepEqual(payloadAt(third), b3.payload);
+    const reads = ssd.reads;
+    await policy.stage(b2.hash, 100);
+    assert.equal(ssd.reads, reads, 'b2 kept its copy');
+    await policy.stage(b1.hash, 100);
+    assert.equal(ssd.reads, reads + 1, 'b1 lost its copy and is read again');
+  });
+
+  it('tier policy - a copy never outlives its SSD block, and a damaged copy is dropped and read again', async () => {
+    const { policy, ssd, stage, mapping, clock, payloadAt, ssdStats } = stagedSetup(1, 4);
+    const [promoted, dropped, damaged, raced] = [51, 52, 53, 54].map((i) => makeBlock(i)) as TierBlock[];
+    for (const b of [promoted, dropped, damaged, raced]) await policy.demote(b as TierBlock, 'ssd');
+    for (const b of [promoted, dropped, damaged]) await policy.stage((b as TierBlock).hash, 10);
+
+    (await policy.promote(promoted!.hash))?.releasePayload();
+    assert.equal(stage.pool.has(promoted!.hash), false, 'promotion drops the copy');
+    assert.equal(await policy.stage(promoted!.hash, 10), undefined);
+
+    ssd.records.delete(dropped!.hash); // the SSD tier lost it on its own
+    assert.equal(await policy.stage(dropped!.hash, 10), undefined);
+    assert.equal(stage.pool.has(dropped!.hash), false);
+
+    const entry = stage.pool.get(damaged!.hash)!;
+    const at = stage.offset + entry.offset + 30;
+    mapping[at] = (mapping[at] as number) ^ 0x01;
+    const reads = ssd.reads;
+    const reread = await policy.stage(damaged!.hash, 10, true);
+    assert.ok(reread !== undefined && reread !== 'unstaged');
+    assert.deepEqual(payloadAt(reread), damaged!.payload);
+    assert.equal(ssd.reads, reads + 1, 'the damaged copy was replaced by a fresh read');
+
+    // Two readers staging the same block at once get one copy (once the dropped copies' leases end).
+    clock.ms = 20;
+    ssd.readGate = new Promise((resolve) => setTimeout(resolve, 5));
+    const [a, b] = await Promise.all([policy.stage(raced!.hash, 10), policy.stage(raced!.hash, 10)]);
+    ssd.readGate = null;
+    assert.ok(a !== undefined && a !== 'unstaged' && b !== undefined && b !== 'unstaged');
+    assert.equal(a.payloadOffset, b.payloadOffset);
+    assert.equal(ssd.lent, 0);
+    assert.equal(ssdStats()?.staged, 5);
+  });
+});

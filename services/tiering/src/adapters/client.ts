@@ -174,11 +174,19 @@ export class TierServiceClient {
     );
   }
 
-  /** LocateFar: where the blocks lie in the pool (leased); `withBlock` adds their checked metadata. */
-  locateFar(hashes: readonly BlockHash[], leaseMs = 0, withBlock = false): Promise<LocateFarResponse> {
+  /**
+   * LocateFar: where the blocks lie in the pool (leased); `withBlock` adds their checked metadata,
+   * `stageSsd` has blocks held on SSD read into the staging area and located there.
+   */
+  locateFar(
+    hashes: readonly BlockHash[],
+    leaseMs = 0,
+    withBlock = false,
+    stageSsd = false,
+  ): Promise<LocateFarResponse> {
     return callUnary<LocateFarResponse>((cb) =>
       this.grpc.locateFar(
-        { hashes: hashes.map((h) => this.hashBytes(h)), leaseMs, withBlock },
+        { hashes: hashes.map((h) => this.hashBytes(h)), leaseMs, withBlock, stageSsd },
         new Metadata(),
         { deadline: deadlineIn(this.timeoutMs) },
         cb,
@@ -226,6 +234,8 @@ export class TierServiceClient {
 
 export interface FarReadHit {
   readonly hash: BlockHash;
+  /** 'far': read from far memory; 'ssd': a copy the service staged from its SSD tier. */
+  readonly tier: TierName;
   /** The block's metadata, when the read asked for it (`withMeta`). */
   readonly meta: TierBlockMeta | undefined;
   /** The payload in place in the mapped pool, verified; valid until `leaseUntilMs` (performance.now()). */
@@ -235,8 +245,10 @@ export interface FarReadHit {
 
 export interface FarReadResult {
   readonly hits: FarReadHit[];
-  /** Hashes far memory does not hold. */
+  /** Hashes far memory (and, with `stageSsd`, the SSD tier) does not hold. */
   readonly missing: BlockHash[];
+  /** With `stageSsd`: held on SSD, but the staging area had no free room (read them over the data channel). */
+  readonly unstaged: BlockHash[];
   /** Located payloads that failed verification here (not handed out). */
   readonly corrupt: BlockHash[];
 }
@@ -246,11 +258,14 @@ export interface FarReadOptions {
   readonly leaseMs?: number;
   /** Also fetch each block's metadata (token ids etc.), decoded and checked by the service. */
   readonly withMeta?: boolean;
+  /** Also read blocks held on SSD, through the service's staging area in the same mapping. */
+  readonly stageSsd?: boolean;
 }
 
 /**
  * Same-host zero-copy reads of far memory: LocateFar (one gRPC call for many hashes), then the
- * payloads straight out of a read-only mapping of the pool, each verified in place.
+ * payloads straight out of a read-only mapping of the pool, each verified in place. With `stageSsd`
+ * the same call reaches SSD blocks: the service reads each into the staging area after the pool.
  */
 export class FarMemoryReader {
   private mapping: { poolId: string; path: string; buffer: ArrayBuffer; region: Uint8Array } | undefined;
@@ -265,7 +280,12 @@ export class FarMemoryReader {
 
   async read(hashes: readonly BlockHash[], options: FarReadOptions = {}): Promise<FarReadResult> {
     const startedMs = performance.now();
-    const located = await this.client.locateFar(hashes, options.leaseMs ?? 0, options.withMeta ?? false);
+    const located = await this.client.locateFar(
+      hashes,
+      options.leaseMs ?? 0,
+      options.withMeta ?? false,
+      options.stageSsd ?? false,
+    );
     const region = this.map(located);
     // NOTE: measured from before the call: the lease started at the service no earlier than that.
     const leaseUntilMs = startedMs + located.leaseMs;
@@ -290,9 +310,20 @@ export class FarMemoryReader {
         const { payload: _empty, ...rest } = tierBlockOf(location.block, new Uint8Array(0));
         meta = rest;
       }
-      hits.push({ hash, meta, payload, leaseUntilMs });
+      hits.push({
+        hash,
+        tier: location.tier === tierToProto('ssd') ? 'ssd' : 'far',
+        meta,
+        payload,
+        leaseUntilMs,
+      });
     }
-    return { hits, missing: located.missingHashes.map((h) => blockHashFromBytes(h)), corrupt };
+    return {
+      hits,
+      missing: located.missingHashes.map((h) => blockHashFromBytes(h)),
+      unstaged: located.unstagedHashes.map((h) => blockHashFromBytes(h)),
+      corrupt,
+    };
   }
 
   /** Unmaps the pool; payload views handed out before read as empty afterwards. */

@@ -25,7 +25,12 @@ import {
   type WrapOptions,
 } from '@kvmesh/runtime';
 
-import { FarMemoryNotMappableError, type TierHit, type TierPolicy } from '../core/index.ts';
+import {
+  FarMemoryNotMappableError,
+  type StageOutcome,
+  type TierHit,
+  type TierPolicy,
+} from '../core/index.ts';
 import { blockOf, hashesOf, targetTierOf, tierBlockOf, tierToProto } from './wire.ts';
 
 export interface TieringServiceOptions {
@@ -158,13 +163,20 @@ export function tieringGrpcService(policy: TierPolicy, options: TieringServiceOp
       }),
       wrap,
     ),
-    locateFar: wrapUnary((request): LocateFarResponse => {
+    locateFar: wrapUnary(async (request): Promise<LocateFarResponse> => {
       const pool = options.farPool;
       if (pool === null)
         throw new FarMemoryNotMappableError('absent', 'this service runs without far memory');
       if ('unmappable' in pool) throw new FarMemoryNotMappableError(pool.backing, pool.unmappable);
       const hashes = hashesOf(request.hashes, hashesMax);
       const leaseMs = request.leaseMs === 0 ? options.leaseMsDefault : request.leaseMs;
+      // NOTE: staged reads start together, so the SSD tier merges reads of neighbouring records; the
+      // number is bounded by hashesPerRequestMax and the SSD tier's own read queue.
+      const outcomes: (StageOutcome | Promise<StageOutcome>)[] = hashes.map((hash) =>
+        request.stageSsd
+          ? policy.stage(hash, leaseMs, request.withBlock)
+          : policy.locate(hash, leaseMs, request.withBlock),
+      );
       const response: LocateFarResponse = {
         poolPath: pool.path,
         poolBytes: BigInt(pool.bytes),
@@ -172,21 +184,27 @@ export function tieringGrpcService(policy: TierPolicy, options: TieringServiceOp
         leaseMs: 0,
         locations: [],
         missingHashes: [],
+        unstagedHashes: [],
       };
       let granted = Number.POSITIVE_INFINITY;
-      for (const [i, hash] of hashes.entries()) {
-        const location = policy.locate(hash, leaseMs, request.withBlock);
-        if (location === undefined) {
-          response.missingHashes.push(request.hashes[i] as Buffer);
-          continue;
+      const settled = await Promise.allSettled(outcomes);
+      const failed = settled.find((r) => r.status === 'rejected');
+      if (failed !== undefined) throw failed.reason;
+      for (const [i, result] of settled.entries()) {
+        const location = (result as PromiseFulfilledResult<StageOutcome>).value;
+        const hash = request.hashes[i] as Buffer;
+        if (location === undefined) response.missingHashes.push(hash);
+        else if (location === 'unstaged') response.unstagedHashes.push(hash);
+        else {
+          granted = Math.min(granted, location.leaseMs);
+          response.locations.push({
+            hash,
+            block: location.meta === undefined ? undefined : blockOf(location.meta, false),
+            payloadOffset: BigInt(location.payloadOffset),
+            payloadBytes: BigInt(location.payloadBytes),
+            tier: tierToProto(location.tier),
+          });
         }
-        granted = Math.min(granted, location.leaseMs);
-        response.locations.push({
-          hash: request.hashes[i] as Buffer,
-          block: location.meta === undefined ? undefined : blockOf(location.meta, false),
-          payloadOffset: BigInt(location.payloadOffset),
-          payloadBytes: BigInt(location.payloadBytes),
-        });
       }
       response.leaseMs = Number.isFinite(granted) ? granted : 0;
       return response;

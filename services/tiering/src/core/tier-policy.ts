@@ -19,7 +19,7 @@ import type { Kernels } from '@kvmesh/kernels';
 import type { BlockHash } from '@kvmesh/protocol';
 
 import { FarMemoryFullError, TierUnavailableError } from './errors.ts';
-import type { FarEntry, FarPool } from './far-pool.ts';
+import { alignUp, type FarEntry, type FarPool } from './far-pool.ts';
 import {
   decodeRecord,
   decodeRecordMeta,
@@ -68,10 +68,25 @@ export interface FarTier {
   readonly pool: FarPool;
 }
 
+/**
+ * Room after the far-memory pool, in the same mapping, where stage() copies SSD blocks for same-host
+ * readers: a copy is leased while read, and the least recently used unleased copy makes room first.
+ * A copy is a cache of the SSD record, never the only one: it is dropped, not demoted.
+ */
+export interface StageArea {
+  /** The area's bytes: a view of the mapping starting `offset` bytes into it. */
+  readonly region: Uint8Array;
+  /** Where the area starts inside the mapping same-host readers map. */
+  readonly offset: number;
+  readonly pool: FarPool;
+}
+
 export interface TierPolicyOptions {
   readonly kernels: Kernels;
   readonly far: FarTier | null;
   readonly ssd: SsdTier | null;
+  /** Staging for SSD blocks located by same-host readers; absent or null: SSD blocks are not located. */
+  readonly stage?: StageArea | null;
   /** Largest block payload accepted. */
   readonly blockBytesMax: number;
   /** Longest lease a same-host reader may hold on located bytes. */
@@ -90,6 +105,9 @@ export interface TierStatsView {
   checksumFailures: number;
   /** SSD only: blocks dropped to make room (kept here, the wire's TierStats has no field for it). */
   evictions?: number;
+  /** SSD only: blocks read into the staging area, and locations served by a copy staged before. */
+  staged?: number;
+  stageHits?: number;
 }
 
 export interface TierHit {
@@ -107,9 +125,11 @@ export interface TierHit {
 }
 
 export interface FarLocationView {
+  /** 'far': the block's far-memory record; 'ssd': a staged copy of its SSD record. */
+  readonly tier: TierName;
   /** The block's metadata, decoded and checked (only when asked for). */
   readonly meta: TierBlockMeta | undefined;
-  /** Offset of the payload inside the pool region. */
+  /** Offset of the payload inside the mapping (the far pool, then the staging area). */
   readonly payloadOffset: number;
   readonly payloadBytes: number;
   /** The lease granted (the request's, capped at leaseMsMax) and when it ends on the policy's clock. */
@@ -125,12 +145,17 @@ interface Counters {
 
 export type DemoteOutcome = 'stored' | 'held';
 
+/** stage(): where the block lies, 'unstaged' (on SSD, no staging room), or undefined (not held). */
+export type StageOutcome = FarLocationView | 'unstaged' | undefined;
+
 const NO_RELEASE = (): void => undefined;
 
 export class TierPolicy {
   private readonly kernels: Kernels;
   private readonly far: FarTier | null;
   private readonly ssd: SsdTier | null;
+  private readonly stageArea: StageArea | null;
+  private readonly stageCounters = { staged: 0, hits: 0 };
   private readonly options: TierPolicyOptions;
   private readonly farCounters: Counters = { reads: 0, writes: 0, checksumFailures: 0 };
   /** Failures the SSD tier's own checks let through (record head, identity, payload sections). */
@@ -156,6 +181,7 @@ export class TierPolicy {
     this.kernels = options.kernels;
     this.far = options.far;
     this.ssd = options.ssd;
+    this.stageArea = options.ssd === null ? null : (options.stage ?? null);
     // Blocks from before a restart: nobody has asked for them yet, so they go first.
     for (const hash of this.ssd?.hashes() ?? []) this.ssdRecency.add(hash);
   }
@@ -258,32 +284,46 @@ export class TierPolicy {
    */
   locate(hash: BlockHash, leaseMs: number, withMeta = false): FarLocationView | undefined {
     const far = this.far;
-    const entry = far?.pool.get(hash);
-    if (far === null || entry === undefined) return undefined;
-    const record = far.region.subarray(entry.offset, entry.offset + entry.bytes);
-    let layout: { payloadOffset: number; recordBytes: number };
-    let meta: TierBlockMeta | undefined;
+    if (far === null) return undefined;
+    let located: FarLocationView | undefined;
     try {
-      if (withMeta) {
-        const decoded = decodeRecordMeta(this.kernels, record, hash);
-        meta = decoded.meta;
-        layout = decoded;
-      } else layout = recordLayout(record, hash);
+      located = this.locateIn('far', far.pool, far.region, 0, hash, leaseMs, withMeta);
     } catch (err) {
       this.dropCorruptFar(hash, err);
       return undefined;
     }
-    const granted = Math.min(Math.max(leaseMs, 0), this.options.leaseMsMax);
-    const leaseUntilMs = far.pool.lease(hash, granted) ?? 0;
-    far.pool.touch(hash);
-    this.farCounters.reads++;
-    return {
-      meta,
-      payloadOffset: entry.offset + layout.payloadOffset,
-      payloadBytes: layout.recordBytes - layout.payloadOffset,
-      leaseMs: granted,
-      leaseUntilMs,
-    };
+    if (located !== undefined) this.farCounters.reads++;
+    return located;
+  }
+
+  /**
+   * locate() that also reaches the SSD tier: a block held there is read (verified as every SSD read
+   * is), copied into the staging area and leased there; a copy staged before is located without a
+   * read. 'unstaged': on SSD, but every staging extent is leased (read it some other way).
+   */
+  async stage(hash: BlockHash, leaseMs: number, withMeta = false): Promise<StageOutcome> {
+    const inFar = this.locate(hash, leaseMs, withMeta);
+    const area = this.stageArea;
+    if (inFar !== undefined || area === null) return inFar;
+    const staged = this.locateStaged(area, hash, leaseMs, withMeta);
+    if (staged !== undefined) {
+      this.stageCounters.hits++;
+      return staged;
+    }
+    const read = await this.readSsd(hash);
+    if (read === undefined) return undefined;
+    try {
+      // Staged by a concurrent request meanwhile, or gone from SSD (a staged copy never outlives it).
+      if (area.pool.has(hash) || this.ssd?.has(hash) !== true)
+        return this.locateStaged(area, hash, leaseMs, withMeta);
+      const entry = this.stageRoom(area, hash, read.record.length);
+      if (entry === undefined) return 'unstaged';
+      area.region.set(read.record, entry.offset);
+      this.stageCounters.staged++;
+    } finally {
+      read.releasePayload();
+    }
+    return this.locateStaged(area, hash, leaseMs, withMeta);
   }
 
   stats(): TierStatsView[] {
@@ -309,6 +349,9 @@ export class TierPolicy {
         writes: ssd.writes,
         checksumFailures: ssd.checksumFailures + this.ssdRecordFailures,
         evictions: this.ssdEvictions,
+        ...(this.stageArea === null
+          ? {}
+          : { staged: this.stageCounters.staged, stageHits: this.stageCounters.hits }),
       });
     }
     return out;
@@ -462,12 +505,85 @@ export class TierPolicy {
 
   private async removeSsd(hash: BlockHash): Promise<void> {
     this.ssdRecency.delete(hash);
+    this.stageArea?.pool.remove(hash);
     try {
       await this.ssd?.remove(hash);
     } catch (err) {
       // Not removed: the block stays evictable.
       if (this.ssd?.has(hash) === true) this.touchSsd(hash);
       throw err;
+    }
+  }
+
+  /**
+   * Where `hash`'s record in `pool` puts its payload within the mapping (`base`: where the pool's
+   * region starts in it), leased and touched; undefined when the pool lacks it. Throws the record's
+   * CorruptDataError.
+   */
+  private locateIn(
+    tier: TierName,
+    pool: FarPool,
+    region: Uint8Array,
+    base: number,
+    hash: BlockHash,
+    leaseMs: number,
+    withMeta: boolean,
+  ): FarLocationView | undefined {
+    const entry = pool.get(hash);
+    if (entry === undefined) return undefined;
+    const record = region.subarray(entry.offset, entry.offset + entry.bytes);
+    let layout: { payloadOffset: number; recordBytes: number };
+    let meta: TierBlockMeta | undefined;
+    if (withMeta) {
+      const decoded = decodeRecordMeta(this.kernels, record, hash);
+      meta = decoded.meta;
+      layout = decoded;
+    } else layout = recordLayout(record, hash);
+    const granted = Math.min(Math.max(leaseMs, 0), this.options.leaseMsMax);
+    const leaseUntilMs = pool.lease(hash, granted) ?? 0;
+    pool.touch(hash);
+    return {
+      tier,
+      meta,
+      payloadOffset: base + entry.offset + layout.payloadOffset,
+      payloadBytes: layout.recordBytes - layout.payloadOffset,
+      leaseMs: granted,
+      leaseUntilMs,
+    };
+  }
+
+  /** A staged copy of an SSD block, leased; a copy whose block left the SSD or fails its checks is dropped. */
+  private locateStaged(
+    area: StageArea,
+    hash: BlockHash,
+    leaseMs: number,
+    withMeta: boolean,
+  ): FarLocationView | undefined {
+    if (this.ssd?.has(hash) !== true) {
+      area.pool.remove(hash);
+      return undefined;
+    }
+    try {
+      return this.locateIn('ssd', area.pool, area.region, area.offset, hash, leaseMs, withMeta);
+    } catch (err) {
+      if (!(err instanceof CorruptDataError)) throw err;
+      // NOTE: only the copy is bad (the SSD record was verified when it was read): read it again.
+      area.pool.remove(hash);
+      this.options.onFault?.('staged-copy-corrupt', { hash, err });
+      return undefined;
+    }
+  }
+
+  /** An extent for a staged record, reusing unleased copies least recently used first; undefined: none free. */
+  private stageRoom(area: StageArea, hash: BlockHash, recordBytes: number): FarEntry | undefined {
+    if (alignUp(recordBytes, area.pool.config.alignBytes) > area.pool.config.bytesCapacity) return undefined;
+    // NOTE: bounded: every pass allocates, stops, or removes one staged copy.
+    for (;;) {
+      const entry = area.pool.allocate(hash, recordBytes);
+      if (entry !== null) return entry;
+      const victim = area.pool.coldestEvictable();
+      if (victim === undefined) return undefined;
+      area.pool.remove(victim.hash);
     }
   }
 
@@ -497,7 +613,7 @@ export class TierPolicy {
 
   private async readSsd(
     hash: BlockHash,
-  ): Promise<{ block: TierBlock; releasePayload: () => void } | undefined> {
+  ): Promise<{ block: TierBlock; record: Uint8Array; releasePayload: () => void } | undefined> {
     const ssd = this.ssd;
     if (ssd === null || !ssd.has(hash)) return undefined;
     let lent: LentBytes | null;
@@ -508,6 +624,7 @@ export class TierPolicy {
       // The SSD tier counts its own checksum failures and drops the entry.
       if (err instanceof KvmeshError && err.kind === 'data-loss') {
         this.ssdRecency.delete(hash);
+        this.stageArea?.pool.remove(hash);
         this.options.onFault?.('ssd-block-corrupt', { hash, err });
         return undefined;
       }
@@ -529,6 +646,7 @@ export class TierPolicy {
       const { meta, payloadOffset, recordBytes } = decodeRecordMeta(this.kernels, bytes, hash);
       return {
         block: { ...meta, payload: bytes.subarray(payloadOffset, recordBytes) },
+        record: bytes.subarray(0, recordBytes),
         releasePayload: () => lent.release(),
       };
     } catch (err) {

@@ -78,6 +78,12 @@ export interface LocateFarRequest {
    * checked by the service. Without it a location carries only the hash and where the payload lies.
    */
   withBlock: boolean;
+  /**
+   * Also locate blocks held on SSD: the service reads each (verified, as any SSD read) into the
+   * staging area at the end of the pool and leases it there. A block staged earlier whose copy is
+   * still there is located without a read.
+   */
+  stageSsd: boolean;
 }
 
 export interface FarLocation {
@@ -87,6 +93,8 @@ export interface FarLocation {
   payloadOffset: bigint;
   payloadBytes: bigint;
   hash: Buffer;
+  /** The tier holding the block: TIER_FAR (its far-memory record) or TIER_SSD (a staged copy). */
+  tier: Tier;
 }
 
 export interface LocateFarResponse {
@@ -100,6 +108,11 @@ export interface LocateFarResponse {
   leaseMs: number;
   locations: FarLocation[];
   missingHashes: Buffer[];
+  /**
+   * Held on SSD but not staged: every staging extent is leased by other readers (read these over the
+   * data channel instead).
+   */
+  unstagedHashes: Buffer[];
 }
 
 function createBaseDemoteRequest(): DemoteRequest {
@@ -854,7 +867,7 @@ export const TieringStatsResponse: MessageFns<TieringStatsResponse> = {
 };
 
 function createBaseLocateFarRequest(): LocateFarRequest {
-  return { hashes: [], leaseMs: 0, withBlock: false };
+  return { hashes: [], leaseMs: 0, withBlock: false, stageSsd: false };
 }
 
 export const LocateFarRequest: MessageFns<LocateFarRequest> = {
@@ -867,6 +880,9 @@ export const LocateFarRequest: MessageFns<LocateFarRequest> = {
     }
     if (message.withBlock !== false) {
       writer.uint32(24).bool(message.withBlock);
+    }
+    if (message.stageSsd !== false) {
+      writer.uint32(32).bool(message.stageSsd);
     }
     return writer;
   },
@@ -908,6 +924,14 @@ export const LocateFarRequest: MessageFns<LocateFarRequest> = {
             message.withBlock = reader.bool();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.stageSsd = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -935,6 +959,11 @@ export const LocateFarRequest: MessageFns<LocateFarRequest> = {
         : isSet(object.with_block)
           ? globalThis.Boolean(object.with_block)
           : false,
+      stageSsd: isSet(object.stageSsd)
+        ? globalThis.Boolean(object.stageSsd)
+        : isSet(object.stage_ssd)
+          ? globalThis.Boolean(object.stage_ssd)
+          : false,
     };
   },
 
@@ -949,6 +978,9 @@ export const LocateFarRequest: MessageFns<LocateFarRequest> = {
     if (message.withBlock !== false) {
       obj.withBlock = message.withBlock;
     }
+    if (message.stageSsd !== false) {
+      obj.stageSsd = message.stageSsd;
+    }
     return obj;
   },
 
@@ -960,12 +992,13 @@ export const LocateFarRequest: MessageFns<LocateFarRequest> = {
     message.hashes = object.hashes?.map((e) => e) || [];
     message.leaseMs = object.leaseMs ?? 0;
     message.withBlock = object.withBlock ?? false;
+    message.stageSsd = object.stageSsd ?? false;
     return message;
   },
 };
 
 function createBaseFarLocation(): FarLocation {
-  return { block: undefined, payloadOffset: 0n, payloadBytes: 0n, hash: Buffer.alloc(0) };
+  return { block: undefined, payloadOffset: 0n, payloadBytes: 0n, hash: Buffer.alloc(0), tier: 0 };
 }
 
 export const FarLocation: MessageFns<FarLocation> = {
@@ -987,6 +1020,9 @@ export const FarLocation: MessageFns<FarLocation> = {
     }
     if (message.hash.length !== 0) {
       writer.uint32(34).bytes(message.hash);
+    }
+    if (message.tier !== 0) {
+      writer.uint32(40).int32(message.tier);
     }
     return writer;
   },
@@ -1036,6 +1072,14 @@ export const FarLocation: MessageFns<FarLocation> = {
             message.hash = Buffer.from(reader.bytes());
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.tier = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1062,6 +1106,7 @@ export const FarLocation: MessageFns<FarLocation> = {
           ? BigInt(object.payload_bytes)
           : 0n,
       hash: isSet(object.hash) ? Buffer.from(bytesFromBase64(object.hash)) : Buffer.alloc(0),
+      tier: isSet(object.tier) ? tierFromJSON(object.tier) : 0,
     };
   },
 
@@ -1079,6 +1124,9 @@ export const FarLocation: MessageFns<FarLocation> = {
     if (message.hash.length !== 0) {
       obj.hash = base64FromBytes(message.hash);
     }
+    if (message.tier !== 0) {
+      obj.tier = tierToJSON(message.tier);
+    }
     return obj;
   },
 
@@ -1094,12 +1142,21 @@ export const FarLocation: MessageFns<FarLocation> = {
     message.payloadBytes =
       object.payloadBytes !== undefined && object.payloadBytes !== null ? BigInt(object.payloadBytes) : 0n;
     message.hash = object.hash ?? Buffer.alloc(0);
+    message.tier = object.tier ?? 0;
     return message;
   },
 };
 
 function createBaseLocateFarResponse(): LocateFarResponse {
-  return { poolPath: '', poolBytes: 0n, poolId: '', leaseMs: 0, locations: [], missingHashes: [] };
+  return {
+    poolPath: '',
+    poolBytes: 0n,
+    poolId: '',
+    leaseMs: 0,
+    locations: [],
+    missingHashes: [],
+    unstagedHashes: [],
+  };
 }
 
 export const LocateFarResponse: MessageFns<LocateFarResponse> = {
@@ -1124,6 +1181,9 @@ export const LocateFarResponse: MessageFns<LocateFarResponse> = {
     }
     for (const v of message.missingHashes) {
       writer.uint32(50).bytes(v!);
+    }
+    for (const v of message.unstagedHashes) {
+      writer.uint32(58).bytes(v!);
     }
     return writer;
   },
@@ -1189,6 +1249,14 @@ export const LocateFarResponse: MessageFns<LocateFarResponse> = {
             message.missingHashes.push(Buffer.from(reader.bytes()));
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.unstagedHashes.push(Buffer.from(reader.bytes()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1231,6 +1299,11 @@ export const LocateFarResponse: MessageFns<LocateFarResponse> = {
         : globalThis.Array.isArray(object?.missing_hashes)
           ? object.missing_hashes.map((e: any) => Buffer.from(bytesFromBase64(e)))
           : [],
+      unstagedHashes: globalThis.Array.isArray(object?.unstagedHashes)
+        ? object.unstagedHashes.map((e: any) => Buffer.from(bytesFromBase64(e)))
+        : globalThis.Array.isArray(object?.unstaged_hashes)
+          ? object.unstaged_hashes.map((e: any) => Buffer.from(bytesFromBase64(e)))
+          : [],
     };
   },
 
@@ -1254,6 +1327,9 @@ export const LocateFarResponse: MessageFns<LocateFarResponse> = {
     if (message.missingHashes?.length) {
       obj.missingHashes = message.missingHashes.map((e) => base64FromBytes(e));
     }
+    if (message.unstagedHashes?.length) {
+      obj.unstagedHashes = message.unstagedHashes.map((e) => base64FromBytes(e));
+    }
     return obj;
   },
 
@@ -1269,6 +1345,7 @@ export const LocateFarResponse: MessageFns<LocateFarResponse> = {
     message.leaseMs = object.leaseMs ?? 0;
     message.locations = object.locations?.map((e) => FarLocation.fromPartial(e)) || [];
     message.missingHashes = object.missingHashes?.map((e) => e) || [];
+    message.unstagedHashes = object.unstagedHashes?.map((e) => e) || [];
     return message;
   },
 };
