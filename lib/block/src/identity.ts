@@ -93,6 +93,8 @@ export function blockSeed(input: BlockSeedInput, kernels: HashKernels = loadKern
  */
 export class BlockSeeds {
   private readonly seeds = new Map<string, Uint8Array>();
+  /** The last seed handed out and its inputs: a node or a client asks for one seed nearly always. */
+  private last: { input: BlockSeedInput; seed: Uint8Array } | undefined;
 
   constructor(
     private readonly kernels: HashKernels = loadKernels(),
@@ -104,6 +106,14 @@ export class BlockSeeds {
 
   /** The seed (shared: never mutate it). */
   get(input: BlockSeedInput): Uint8Array {
+    const last = this.last;
+    if (
+      last !== undefined &&
+      last.input.modelFingerprint === input.modelFingerprint &&
+      last.input.blockTokens === input.blockTokens &&
+      last.input.namespace === input.namespace
+    )
+      return last.seed;
     const key = `${input.modelFingerprint}/${input.blockTokens}/${input.namespace}`;
     let seed = this.seeds.get(key);
     if (seed === undefined) {
@@ -111,6 +121,14 @@ export class BlockSeeds {
       if (this.seeds.size >= this.seedsMax) this.seeds.delete(this.seeds.keys().next().value as string);
       this.seeds.set(key, seed);
     }
+    this.last = {
+      input: {
+        modelFingerprint: input.modelFingerprint,
+        blockTokens: input.blockTokens,
+        namespace: input.namespace,
+      },
+      seed,
+    };
     return seed;
   }
 }

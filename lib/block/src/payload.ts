@@ -65,12 +65,6 @@ function checksum(kernels: Kernels, bytes: Uint8Array): Uint8Array {
   return kernels.hash128(bytes).subarray(0, CHECKSUM_BYTES);
 }
 
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
-}
-
 function checkDims(dims: BlockDims): void {
   if (!Number.isInteger(dims.layers) || dims.layers < 1 || dims.layers > LAYERS_MAX) {
     throw new InvalidArgumentError(`layers must be an integer in [1, ${LAYERS_MAX}], got ${dims.layers}`, {
@@ -175,10 +169,22 @@ function corrupt(message: string, details: Record<string, unknown> = {}): Corrup
 }
 
 function u64(view: DataView, at: number, what: string): number {
-  const value = view.getBigUint64(at, true);
-  if (value > BigInt(Number.MAX_SAFE_INTEGER)) throw corrupt(`${what} ${value} out of range`, { at });
-  return Number(value);
+  // NOTE: two u32 halves rather than getBigUint64 (a BigInt per field on every put); a high half
+  // above 2^21 - 1 is exactly a value above Number.MAX_SAFE_INTEGER.
+  const high = view.getUint32(at + 4, true);
+  if (high > 0x1fffff) throw corrupt(`${what} ${view.getBigUint64(at, true)} out of range`, { at });
+  return high * 2 ** 32 + view.getUint32(at, true);
 }
+
+/** Whether `stored` (8 bytes) equals the checksum of `bytes`, without a view of either. */
+function checksumMatches(kernels: Kernels, stored: Uint8Array, storedAt: number, bytes: Uint8Array): boolean {
+  const digest = kernels.hash128(bytes);
+  for (let i = 0; i < CHECKSUM_BYTES; i++) if (digest[i] !== stored[storedAt + i]) return false;
+  return true;
+}
+
+/** Codec names by their wire id (CODEC_IDS inverted). */
+const CODEC_BY_ID = new Map<number, CodecName>(CODEC_NAMES.map((name) => [CODEC_IDS[name], name]));
 
 /**
  * Parses and verifies the header (magic, version, codec, dims, table bounds, header checksum).
@@ -210,13 +216,19 @@ export function parseBlockHeader(kernels: Kernels, payload: Uint8Array): BlockHe
       bytes: payload.length,
     });
   }
-  const stored = payload.subarray(headerBytes - CHECKSUM_BYTES, headerBytes);
-  if (!sameBytes(stored, checksum(kernels, payload.subarray(0, headerBytes - CHECKSUM_BYTES)))) {
+  if (
+    !checksumMatches(
+      kernels,
+      payload,
+      headerBytes - CHECKSUM_BYTES,
+      payload.subarray(0, headerBytes - CHECKSUM_BYTES),
+    )
+  ) {
     throw corrupt('header checksum mismatch');
   }
   if (version !== PAYLOAD_VERSION) throw new UnsupportedPayloadVersionError(version);
   const codecId = view.getUint8(6);
-  const codec = CODEC_NAMES.find((name) => CODEC_IDS[name] === codecId);
+  const codec = CODEC_BY_ID.get(codecId);
   if (codec === undefined) throw corrupt(`unknown codec id ${codecId}`, { codecId });
   if (view.getUint8(7) !== 0 || view.getUint16(18, true) !== 0)
     throw corrupt('reserved header fields are not zero');
@@ -274,7 +286,7 @@ export function readLayerSection(
     throw new InvalidArgumentError(`layer ${layer} out of range [0, ${header.dims.layers})`, { layer });
   }
   const section = payload.subarray(entry.offset, entry.offset + entry.length);
-  if (!sameBytes(entry.checksum, checksum(kernels, section))) {
+  if (!checksumMatches(kernels, entry.checksum, 0, section)) {
     throw corrupt(`section ${layer} checksum mismatch`, { layer });
   }
   return section;

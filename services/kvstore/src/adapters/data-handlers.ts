@@ -15,13 +15,29 @@ import {
   type Block,
 } from '@kvmesh/protocol';
 
-import { tierToProto, type KvNode } from '../core/index.ts';
+import { tierToProto, type KvNode, type PutBlockInput } from '../core/index.ts';
 import type { PayloadPool } from './payload-pool.ts';
-import { blockOf, hashOf, namespaceOf, putInputOf } from './wire.ts';
+import { encodePutAck, readPutHeader } from './put-header.ts';
+import { blockOf, hashOf, namespaceOf, ownedPayload, putInputOf } from './wire.ts';
 
 export function putBlockHandler(node: KvNode, pool?: PayloadPool): DataHandler {
   const keep = pool === undefined ? undefined : (bytes: Uint8Array): boolean => pool.owns(bytes);
   return async (request) => {
+    // NOTE: the common encoding is read in one pass; any other header takes the generated decoder,
+    // so its errors (and its view of odd encodings) stay exactly those of the general path.
+    const fast = readPutHeader(request.header);
+    if (fast !== undefined) {
+      const input: PutBlockInput = {
+        hash: fast.hash,
+        parentHash: fast.parentHash,
+        namespace: fast.namespace,
+        modelFingerprint: fast.modelFingerprint,
+        tokenIds: fast.tokenIds,
+        payload: keep !== undefined && keep(request.body) ? request.body : ownedPayload(request.body),
+      };
+      const status = fast.replica ? node.putReplica(input) : (await node.putClient(input)).status;
+      return { header: encodePutAck(request.header, fast.hashAt, status) };
+    }
     const message = decodeDataHeader('PutBlocksRequest', (b) => PutBlocksRequest.decode(b), request);
     if (message.block !== undefined && message.block.payload.length > 0) {
       throw new InvalidArgumentError(

@@ -143,13 +143,17 @@ export class KvNode {
     const { store, kernels, replicas } = this.deps;
     try {
       const header = checkClientBlock(kernels, input, store.config.blockBytesMax);
-      const placed = await coordinatePut({
-        hash: input.hash,
-        live: this.deps.live(),
-        replicas,
-        // NOTE: a bound method rather than an arrow (this runs on every put; see Placement).
-        storeOn: this.storeCopy.bind(this, input, header),
-      });
+      const live = this.deps.live();
+      const placed =
+        replicas === 1 && live.length === 1 && live[0] === this.deps.self
+          ? await this.storeAlone(input, header, live)
+          : await coordinatePut({
+              hash: input.hash,
+              live,
+              replicas,
+              // NOTE: a bound method rather than an arrow (this runs on every put; see Placement).
+              storeOn: this.storeCopy.bind(this, input, header),
+            });
       this.counters.clientPuts++;
       this.counters.substitutions += placed.substitutes.length;
       return placed;
@@ -157,6 +161,25 @@ export class KvNode {
       this.counters.clientPutsFailed++;
       throw err;
     }
+  }
+
+  /**
+   * A client put on the only live node with R = 1 (a standalone node): coordinatePut would place
+   * its one copy here, through a promise chain and bookkeeping that cost more than the store's own
+   * work. A failure still goes through coordinatePut, so it is reported exactly as there.
+   */
+  private storeAlone(
+    input: PutBlockInput,
+    header: BlockHeader,
+    live: readonly NodeId[],
+  ): PlacedBlock | Promise<PlacedBlock> {
+    let status: ReplicaOutcome;
+    try {
+      status = this.deps.store.put(input, { header }).status;
+    } catch (error) {
+      return coordinatePut({ hash: input.hash, live, replicas: 1, storeOn: () => Promise.reject(error) });
+    }
+    return { status, holders: [this.deps.self], substitutes: [], failures: [] };
   }
 
   /** One copy of a client put: into this node's store, or to a peer as a replica put. */
