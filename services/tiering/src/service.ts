@@ -105,6 +105,9 @@ export async function startTieringService(
         now,
       );
       if (stageBytes > 0) {
+        // NOTE: staged copies cycle through this area on every read: its pages are faulted in once,
+        // here, rather than under the first reads.
+        backing.region.fill(0, config.farBytes, mappedBytes);
         stage = {
           region: backing.region.subarray(config.farBytes, mappedBytes),
           offset: config.farBytes,
