@@ -22,6 +22,7 @@ import {
 import { registerTieringDataHandlers } from './adapters/data-handlers.ts';
 import { openFarBacking, type FarBacking } from './adapters/far-memory.ts';
 import { tieringGrpcService } from './adapters/grpc-service.ts';
+import type { LocateFarOptions } from './adapters/locate-far.ts';
 import { SegmentLog } from './adapters/segment-log.ts';
 import { startSsdCompaction } from './adapters/ssd-compaction.ts';
 import { checkTieringConfig, resolveServiceId, type TieringConfig } from './config.ts';
@@ -188,7 +189,17 @@ export async function startTieringService(
 
     const advertiseHost = config.advertiseHost === '' ? config.host : config.advertiseHost;
     const dataServer = new DataChannelServer();
-    registerTieringDataHandlers(dataServer, policy);
+    const locate: LocateFarOptions = {
+      hashesPerRequestMax: config.hashesPerRequestMax,
+      leaseMsDefault: config.leaseMsDefault,
+      farPool:
+        far === null
+          ? null
+          : far.kind === 'process'
+            ? { unmappable: far.description, backing: 'in-process memory' }
+            : { path: far.path, bytes: mappedBytes, poolId: far.poolId },
+    };
+    registerTieringDataHandlers(dataServer, policy, locate);
     const dataBound = await dataServer.listen({
       host: config.host,
       port: config.dataPort,
@@ -207,17 +218,10 @@ export async function startTieringService(
     grpc.server.addService(
       TieringServiceDefinition,
       tieringGrpcService(policy, {
-        hashesPerRequestMax: config.hashesPerRequestMax,
+        ...locate,
         demoteMessagesPerStreamMax: config.demoteMessagesPerStreamMax,
         demoteStreamConcurrency: DEMOTE_STREAM_CONCURRENCY,
         readAheadBlocks: config.readAheadBlocks,
-        leaseMsDefault: config.leaseMsDefault,
-        farPool:
-          far === null
-            ? null
-            : far.kind === 'process'
-              ? { unmappable: far.description, backing: 'in-process memory' }
-              : { path: far.path, bytes: mappedBytes, poolId: far.poolId },
         dataAddress,
         dataToken: config.dataToken,
         dataProtocolVersion: PROTOCOL_VERSION,

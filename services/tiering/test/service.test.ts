@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
 import { status as GrpcStatus, type ServiceError } from '@grpc/grpc-js';
+import { DataChannelClient, parseDataAddress } from '@kvmesh/dataplane';
 import { KvmeshError } from '@kvmesh/errors';
 import { nativeMemory } from '@kvmesh/kernels';
 import {
@@ -16,12 +17,14 @@ import {
   blockHashToBytes,
   type DemoteRequest,
   type DemoteResponse,
+  type OpenDataChannelResponse,
   type TierBlockResponse,
   type TieringClient,
 } from '@kvmesh/protocol';
-import { checkHealth, fromGrpcError } from '@kvmesh/runtime';
+import { callUnary, checkHealth, fromGrpcError } from '@kvmesh/runtime';
 
 import { FarMemoryReader } from '../src/adapters/client.ts';
+import { TIERING_DATA_METHODS } from '../src/adapters/data-methods.ts';
 import { blockOf } from '../src/adapters/wire.ts';
 import { encodeRecordHead, type TierBlock } from '../src/core/index.ts';
 import { SMALL_DIMS, kernels, makeBlock, startTiering, tempDir, type RunningTiering } from './support.ts';
@@ -391,6 +394,23 @@ describe('tiering service - far memory, SSD and the policy over gRPC', () => {
       blockOfResponse((await read(t.client.grpc, [hashBytes(block)]))[0]),
       `missing ${block.hash}`,
     );
+    // A locateFar call on the data channel whose body is not a LocateFarRequest.
+    const channel = await callUnary<OpenDataChannelResponse>((cb) => t.client.grpc.openDataChannel({}, cb));
+    const address = parseDataAddress(channel.address);
+    const data = await DataChannelClient.connect({ host: address.host, port: address.port });
+    try {
+      await assert.rejects(
+        data.call(TIERING_DATA_METHODS.locateFar, new Uint8Array(0), Buffer.from([0x0a, 0x7f, 0x01])),
+        (err: unknown) => {
+          assert.ok(err instanceof KvmeshError, String(err));
+          assert.equal(err.kind, 'invalid-argument');
+          assert.match(err.message, /locateFar body is not a valid LocateFarRequest/);
+          return true;
+        },
+      );
+    } finally {
+      await data.close();
+    }
     assert.equal(await checkHealth(t.info.grpcAddress), 'SERVING');
     await t.client.promote(good.hash);
   });
@@ -413,8 +433,20 @@ describe('tiering service - limits and restarts', () => {
       const block = makeBlock(50);
       await t.client.demote(block, 'far');
       assert.deepEqual((await t.client.read(block.hash))?.block, block);
+      // The same refusal over the data channel (what the client uses) and over gRPC.
+      await assert.rejects(t.client.locateFar([block.hash]), (err: unknown) => {
+        assert.ok(err instanceof KvmeshError, String(err));
+        assert.equal(err.code, 'FAR_MEMORY_NOT_MAPPABLE');
+        assert.match(err.message, /cannot map/);
+        return true;
+      });
       await assert.rejects(
-        t.client.locateFar([block.hash]),
+        callUnary((cb) =>
+          t.client.grpc.locateFar(
+            { hashes: [hashBytes(block)], leaseMs: 0, withBlock: false, stageSsd: false },
+            cb,
+          ),
+        ),
         rejectsWith(GrpcStatus.FAILED_PRECONDITION, /cannot map/),
       );
       assert.match(t.service.stderrTail(), /far memory: in-process memory/);

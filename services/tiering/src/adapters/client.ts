@@ -14,6 +14,8 @@ import { loadKernels, nativeMemory, type Kernels } from '@kvmesh/kernels';
 import {
   DemoteRequest,
   DemoteResponse,
+  LocateFarRequest,
+  LocateFarResponse,
   PromoteRequest,
   ReadRequest,
   TierBlockResponse,
@@ -21,7 +23,6 @@ import {
   blockHashFromBytes,
   blockHashToBytes,
   type BlockHash,
-  type LocateFarResponse,
   type OpenDataChannelResponse,
   type TieringStatsResponse,
 } from '@kvmesh/protocol';
@@ -175,23 +176,24 @@ export class TierServiceClient {
   }
 
   /**
-   * LocateFar: where the blocks lie in the pool (leased); `withBlock` adds their checked metadata,
-   * `stageSsd` has blocks held on SSD read into the staging area and located there.
+   * LocateFar (over the data channel): where the blocks lie in the pool (leased); `withBlock` adds
+   * their checked metadata, `stageSsd` has blocks held on SSD read into the staging area and located
+   * there.
    */
-  locateFar(
+  async locateFar(
     hashes: readonly BlockHash[],
     leaseMs = 0,
     withBlock = false,
     stageSsd = false,
   ): Promise<LocateFarResponse> {
-    return callUnary<LocateFarResponse>((cb) =>
-      this.grpc.locateFar(
-        { hashes: hashes.map((h) => this.hashBytes(h)), leaseMs, withBlock, stageSsd },
-        new Metadata(),
-        { deadline: deadlineIn(this.timeoutMs) },
-        cb,
-      ),
-    );
+    const request = LocateFarRequest.encode({
+      hashes: hashes.map((h) => this.hashBytes(h)),
+      leaseMs,
+      withBlock,
+      stageSsd,
+    }).finish();
+    const { body } = await this.data.call(TIERING_DATA_METHODS.locateFar, new Uint8Array(0), request);
+    return decodeOrCorrupt('LocateFarResponse', () => LocateFarResponse.decode(body));
   }
 
   async close(): Promise<void> {

@@ -1,5 +1,6 @@
 // Handlers of the tiering data channel methods (TIERING_DATA_METHODS): demoteBlock, readBlock and
-// promoteBlock, one block per call with protobuf headers and the payload as the frame body. A header
+// promoteBlock, one block per call with protobuf headers and the payload as the frame body, and
+// locateFar (request and answer as the bodies). A header
 // that does not decode, or decodes to something outside the contract, is INVALID_ARGUMENT for that
 // request only; the connection and the service go on. Errors keep their codes (a full tier is
 // RESOURCE_EXHAUSTED, a bad block INVALID_ARGUMENT), so a client can tell which to retry.
@@ -10,6 +11,8 @@ import { decodeDataHeader, type DataHandler, type DataResponse } from '@kvmesh/d
 import {
   DemoteRequest,
   DemoteResponse,
+  LocateFarRequest,
+  LocateFarResponse,
   PromoteRequest,
   ReadRequest,
   Tier,
@@ -19,6 +22,7 @@ import {
 
 import type { TierHit, TierPolicy } from '../core/index.ts';
 import { TIERING_DATA_METHODS } from './data-methods.ts';
+import { locateFar, type LocateFarOptions } from './locate-far.ts';
 import { blockOf, hashOf, targetTierOf, tierBlockOf, tierToProto } from './wire.ts';
 
 function singleHash(hashes: readonly Buffer[], method: string): Buffer {
@@ -51,11 +55,25 @@ function blockResponse(hashBytes: Buffer, hit: TierHit | undefined): DataRespons
   return { header, body: hit.block.payload, releaseBody: hit.releasePayload };
 }
 
-/** Registers the three methods on a data channel server. */
+/** Registers the methods on a data channel server. */
 export function registerTieringDataHandlers(
   server: { handle(methodId: number, handler: DataHandler): unknown },
   policy: TierPolicy,
+  locate: LocateFarOptions,
 ): void {
+  server.handle(TIERING_DATA_METHODS.locateFar, async (request) => {
+    let message: LocateFarRequest;
+    try {
+      message = LocateFarRequest.decode(request.body);
+    } catch (err) {
+      throw new InvalidArgumentError(
+        `locateFar body is not a valid LocateFarRequest message: ${(err as Error).message}`,
+        { bodyBytes: request.body.length },
+      );
+    }
+    const response = await locateFar(policy, locate, message);
+    return { body: LocateFarResponse.encode(response).finish() };
+  });
   server.handle(TIERING_DATA_METHODS.demoteBlock, async (request) => {
     const message = decodeDataHeader('DemoteRequest', (b) => DemoteRequest.decode(b), request);
     if (message.block !== undefined && message.block.payload.length > 0)

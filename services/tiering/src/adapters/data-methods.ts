@@ -15,6 +15,12 @@ export const TIERING_DATA_METHODS = {
   readBlock: 2,
   /** As readBlock, and the tier no longer holds the block. Request header: PromoteRequest, one hash. */
   promoteBlock: 3,
+  /**
+   * LocateFar for same-host readers (a data channel call costs far less than a gRPC one). Request
+   * body: LocateFarRequest; response body: LocateFarResponse; headers empty. In the bodies because
+   * a batch of hashes, or of locations with their metadata, can outgrow a frame header.
+   */
+  locateFar: 4,
 } as const;
 
 export type TieringDataMethod = (typeof TIERING_DATA_METHODS)[keyof typeof TIERING_DATA_METHODS];

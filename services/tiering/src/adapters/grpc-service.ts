@@ -5,13 +5,12 @@
 // before it were acknowledged (those stay stored). Read and Promote answer every hash in request
 // order, a block or `missing_hash`, with the reads of up to `readAheadBlocks` hashes running ahead
 // together (the SSD tier merges reads of neighbouring records); LocateFar serves same-host readers
-// of the mapped pool.
+// of the mapped pool (locate-far.ts, also on the data channel).
 import {
   blockHashToBytes,
   type BlockHash,
   type DemoteRequest,
   type DemoteResponse,
-  type LocateFarResponse,
   type TierBlockResponse,
   type TieringServer,
   type TieringStatsResponse,
@@ -25,22 +24,13 @@ import {
   type WrapOptions,
 } from '@kvmesh/runtime';
 
-import {
-  FarMemoryNotMappableError,
-  type StageOutcome,
-  type TierHit,
-  type TierPolicy,
-} from '../core/index.ts';
+import type { TierHit, TierPolicy } from '../core/index.ts';
+import { locateFar, type LocateFarOptions } from './locate-far.ts';
 import { blockOf, hashesOf, targetTierOf, tierBlockOf, tierToProto } from './wire.ts';
 
-export interface TieringServiceOptions {
-  readonly hashesPerRequestMax: number;
+export interface TieringServiceOptions extends LocateFarOptions {
   readonly demoteMessagesPerStreamMax: number;
   readonly demoteStreamConcurrency: number;
-  readonly leaseMsDefault: number;
-  /** The pool same-host readers map; null when far memory is absent or not mappable (with why). */
-  readonly farPool:
-    { path: string; bytes: number; poolId: string } | { unmappable: string; backing: string } | null;
   /** host:port, token and protocol version OpenDataChannel hands out. */
   readonly dataAddress: string;
   readonly dataToken: string;
@@ -163,52 +153,7 @@ export function tieringGrpcService(policy: TierPolicy, options: TieringServiceOp
       }),
       wrap,
     ),
-    locateFar: wrapUnary(async (request): Promise<LocateFarResponse> => {
-      const pool = options.farPool;
-      if (pool === null)
-        throw new FarMemoryNotMappableError('absent', 'this service runs without far memory');
-      if ('unmappable' in pool) throw new FarMemoryNotMappableError(pool.backing, pool.unmappable);
-      const hashes = hashesOf(request.hashes, hashesMax);
-      const leaseMs = request.leaseMs === 0 ? options.leaseMsDefault : request.leaseMs;
-      // NOTE: staged reads start together, so the SSD tier merges reads of neighbouring records; the
-      // number is bounded by hashesPerRequestMax and the SSD tier's own read queue.
-      const outcomes: (StageOutcome | Promise<StageOutcome>)[] = hashes.map((hash) =>
-        request.stageSsd
-          ? policy.stage(hash, leaseMs, request.withBlock)
-          : policy.locate(hash, leaseMs, request.withBlock),
-      );
-      const response: LocateFarResponse = {
-        poolPath: pool.path,
-        poolBytes: BigInt(pool.bytes),
-        poolId: pool.poolId,
-        leaseMs: 0,
-        locations: [],
-        missingHashes: [],
-        unstagedHashes: [],
-      };
-      let granted = Number.POSITIVE_INFINITY;
-      const settled = await Promise.allSettled(outcomes);
-      const failed = settled.find((r) => r.status === 'rejected');
-      if (failed !== undefined) throw failed.reason;
-      for (const [i, result] of settled.entries()) {
-        const location = (result as PromiseFulfilledResult<StageOutcome>).value;
-        const hash = request.hashes[i] as Buffer;
-        if (location === undefined) response.missingHashes.push(hash);
-        else if (location === 'unstaged') response.unstagedHashes.push(hash);
-        else {
-          granted = Math.min(granted, location.leaseMs);
-          response.locations.push({
-            hash,
-            block: location.meta === undefined ? undefined : blockOf(location.meta, false),
-            payloadOffset: BigInt(location.payloadOffset),
-            payloadBytes: BigInt(location.payloadBytes),
-            tier: tierToProto(location.tier),
-          });
-        }
-      }
-      response.leaseMs = Number.isFinite(granted) ? granted : 0;
-      return response;
-    }, wrap),
+    locateFar: wrapUnary((request) => locateFar(policy, options, request), wrap),
     openDataChannel: wrapUnary(
       () => ({
         address: options.dataAddress,
