@@ -1,7 +1,7 @@
 // The tiering service next to the raw limits of its media, measured in the same run. One tiering
 // service process on loopback; blocks of 256 KiB of KV (payload format v1, random f32).
 // - far write: demote to TIER_FAR over the service's binary data channel (negotiated over gRPC);
-// - far read: the same-host zero-copy path: LocateFar over gRPC for a batch of hashes, then each
+// - far read: the same-host zero-copy path: LocateFar on the data channel for a batch of hashes, then each
 //   payload read in place from a read-only mapping of the pool and verified (every section checksum);
 //   the data-channel read (a copy through the service) is reported beside it;
 // - SSD write: demote to TIER_SSD over the data channel;
@@ -11,11 +11,12 @@
 //   staging area had no room for are read over the data channel. The data-channel read (a copy
 //   through the service's socket) is reported beside it. SSD reads use O_DIRECT (the ready line's
 //   ssdDirectIo says whether the filesystem allowed it), so they are not page-cache hits.
-// Anchors: memcpy GB/s into a shared-memory mapping like the pool (far); `dd` direct-I/O sequential
-// write and read of the same volume in the SSD tier's directory (SSD). GB/s are 10^9 bytes/s of
+// Anchors: memcpy GB/s into a shared-memory mapping like the pool (far); for SSD, `dd` direct-I/O
+// sequential write of the same volume next to the SSD tier, and `dd` direct-I/O sequential reads
+// (1 MiB) of the SSD tier's own segment files after each read pass (best of SSD_READ_PASSES each). GB/s are 10^9 bytes/s of
 // payload. Options: --blocks N (volume), --concurrency C, --batch B (hashes per LocateFar), --dir D.
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -85,25 +86,40 @@ function measureMemcpy(dir: string, bytes: number, chunkBytes: number): { gbps: 
   }
 }
 
-/** `dd` direct-I/O sequential write then read (best of SSD_READ_PASSES) of `mib` MiB at `file`; GB/s from dd's own elapsed time. */
-function measureDd(file: string, mib: number): { writeGBps: number; readGBps: number } {
-  const run = (args: string[]): number => {
-    const r = spawnSync('dd', args, { encoding: 'utf8' });
-    if (r.status !== 0) throw new Error(`dd ${args.join(' ')} failed: ${r.stderr}`);
-    // "268435456 bytes (268 MB, 256 MiB) copied, 0.105698 s, 2.5 GB/s"
-    const m = /(\d+) bytes .* copied, ([\d.]+) s/.exec(r.stderr);
-    if (m === null) throw new Error(`cannot parse dd output: ${r.stderr}`);
-    return Number(m[1]) / 1e9 / Number(m[2]);
-  };
+/** Bytes and seconds of one `dd` run, from dd's own report. */
+function dd(args: string[]): { bytes: number; seconds: number } {
+  const r = spawnSync('dd', args, { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`dd ${args.join(' ')} failed: ${r.stderr}`);
+  // "268435456 bytes (268 MB, 256 MiB) copied, 0.105698 s, 2.5 GB/s"
+  const m = /(\d+) bytes .* copied, ([\d.]+) s/.exec(r.stderr);
+  if (m === null) throw new Error(`cannot parse dd output: ${r.stderr}`);
+  return { bytes: Number(m[1]), seconds: Number(m[2]) };
+}
+
+/** `dd` direct-I/O sequential write of `mib` MiB at `file` (removed after); GB/s. */
+function measureDdWrite(file: string, mib: number): number {
   try {
-    const writeGBps = run([`if=/dev/zero`, `of=${file}`, 'bs=1M', `count=${mib}`, 'oflag=direct']);
-    let readGBps = 0;
-    for (let pass = 0; pass < SSD_READ_PASSES; pass++)
-      readGBps = Math.max(readGBps, run([`if=${file}`, 'of=/dev/null', 'bs=1M', 'iflag=direct']));
-    return { writeGBps, readGBps };
+    const { bytes, seconds } = dd([`if=/dev/zero`, `of=${file}`, 'bs=1M', `count=${mib}`, 'oflag=direct']);
+    return bytes / 1e9 / seconds;
   } finally {
     rmSync(file, { force: true });
   }
+}
+
+/**
+ * `dd` direct-I/O sequential read (1 MiB reads) of the SSD tier's own segment files: the bytes the
+ * service reads, where they lie on the device; GB/s over all of them.
+ */
+function measureDdReadSegments(ssdDir: string): number {
+  let bytes = 0;
+  let seconds = 0;
+  for (const name of readdirSync(ssdDir).filter((n) => /^seg-\d+\.log$/.test(n))) {
+    const run = dd([`if=${join(ssdDir, name)}`, 'of=/dev/null', 'bs=1M', 'iflag=direct']);
+    bytes += run.bytes;
+    seconds += run.seconds;
+  }
+  if (bytes === 0) throw new Error(`no segment files in ${ssdDir}`);
+  return bytes / 1e9 / seconds;
 }
 
 export const suite: BenchSuite = {
@@ -226,11 +242,15 @@ export const suite: BenchSuite = {
         const ssdWriteS = await timeAll(blocks, concurrency, (i) =>
           client.demote(ssd[i] as TierBlock, 'ssd'),
         );
-        // One pass each: O_DIRECT reads come from the device every time, nothing to warm. The
-        // data-channel pass does not use the staged copies.
+        // O_DIRECT reads come from the device every time, nothing to warm. Each pass is followed by
+        // dd reading the segment files, so both see the device alike. The data-channel pass does not
+        // use the staged copies.
         let ssdReadS = Number.POSITIVE_INFINITY;
-        for (let pass = 0; pass < SSD_READ_PASSES; pass++)
+        let ddReadGBps = 0;
+        for (let pass = 0; pass < SSD_READ_PASSES; pass++) {
           ssdReadS = Math.min(ssdReadS, await ssdStagedRead(ssd));
+          ddReadGBps = Math.max(ddReadGBps, measureDdReadSegments(join(dir, 'ssd')));
+        }
         const ssdChannelReadS = await timeAll(blocks, concurrency, async (i, w) => {
           const got = await client.read((ssd[i] as TierBlock).hash, into[w]);
           if (got?.tier !== 'ssd' || got.block.payload.length !== payload.length)
@@ -239,7 +259,7 @@ export const suite: BenchSuite = {
 
         log('anchors: memcpy into a shared mapping, dd direct I/O in the SSD directory');
         const memcpy = measureMemcpy(shmDir, Math.min(Math.max(volumeBytes, 256 * MIB), 1 << 30), 256 * 1024);
-        const dd = measureDd(join(dir, 'ssd', 'dd-probe'), Math.max(1, Math.ceil(volumeBytes / MIB)));
+        const ddWriteGBps = measureDdWrite(join(dir, 'dd-probe'), Math.max(1, Math.ceil(volumeBytes / MIB)));
 
         const farRead = volumeGB / farReadS;
         const ssdRead = volumeGB / ssdReadS;
@@ -253,20 +273,20 @@ export const suite: BenchSuite = {
           ssd: {
             readGBps: round(ssdRead),
             writeGBps: round(ssdWrite),
-            rawReadGBps: round(dd.readGBps),
-            rawWriteGBps: round(dd.writeGBps),
+            rawReadGBps: round(ddReadGBps),
+            rawWriteGBps: round(ddWriteGBps),
           },
           ratio: {
-            ssdRead: round(ssdRead / dd.readGBps, 3),
-            ssdWrite: round(ssdWrite / dd.writeGBps, 3),
+            ssdRead: round(ssdRead / ddReadGBps, 3),
+            ssdWrite: round(ssdWrite / ddWriteGBps, 3),
             farRead: round(farRead / memcpy.gbps, 3),
           },
           paths: {
-            farRead: `same-host mapped pool: LocateFar (gRPC, ${batch} hashes per call) + in-place checksum verification`,
+            farRead: `same-host mapped pool: LocateFar (data channel, ${batch} hashes per call) + in-place checksum verification`,
             farWrite: 'data channel (negotiated over gRPC) → far memory',
             ssdWrite: 'data channel (negotiated over gRPC) → segment log',
             farReadThroughServiceGBps: round(volumeGB / farChannelReadS),
-            ssdRead: `same-host staged: LocateFar with stageSsd (gRPC, ${batch} hashes per call, ${SSD_STAGE_LEASE_MS} ms lease) + in-place checksum verification`,
+            ssdRead: `same-host staged: LocateFar with stageSsd (data channel, ${batch} hashes per call, ${SSD_STAGE_LEASE_MS} ms lease) + in-place checksum verification`,
             ssdReadViaChannelBlocks: viaChannel,
             ssdReadThroughServiceGBps: round(volumeGB / ssdChannelReadS),
             ssdDirectIoReads: info.ssdDirectIo,
