@@ -202,20 +202,32 @@ function routerMetrics(metrics: MetricsRegistry) {
 const isServiceError = (err: unknown): err is ServiceError =>
   err instanceof Error && typeof (err as Partial<ServiceError>).code === 'number';
 
-/** A live worker as the routing policies see it; the router's own in-flight counts cover the heartbeat's lag. */
+/**
+ * A live worker as the routing policies see it. Its load is what this router has in flight there,
+ * counted from the moment of each choice to the request's end: exact and current, where a
+ * heartbeat is up to an interval old (1 s by default, longer than most requests here). Trusting a
+ * stale heartbeat's queue depth kept a worker priced as busy for a whole interval after its queue
+ * had drained, and kv-aware piled the following requests onto the other worker (70 of 129 decode
+ * requests, P90 TTFT 0.76x round-robin's in the mesh bench). Each router balances its own traffic.
+ */
 function candidateOf(
   member: Member,
   localCachedBlocks: number | undefined,
-  inflight: { queued?: number; active?: number } = {},
+  inFlight: { queued: number; active: number },
 ): WorkerCandidate {
   return {
     nodeId: member.nodeId,
-    queueDepth: Math.max(member.heartbeat.queueDepth, inflight.queued ?? 0),
-    // NOTE: the router's own open streams when it counts them (exact, where a heartbeat lags by up
-    // to an interval and would keep a just-finished stream on the worker); else the heartbeat's.
-    activeSequences: inflight.active ?? member.heartbeat.activeSequences,
+    queueDepth: inFlight.queued,
+    activeSequences: inFlight.active,
     ...(localCachedBlocks === undefined ? {} : { localCachedBlocks }),
   };
+}
+
+/** Adds `delta` to a per-worker count, forgetting workers that reach 0 (bounded by the live workers). */
+function adjustCount(counts: Map<NodeId, number>, nodeId: NodeId, delta: number): void {
+  const value = (counts.get(nodeId) ?? 0) + delta;
+  if (value > 0) counts.set(nodeId, value);
+  else counts.delete(nodeId);
 }
 
 export async function startRouter(config: RouterConfig, options: StartRouterOptions = {}): Promise<Router> {
@@ -273,8 +285,9 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
     PREFILL_ROLE,
   );
   const prefilling = new InflightPrefixes(config.inflightBlocksMax);
-  /** Decode streams this router has open, per worker. */
+  /** Decode streams this router has open, per worker, and those of them before their first token. */
   const decoding = new Map<NodeId, number>();
+  const decodeStarting = new Map<NodeId, number>();
   const counts = { requests: 0, plans: { 'decode-only': 0, 'prefill-then-decode': 0 } };
 
   const cleanups = new CleanupStack(logger);
@@ -400,17 +413,26 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
           storeCachedBlocks: storeBlocks,
           storeBlockTiers: storeTiers,
           workers: (untried.length > 0 ? untried : live).map((m) =>
-            candidateOf(m, match.leadingBlocksByNode.get(m.nodeId), { active: decoding.get(m.nodeId) ?? 0 }),
+            candidateOf(m, match.leadingBlocksByNode.get(m.nodeId), {
+              queued: decodeStarting.get(m.nodeId) ?? 0,
+              active: (decoding.get(m.nodeId) ?? 0) - (decodeStarting.get(m.nodeId) ?? 0),
+            }),
           ),
         });
         return { member: tracker.get(decision.nodeId) as Member, decision };
       };
       // NOTE: a stream counts against its worker from the moment it is chosen, so a burst of
-      // requests routed before any of them starts decoding still spreads over the workers.
+      // requests routed before any of them starts decoding still spreads over the workers; until
+      // its first token it counts as starting (its prompt is being fetched and computed there).
+      let starting = true;
       const count = (nodeId: NodeId, delta: number): void => {
-        const open = (decoding.get(nodeId) ?? 0) + delta;
-        if (open > 0) decoding.set(nodeId, open);
-        else decoding.delete(nodeId);
+        adjustCount(decoding, nodeId, delta);
+        if (starting) adjustCount(decodeStarting, nodeId, delta);
+      };
+      const started = (nodeId: NodeId): void => {
+        if (!starting) return;
+        adjustCount(decodeStarting, nodeId, -1);
+        starting = false;
       };
       let { member: decoder, decision } = chooseDecoder(new Set());
       count(decoder.nodeId, 1);
@@ -446,8 +468,10 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
             storeCachedBlocks: storeBlocks,
             storeBlockTiers: storeTiers,
             workers: prefillers.map((m) =>
+              // NOTE: a prefill worker runs one prompt at a time: every request in flight there queues.
               candidateOf(m, prefilling.leadingBlocks(m.nodeId, keys), {
                 queued: prefilling.requests(m.nodeId),
+                active: 0,
               }),
             ),
           });
@@ -511,6 +535,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
                     ? 'length'
                     : null;
               streamed = true;
+              started(decoder.nodeId);
               const usage = message.usage;
               yield {
                 text: message.text,
