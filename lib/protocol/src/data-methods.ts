@@ -18,3 +18,20 @@ export const KVSTORE_DATA_METHODS = {
 } as const;
 
 export type KvStoreDataMethod = (typeof KVSTORE_DATA_METHODS)[keyof typeof KVSTORE_DATA_METHODS];
+
+/**
+ * Protobuf tags (field number << 3 | wire type) of the putBlock header, for the hand-written writer
+ * (SDK) and reader (kvstore node) of its common encoding: PutBlocksRequest and its Block.
+ */
+export const PUT_BLOCK_TAGS = {
+  requestBlock: (1 << 3) | 2,
+  requestReplica: (2 << 3) | 0,
+  hash: (1 << 3) | 2,
+  parentHash: (2 << 3) | 2,
+  namespace: (3 << 3) | 2,
+  modelFingerprint: (4 << 3) | 2,
+  tokenIds: (5 << 3) | 2,
+} as const;
+
+/** Bytes of a block hash and of a model fingerprint on the wire. */
+export const WIRE_ID_BYTES = 16;

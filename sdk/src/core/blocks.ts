@@ -14,7 +14,7 @@ import {
 } from '@kvmesh/block';
 import { CorruptDataError, InvalidArgumentError } from '@kvmesh/errors';
 import { checkBlockTokens, type CodecName, type Kernels } from '@kvmesh/kernels';
-import type { Codec } from '@kvmesh/protocol';
+import { PUT_BLOCK_TAGS, WIRE_ID_BYTES, type Codec } from '@kvmesh/protocol';
 import {
   Tier,
   blockHashFromBytes,
@@ -208,15 +208,15 @@ function writeVarint(out: Buffer, at: number, value: number): number {
   return at;
 }
 
-/** Protobuf tags (field number << 3 | wire type 2, length-delimited) of the fields written below. */
-const TAG_REQUEST_BLOCK = (1 << 3) | 2;
-const TAG_HASH = (1 << 3) | 2;
-const TAG_PARENT_HASH = (2 << 3) | 2;
-const TAG_NAMESPACE = (3 << 3) | 2;
-const TAG_MODEL_FINGERPRINT = (4 << 3) | 2;
-const TAG_TOKEN_IDS = (5 << 3) | 2;
-/** Hashes and model fingerprints are 16 bytes. */
-const ID_BYTES = 16;
+const {
+  requestBlock: TAG_REQUEST_BLOCK,
+  hash: TAG_HASH,
+  parentHash: TAG_PARENT_HASH,
+  namespace: TAG_NAMESPACE,
+  modelFingerprint: TAG_MODEL_FINGERPRINT,
+  tokenIds: TAG_TOKEN_IDS,
+} = PUT_BLOCK_TAGS;
+const ID_BYTES = WIRE_ID_BYTES;
 
 /**
  * Data channel putBlock request header: PutBlocksRequest {block without payload, replica false},

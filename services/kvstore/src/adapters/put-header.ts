@@ -9,6 +9,8 @@
 // exact answer. What it does accept, it reads to the same values as that path.
 import { NAMESPACE_BYTES_MAX } from '@kvmesh/block';
 import {
+  PUT_BLOCK_TAGS,
+  WIRE_ID_BYTES,
   parseNamespace,
   type BlockFields,
   type BlockHash,
@@ -23,17 +25,17 @@ export interface PutHeader extends BlockFields {
   readonly hashAt: number;
 }
 
-/** Hashes and model fingerprints are 16 bytes. */
-const ID_BYTES = 16;
-/** Tags (field number << 3 | wire type) of PutBlocksRequest. */
-const TAG_REQUEST_BLOCK = (1 << 3) | 2;
-const TAG_REQUEST_REPLICA = (2 << 3) | 0;
-/** Tags of Block (common.proto); payload (6) is not read: the data channel carries it as the body. */
-const TAG_HASH = (1 << 3) | 2;
-const TAG_PARENT_HASH = (2 << 3) | 2;
-const TAG_NAMESPACE = (3 << 3) | 2;
-const TAG_MODEL_FINGERPRINT = (4 << 3) | 2;
-const TAG_TOKEN_IDS = (5 << 3) | 2;
+const ID_BYTES = WIRE_ID_BYTES;
+// NOTE: Block.payload (field 6) is not read: the data channel carries the payload as the body.
+const {
+  requestBlock: TAG_REQUEST_BLOCK,
+  requestReplica: TAG_REQUEST_REPLICA,
+  hash: TAG_HASH,
+  parentHash: TAG_PARENT_HASH,
+  namespace: TAG_NAMESPACE,
+  modelFingerprint: TAG_MODEL_FINGERPRINT,
+  tokenIds: TAG_TOKEN_IDS,
+} = PUT_BLOCK_TAGS;
 /** Token ids one block holds at most here (the kernels' block size bound is far lower). */
 const TOKEN_IDS_MAX = 4096;
 
