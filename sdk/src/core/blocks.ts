@@ -208,14 +208,6 @@ function writeVarint(out: Buffer, at: number, value: number): number {
   return at;
 }
 
-const {
-  requestBlock: TAG_REQUEST_BLOCK,
-  hash: TAG_HASH,
-  parentHash: TAG_PARENT_HASH,
-  namespace: TAG_NAMESPACE,
-  modelFingerprint: TAG_MODEL_FINGERPRINT,
-  tokenIds: TAG_TOKEN_IDS,
-} = PUT_BLOCK_TAGS;
 const ID_BYTES = WIRE_ID_BYTES;
 
 /**
@@ -240,25 +232,25 @@ export function encodePutHeader(block: NormalizedBlock): Uint8Array {
     fieldBytes(tokenBytes);
   const out = Buffer.allocUnsafe(fieldBytes(blockBytes));
   let at = 0;
-  out[at++] = TAG_REQUEST_BLOCK;
+  out[at++] = PUT_BLOCK_TAGS.requestBlock;
   at = writeVarint(out, at, blockBytes);
-  out[at++] = TAG_HASH;
+  out[at++] = PUT_BLOCK_TAGS.hash;
   out[at++] = ID_BYTES;
   at += block.hashBytes.copy(out, at);
   if (block.parentHash !== null) {
-    out[at++] = TAG_PARENT_HASH;
+    out[at++] = PUT_BLOCK_TAGS.parentHash;
     out[at++] = ID_BYTES;
     at += out.write(block.parentHash, at, 'hex');
   }
   if (namespaceBytes !== 0) {
-    out[at++] = TAG_NAMESPACE;
+    out[at++] = PUT_BLOCK_TAGS.namespace;
     at = writeVarint(out, at, namespaceBytes);
     at += out.write(namespace, at, 'utf8');
   }
-  out[at++] = TAG_MODEL_FINGERPRINT;
+  out[at++] = PUT_BLOCK_TAGS.modelFingerprint;
   out[at++] = ID_BYTES;
   at += out.write(block.modelFingerprint, at, 'hex');
-  out[at++] = TAG_TOKEN_IDS;
+  out[at++] = PUT_BLOCK_TAGS.tokenIds;
   at = writeVarint(out, at, tokenBytes);
   for (let i = 0; i < tokenIds.length; i++) at = writeVarint(out, at, tokenIds[i] as number);
   return out;

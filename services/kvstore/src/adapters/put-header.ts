@@ -27,15 +27,6 @@ export interface PutHeader extends BlockFields {
 
 const ID_BYTES = WIRE_ID_BYTES;
 // NOTE: Block.payload (field 6) is not read: the data channel carries the payload as the body.
-const {
-  requestBlock: TAG_REQUEST_BLOCK,
-  requestReplica: TAG_REQUEST_REPLICA,
-  hash: TAG_HASH,
-  parentHash: TAG_PARENT_HASH,
-  namespace: TAG_NAMESPACE,
-  modelFingerprint: TAG_MODEL_FINGERPRINT,
-  tokenIds: TAG_TOKEN_IDS,
-} = PUT_BLOCK_TAGS;
 /** Token ids one block holds at most here (the kernels' block size bound is far lower). */
 const TOKEN_IDS_MAX = 4096;
 
@@ -74,12 +65,12 @@ export function readPutHeader(header: Uint8Array): PutHeader | undefined {
   let at = 0;
   while (at < end) {
     const tag = header[at++];
-    if (tag === TAG_REQUEST_BLOCK && blockStart < 0) {
+    if (tag === PUT_BLOCK_TAGS.requestBlock && blockStart < 0) {
       const n = lengthAt(header, at, end);
       if (n < 0 || n > end - lengthEnd) return undefined;
       blockStart = lengthEnd;
       blockEnd = at = lengthEnd + n;
-    } else if (tag === TAG_REQUEST_REPLICA && !replicaSeen) {
+    } else if (tag === PUT_BLOCK_TAGS.requestReplica && !replicaSeen) {
       const flag = header[at++];
       if (flag !== 0 && flag !== 1) return undefined;
       replica = flag === 1;
@@ -102,13 +93,14 @@ export function readPutHeader(header: Uint8Array): PutHeader | undefined {
     if (n < 0 || n > blockEnd - lengthEnd) return undefined;
     const start = lengthEnd;
     at = start + n;
-    if (tag === TAG_HASH && hashAt < 0 && n === ID_BYTES) hashAt = start;
-    else if (tag === TAG_PARENT_HASH && parentAt < 0 && n === ID_BYTES) parentAt = start;
-    else if (tag === TAG_MODEL_FINGERPRINT && fingerprintAt < 0 && n === ID_BYTES) fingerprintAt = start;
-    else if (tag === TAG_NAMESPACE && namespace === undefined && n <= NAMESPACE_BYTES_MAX) {
+    if (tag === PUT_BLOCK_TAGS.hash && hashAt < 0 && n === ID_BYTES) hashAt = start;
+    else if (tag === PUT_BLOCK_TAGS.parentHash && parentAt < 0 && n === ID_BYTES) parentAt = start;
+    else if (tag === PUT_BLOCK_TAGS.modelFingerprint && fingerprintAt < 0 && n === ID_BYTES)
+      fingerprintAt = start;
+    else if (tag === PUT_BLOCK_TAGS.namespace && namespace === undefined && n <= NAMESPACE_BYTES_MAX) {
       namespace = asciiText(header, start, at);
       if (namespace === undefined) return undefined;
-    } else if (tag === TAG_TOKEN_IDS && tokenIds === undefined) {
+    } else if (tag === PUT_BLOCK_TAGS.tokenIds && tokenIds === undefined) {
       tokenIds = packedU32(header, start, at);
       if (tokenIds === undefined) return undefined;
     } else {
