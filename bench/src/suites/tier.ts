@@ -137,6 +137,8 @@ export const suite: BenchSuite = {
     const far = Array.from({ length: blocks }, (_, i) => makeBlock(i));
     const ssd = Array.from({ length: blocks }, (_, i) => makeBlock(blocks + i));
     const volumeBytes = blocks * payload.length;
+    /** Blocks that fill the staging area once (its warm-up). */
+    const stageWarmBlocks = Math.ceil(SSD_STAGE_BYTES / payload.length) + 1;
     const volumeGB = volumeBytes / 1e9;
     log(
       `${blocks} blocks of ${payload.length} bytes (${(volumeBytes / MIB).toFixed(0)} MiB per phase), c=${concurrency}`,
@@ -153,7 +155,11 @@ export const suite: BenchSuite = {
         // Room for every block and its record head: the far phases never spill.
         KVMESH_FAR_BYTES: String(Math.ceil((blocks * (payload.length + 4096)) / MIB + 16) * MIB),
         KVMESH_SSD_DIR: join(dir, 'ssd'),
-        KVMESH_SSD_BYTES: String(Math.ceil((2 * blocks * (payload.length + 8192)) / MIB + 64) * MIB),
+        // Room for the SSD phase, the far blocks spilled at the end and both warm-up sets.
+        KVMESH_SSD_BYTES: String(
+          Math.ceil(((2 * blocks + WARMUP_BLOCKS + stageWarmBlocks) * (payload.length + 8192)) / MIB + 64) *
+            MIB,
+        ),
         KVMESH_SSD_STAGE_BYTES: String(SSD_STAGE_BYTES),
         KVMESH_FAR_DRAIN_ON_SHUTDOWN: 'false',
         KVMESH_LOG_LEVEL: 'warn',
@@ -233,9 +239,7 @@ export const suite: BenchSuite = {
           async (i, w) => void (await client.read((warm[i] as TierBlock).hash, into[w])),
         );
         // The staging area is reused in a cycle: one cycle maps its pages into this reader.
-        const stageWarm = Array.from({ length: Math.ceil(SSD_STAGE_BYTES / payload.length) + 1 }, (_, i) =>
-          makeBlock(3 * blocks + i),
-        );
+        const stageWarm = Array.from({ length: stageWarmBlocks }, (_, i) => makeBlock(2 * blocks + WARMUP_BLOCKS + i));
         await timeAll(stageWarm.length, concurrency, (i) => client.demote(stageWarm[i] as TierBlock, 'ssd'));
         await ssdStagedRead(stageWarm);
         viaChannel.unstaged = viaChannel.leaseEnded = 0;
