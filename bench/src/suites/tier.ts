@@ -239,7 +239,9 @@ export const suite: BenchSuite = {
           async (i, w) => void (await client.read((warm[i] as TierBlock).hash, into[w])),
         );
         // The staging area is reused in a cycle: one cycle maps its pages into this reader.
-        const stageWarm = Array.from({ length: stageWarmBlocks }, (_, i) => makeBlock(2 * blocks + WARMUP_BLOCKS + i));
+        const stageWarm = Array.from({ length: stageWarmBlocks }, (_, i) =>
+          makeBlock(2 * blocks + WARMUP_BLOCKS + i),
+        );
         await timeAll(stageWarm.length, concurrency, (i) => client.demote(stageWarm[i] as TierBlock, 'ssd'));
         await ssdStagedRead(stageWarm);
         viaChannel.unstaged = viaChannel.leaseEnded = 0;
