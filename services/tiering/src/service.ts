@@ -19,14 +19,21 @@ import {
   type Logger,
 } from '@kvmesh/runtime';
 
-import { registerTieringDataHandlers } from './adapters/data-handlers.ts';
+import { demoteBodyAllocator, registerTieringDataHandlers } from './adapters/data-handlers.ts';
 import { openFarBacking, type FarBacking } from './adapters/far-memory.ts';
 import { tieringGrpcService } from './adapters/grpc-service.ts';
 import type { LocateFarOptions } from './adapters/locate-far.ts';
 import { SegmentLog } from './adapters/segment-log.ts';
 import { startSsdCompaction } from './adapters/ssd-compaction.ts';
 import { checkTieringConfig, resolveServiceId, type TieringConfig } from './config.ts';
-import { FarPool, RECORD_META_BYTES_MAX, TierPolicy, type SsdTier, type StageArea } from './core/index.ts';
+import {
+  FarPool,
+  RECORD_META_BYTES_MAX,
+  ReusableBuffers,
+  TierPolicy,
+  type SsdTier,
+  type StageArea,
+} from './core/index.ts';
 
 export const TIERING_SERVICE_NAME = 'kvmesh.v1.Tiering';
 /** gRPC message bound above blockBytesMax: room for the block's other fields and token ids. */
@@ -34,6 +41,8 @@ const GRPC_MESSAGE_OVERHEAD_BYTES = 1024 * 1024;
 /** Blocks of one Demote stream stored at once. */
 const DEMOTE_STREAM_CONCURRENCY = 8;
 const DIRECT_IO_ALIGN_BYTES = 4096;
+/** Received payloads and built records kept for reuse, per size (bounds that memory). */
+const REUSABLE_BUFFERS_PER_SIZE = 32;
 
 export interface TieringServiceHandle {
   readonly serviceId: NodeId;
@@ -171,7 +180,13 @@ export async function startTieringService(
       logger.info('ssd tier open', { dir: ssdDir, blocks: stats.blocks, directIo: stats.directIo });
     }
 
+    // Demoted payloads are received into, and SSD records built in, buffers that are reused once
+    // the demote is done with them (a fresh 256 KiB buffer each kept V8 collecting).
+    const reusable = (): ReusableBuffers =>
+      new ReusableBuffers({ buffersPerSize: REUSABLE_BUFFERS_PER_SIZE, sizesMax: 4, bytesMin: 64 * 1024 });
+    const demoteBodies = reusable();
     const policy = new TierPolicy({
+      recordBuffers: reusable(),
       kernels,
       far: far === null || pool === null ? null : { region: far.region.subarray(0, config.farBytes), pool },
       ssd,
@@ -199,12 +214,13 @@ export async function startTieringService(
             ? { unmappable: far.description, backing: 'in-process memory' }
             : { path: far.path, bytes: mappedBytes, poolId: far.poolId },
     };
-    registerTieringDataHandlers(dataServer, policy, locate);
+    registerTieringDataHandlers(dataServer, policy, locate, demoteBodies);
     const dataBound = await dataServer.listen({
       host: config.host,
       port: config.dataPort,
       ...(config.dataToken === '' ? {} : { token: config.dataToken }),
       limits: { bodyBytesMax: config.blockBytesMax, connectionsMax: config.dataConnectionsMax },
+      requestBodies: demoteBodyAllocator(demoteBodies),
       closeTimeoutMs: Math.max(1, config.shutdownGraceMs),
       onError: (err, peer) => logger.debug('data channel connection fault', { peer, err }),
     });

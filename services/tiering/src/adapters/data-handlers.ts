@@ -7,7 +7,12 @@
 // A block read from SSD is sent from the tier's read buffer without a copy; the buffer goes back to
 // the tier once the socket took the bytes (DataResponse.releaseBody).
 import { InvalidArgumentError } from '@kvmesh/errors';
-import { decodeDataHeader, type DataHandler, type DataResponse } from '@kvmesh/dataplane';
+import {
+  decodeDataHeader,
+  type DataHandler,
+  type DataResponse,
+  type RequestBodyAllocator,
+} from '@kvmesh/dataplane';
 import {
   DemoteRequest,
   DemoteResponse,
@@ -20,7 +25,7 @@ import {
   blockHashToBytes,
 } from '@kvmesh/protocol';
 
-import type { TierHit, TierPolicy } from '../core/index.ts';
+import type { ReusableBuffers, TierHit, TierPolicy } from '../core/index.ts';
 import { TIERING_DATA_METHODS } from './data-methods.ts';
 import { locateFar, type LocateFarOptions } from './locate-far.ts';
 import { blockOf, hashOf, targetTierOf, tierBlockOf, tierToProto } from './wire.ts';
@@ -60,6 +65,8 @@ export function registerTieringDataHandlers(
   server: { handle(methodId: number, handler: DataHandler): unknown },
   policy: TierPolicy,
   locate: LocateFarOptions,
+  /** Where demoted payloads were received (see demoteBodyAllocator): each goes back after its demote. */
+  bodies?: ReusableBuffers,
 ): void {
   server.handle(TIERING_DATA_METHODS.locateFar, async (request) => {
     let message: LocateFarRequest;
@@ -82,7 +89,12 @@ export function registerTieringDataHandlers(
         { headerPayloadBytes: message.block.payload.length },
       );
     const block = tierBlockOf(message.block, request.body);
-    await policy.demote(block, targetTierOf(message.target));
+    try {
+      await policy.demote(block, targetTierOf(message.target));
+    } finally {
+      // NOTE: both tiers copy the payload (into the pool, into the SSD record): nothing keeps it.
+      bodies?.giveBack(request.body);
+    }
     return {
       header: DemoteResponse.encode({ acknowledged: [Buffer.from(blockHashToBytes(block.hash))] }).finish(),
     };
@@ -97,4 +109,13 @@ export function registerTieringDataHandlers(
     const hashBytes = singleHash(message.hashes, 'promoteBlock');
     return blockResponse(hashBytes, await policy.promote(hashOf(hashBytes, 'hashes[0]')));
   });
+}
+
+/** Receives demoted payloads into `bodies` (the demote handler hands each back once stored). */
+export function demoteBodyAllocator(bodies: ReusableBuffers): RequestBodyAllocator {
+  return {
+    allocate: ({ methodId, bytes }) =>
+      methodId === TIERING_DATA_METHODS.demoteBlock ? bodies.take(bytes) : undefined,
+    abandon: (memory) => bodies.giveBack(memory),
+  };
 }

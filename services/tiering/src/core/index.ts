@@ -4,3 +4,4 @@ export * from './errors.ts';
 export * from './far-pool.ts';
 export * from './tier-policy.ts';
 export * from './tier-record.ts';
+export * from './reusable-buffers.ts';

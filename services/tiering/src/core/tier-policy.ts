@@ -20,6 +20,7 @@ import type { BlockHash } from '@kvmesh/protocol';
 
 import { FarMemoryFullError, TierUnavailableError } from './errors.ts';
 import { alignUp, type FarEntry, type FarPool } from './far-pool.ts';
+import type { ReusableBuffers } from './reusable-buffers.ts';
 import {
   decodeRecord,
   decodeRecordMeta,
@@ -87,6 +88,8 @@ export interface TierPolicyOptions {
   readonly ssd: SsdTier | null;
   /** Staging for SSD blocks located by same-host readers; absent or null: SSD blocks are not located. */
   readonly stage?: StageArea | null;
+  /** Where SSD records being appended are built (reused once appended); absent: fresh buffers. */
+  readonly recordBuffers?: ReusableBuffers;
   /** Largest block payload accepted. */
   readonly blockBytesMax: number;
   /** Longest lease a same-host reader may hold on located bytes. */
@@ -240,7 +243,18 @@ export class TierPolicy {
     const ssd = this.ssd;
     if (ssd === null) throw new TierUnavailableError('ssd', 'this service runs without an SSD tier');
     if (this.where(block.hash) !== undefined) return 'held';
-    await this.appendSsd(ssd, block.hash, encodeRecord(this.kernels, block));
+    const buffers = this.options.recordBuffers;
+    const record = encodeRecord(
+      this.kernels,
+      block,
+      buffers === undefined ? undefined : (n) => buffers.take(n),
+    );
+    try {
+      await this.appendSsd(ssd, block.hash, record);
+    } finally {
+      // NOTE: the SSD tier does not keep an appended record's memory once the append settled.
+      buffers?.giveBack(record);
+    }
     return 'stored';
   }
 

@@ -87,10 +87,14 @@ export function encodeRecordHead(kernels: Kernels, block: TierBlock): RecordHead
   return { bytes, payloadOffset, recordBytes: payloadOffset + block.payload.length };
 }
 
-/** The whole record in one buffer (what the SSD tier appends). */
-export function encodeRecord(kernels: Kernels, block: TierBlock): Uint8Array {
+/** The whole record in one buffer (what the SSD tier appends), from `allocate` when given. */
+export function encodeRecord(
+  kernels: Kernels,
+  block: TierBlock,
+  allocate: (bytes: number) => Uint8Array = (bytes) => new Uint8Array(bytes),
+): Uint8Array {
   const head = encodeRecordHead(kernels, block);
-  const out = new Uint8Array(head.recordBytes);
+  const out = allocate(head.recordBytes);
   out.set(head.bytes);
   out.set(block.payload, head.payloadOffset);
   return out;
