@@ -134,9 +134,13 @@ export function openFarBacking(options: FarBackingOptions): FarBacking {
     ...(numaNode === null ? {} : { numaNode }),
     prefault: options.prefault,
   });
+  const region = new Uint8Array(buffer);
+  // NOTE: madvise(WILLNEED) does not map a shared-memory file's pages into this process; writing
+  // them does, so the first demotes into each page do not pay for the fault.
+  if (options.prefault) region.fill(0);
   return {
     kind: 'shm',
-    region: new Uint8Array(buffer),
+    region,
     path,
     poolId: randomBytes(8).toString('hex'),
     numaNode,
