@@ -38,8 +38,14 @@ describe('membership - heartbeats over NATS', () => {
     const watcherNc = await connect('watcher');
     const tracker = new MembershipTracker({ heartbeatIntervalMs: INTERVAL_MS, missedHeartbeatsMax: 3 });
     const changes: MembershipChange[] = [];
+    const beats = new Set<string>();
     const watch = watchMembership(watcherNc, 'kvstore', tracker, Date.now, {
       onChange: (c) => changes.push(c),
+      // Each heartbeat reaches it after the tracker took it.
+      onHeartbeat: (h) => {
+        assert.ok(tracker.get(h.nodeId as never) !== undefined);
+        beats.add(`${h.role} ${h.nodeId}`);
+      },
     });
     await watcherNc.flush(); // the subscription is registered before anyone beats
 
@@ -73,6 +79,7 @@ describe('membership - heartbeats over NATS', () => {
       message: 'load changes carried by later heartbeats',
     });
     assert.equal(tracker.get('kvstore-2' as never)?.heartbeat.grpcAddress, '127.0.0.1:2');
+    assert.deepEqual([...beats].sort(), ['kvstore kvstore-1', 'kvstore kvstore-2'], 'only its role');
 
     one.stop();
     await waitFor(() => changes.some((c) => c.type === 'leave'), {

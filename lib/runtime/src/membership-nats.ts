@@ -78,6 +78,8 @@ export interface WatchMembershipOptions {
   readonly tickIntervalMs?: number;
   /** Called for undecodable messages. */
   readonly onInvalid?: (err: unknown, subject: string) => void;
+  /** Every valid heartbeat of the role, once the tracker has taken it (and reported its changes). */
+  readonly onHeartbeat?: (heartbeat: NodeHeartbeat) => void;
 }
 
 export interface MembershipWatch {
@@ -121,6 +123,11 @@ export function watchMembership(
       }
       if (role !== undefined && heartbeat.role !== role) return;
       emit(tracker.observe(heartbeat, clock()));
+      try {
+        options.onHeartbeat?.(heartbeat);
+      } catch {
+        // As for onChange: a throwing listener must not stop the watch.
+      }
     },
   });
   const tickIntervalMs = options.tickIntervalMs ?? Math.max(1, tracker.heartbeatIntervalMs / 2);

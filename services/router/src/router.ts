@@ -204,21 +204,25 @@ const isServiceError = (err: unknown): err is ServiceError =>
 
 /**
  * A live worker as the routing policies see it. Its load is what this router has in flight there,
- * counted from the moment of each choice to the request's end: exact and current, where a
- * heartbeat is up to an interval old (1 s by default, longer than most requests here). Trusting a
- * stale heartbeat's queue depth kept a worker priced as busy for a whole interval after its queue
- * had drained, and kv-aware piled the following requests onto the other worker (70 of 129 decode
- * requests, P90 TTFT 0.76x round-robin's in the mesh bench). Each router balances its own traffic.
+ * counted from the moment of each choice to the request's end (exact and current), plus what its
+ * last heartbeat showed beyond this router's own requests at that moment (other routers' traffic,
+ * taken as still there). A heartbeat is up to an interval old (1 s by default, longer than most
+ * requests here): trusting its queue depth alone kept a worker priced as busy for a whole interval
+ * after its queue had drained, and kv-aware piled the following requests onto the other worker
+ * (P90 TTFT 0.57-0.76x round-robin's in the mesh bench).
  */
 function candidateOf(
   member: Member,
   localCachedBlocks: number | undefined,
-  inFlight: { queued: number; active: number },
+  own: { queued: number; active: number },
+  ownAtHeartbeat: number,
 ): WorkerCandidate {
+  const { queueDepth, activeSequences } = member.heartbeat;
+  const others = Math.max(0, queueDepth + activeSequences - ownAtHeartbeat);
   return {
     nodeId: member.nodeId,
-    queueDepth: inFlight.queued,
-    activeSequences: inFlight.active,
+    queueDepth: own.queued,
+    activeSequences: own.active + others,
     ...(localCachedBlocks === undefined ? {} : { localCachedBlocks }),
   };
 }
@@ -288,6 +292,8 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
   /** Decode streams this router has open, per worker, and those of them before their first token. */
   const decoding = new Map<NodeId, number>();
   const decodeStarting = new Map<NodeId, number>();
+  /** This router's requests in flight on each worker when its last heartbeat arrived. */
+  const ownAtHeartbeat = new Map<NodeId, number>();
   const counts = { requests: 0, plans: { 'decode-only': 0, 'prefill-then-decode': 0 } };
 
   const cleanups = new CleanupStack(logger);
@@ -325,6 +331,13 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
       missedHeartbeatsMax: config.workerMissedHeartbeatsMax,
     });
     const membership = watchMembership(nc, undefined, tracker, clock, {
+      onHeartbeat: (heartbeat) => {
+        const nodeId = heartbeat.nodeId as NodeId;
+        // NOTE: bounded by the tracker: only members it took are kept, and a leave forgets them.
+        if (tracker.get(nodeId) === undefined) return;
+        if (heartbeat.role === DECODE_ROLE) ownAtHeartbeat.set(nodeId, decoding.get(nodeId) ?? 0);
+        else if (heartbeat.role === PREFILL_ROLE) ownAtHeartbeat.set(nodeId, prefilling.requests(nodeId));
+      },
       onChange: (change) => {
         const { member } = change;
         logger.info(change.type === 'join' ? 'node joined' : 'node left', {
@@ -333,6 +346,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
         });
         refreshGrpcHealth();
         if (change.type !== 'leave') return;
+        ownAtHeartbeat.delete(member.nodeId);
         if (member.role === KVSTORE_ROLE) feed.removeNode(member.nodeId);
         const address = member.heartbeat.grpcAddress;
         if (!clients.has(address) || change.reason === 'restarted') return;
@@ -413,10 +427,15 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
           storeCachedBlocks: storeBlocks,
           storeBlockTiers: storeTiers,
           workers: (untried.length > 0 ? untried : live).map((m) =>
-            candidateOf(m, match.leadingBlocksByNode.get(m.nodeId), {
-              queued: decodeStarting.get(m.nodeId) ?? 0,
-              active: (decoding.get(m.nodeId) ?? 0) - (decodeStarting.get(m.nodeId) ?? 0),
-            }),
+            candidateOf(
+              m,
+              match.leadingBlocksByNode.get(m.nodeId),
+              {
+                queued: decodeStarting.get(m.nodeId) ?? 0,
+                active: (decoding.get(m.nodeId) ?? 0) - (decodeStarting.get(m.nodeId) ?? 0),
+              },
+              ownAtHeartbeat.get(m.nodeId) ?? 0,
+            ),
           ),
         });
         return { member: tracker.get(decision.nodeId) as Member, decision };
@@ -469,10 +488,12 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
             storeBlockTiers: storeTiers,
             workers: prefillers.map((m) =>
               // NOTE: a prefill worker runs one prompt at a time: every request in flight there queues.
-              candidateOf(m, prefilling.leadingBlocks(m.nodeId, keys), {
-                queued: prefilling.requests(m.nodeId),
-                active: 0,
-              }),
+              candidateOf(
+                m,
+                prefilling.leadingBlocks(m.nodeId, keys),
+                { queued: prefilling.requests(m.nodeId), active: 0 },
+                ownAtHeartbeat.get(m.nodeId) ?? 0,
+              ),
             ),
           });
           measured.decisions.inc({ pool: PREFILL_ROLE, policy: chosen.policy, worker: chosen.nodeId });
