@@ -4,16 +4,19 @@
 // be prefilled (prefill worker → blocks through the store → decode worker, three processes) is
 // token-identical to `kvmesh generate` in one process (f32 KV), and repeating it reports cached tokens.
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFile, execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { after, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 
 import { generateModel, NO_PROGRESS } from '@kvmesh/engine';
 import OpenAI from 'openai';
+
+const execFileAsync = promisify(execFile);
 
 const bin = fileURLToPath(new URL('../bin/kvmesh.mjs', import.meta.url));
 
@@ -147,7 +150,9 @@ describe('cli - kvmesh up', { timeout: 120_000 }, () => {
       };
       const first = await complete();
       assert.ok(first.promptTokens >= 600, `prompt has ${first.promptTokens} tokens`);
-      const local = execFileSync(
+      // NOTE: asynchronous: a test blocked in execFileSync for seconds starves the HTTP client's
+      // idle-socket timer, and its next request then races the router closing that idle socket.
+      const { stdout: local } = await execFileAsync(
         process.execPath,
         [
           bin,
@@ -161,7 +166,7 @@ describe('cli - kvmesh up', { timeout: 120_000 }, () => {
           '--block-tokens',
           '16',
         ],
-        { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] },
+        { encoding: 'utf8' },
       );
       assert.ok(first.text.length > 0, 'the model generates text for this prompt');
       assert.equal(first.text, local.replace(/\n$/, ''), 'mesh and one process agree');
