@@ -5,7 +5,7 @@
 // same-host mapped read path, restarts (the SSD tier survives, far memory is demoted to it at a clean
 // shutdown and lost on a crash), bad input, and a full SSD that leaves far memory serving.
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
+import { after, before, describe, it, type TestContext } from 'node:test';
 
 import { status as GrpcStatus, type ServiceError } from '@grpc/grpc-js';
 import { DataChannelClient, parseDataAddress } from '@kvmesh/dataplane';
@@ -104,6 +104,13 @@ function blockOfResponse(
 /** Far-memory bytes that hold exactly `n` records of the test blocks (64-byte aligned extents). */
 function farBytesFor(n: number): number {
   return n * Math.ceil(encodeRecordHead(kernels, makeBlock(0)).recordBytes / 64) * 64;
+}
+
+/** Skips `context` when the pool cannot be mapped here (no native module); true if it did. */
+function skippedWithoutMapping(context: TestContext): boolean {
+  if (nativeMemory() !== null) return false;
+  context.skip('no native module: the pool is not mappable');
+  return true;
 }
 
 function rejectsWith(code: number, pattern?: RegExp) {
@@ -258,10 +265,7 @@ describe('tiering service - far memory, SSD and the policy over gRPC', () => {
   });
 
   it('tiering service - same-host readers map the pool and read verified payloads in place', async (context) => {
-    if (nativeMemory() === null) {
-      context.skip('no native module: the pool is not mappable');
-      return;
-    }
+    if (skippedWithoutMapping(context)) return;
     const blocks = [20, 21].map((i) => makeBlock(i));
     await demoteBlocks(t.client.grpc, blocks, Tier.TIER_FAR);
     const reader = new FarMemoryReader(t.client, kernels);
@@ -288,10 +292,7 @@ describe('tiering service - far memory, SSD and the policy over gRPC', () => {
   });
 
   it('tiering service - with stageSsd, same-host readers reach SSD blocks through the staging area', async (context) => {
-    if (nativeMemory() === null) {
-      context.skip('no native module: the pool is not mappable');
-      return;
-    }
+    if (skippedWithoutMapping(context)) return;
     const onSsd = [22, 23].map((i) => makeBlock(i));
     await demoteBlocks(t.client.grpc, onSsd, Tier.TIER_SSD);
     const reader = new FarMemoryReader(t.client, kernels);
@@ -456,10 +457,7 @@ describe('tiering service - limits and restarts', () => {
   });
 
   it('tiering service - SSD blocks the staging area has no free room for come back unstaged', async (context) => {
-    if (nativeMemory() === null) {
-      context.skip('no native module: the pool is not mappable');
-      return;
-    }
+    if (skippedWithoutMapping(context)) return;
     const ssd = tempDir('tier-stage');
     const t = await startTiering({
       KVMESH_SERVICE_ID: `tier-stage-${process.pid}`,
