@@ -259,12 +259,18 @@ export async function runUp(args: readonly string[]): Promise<number> {
     ['--import', tsx, join(REPO_ROOT, entry)],
   ];
   const token = randomBytes(16).toString('hex');
+  /** Files outside storeDir the children create and, if killed, leave behind (the far pool). */
+  const leftovers: string[] = [];
+  const removeLeftovers = (): void => {
+    for (const path of leftovers) rmSync(path, { force: true });
+  };
   let stopping: Promise<number> | undefined;
   const stop = (code: number): Promise<number> => {
     stopping ??= (async () => {
       process.stderr.write('kvmesh up: stopping\n');
       await stopAll(children);
       rmSync(storeDir, { recursive: true, force: true });
+      removeLeftovers();
       return code;
     })();
     return stopping;
@@ -284,6 +290,7 @@ export async function runUp(args: readonly string[]): Promise<number> {
   process.once('exit', () => {
     for (const child of children)
       if (child.process.exitCode === null && child.process.signalCode === null) child.process.kill('SIGKILL');
+    removeLeftovers();
   });
   try {
     const natsPort = await freePort();
@@ -315,6 +322,10 @@ export async function runUp(args: readonly string[]): Promise<number> {
     if (options.tiering) {
       const [tc, ta] = node('services/tiering/src/main.ts');
       const serviceId = `tiering-up-${randomBytes(3).toString('hex')}`;
+      // NOTE: a shared-memory file holds RAM until it is removed: the service removes it when it
+      // stops cleanly, and this launcher does too, in case the service was killed.
+      const farPath = join('/dev/shm', `kvmesh-far-${serviceId}`);
+      leftovers.push(farPath);
       try {
         const tiering = await startChild(
           'tiering',
@@ -326,6 +337,9 @@ export async function runUp(args: readonly string[]): Promise<number> {
             KVMESH_FAR_BYTES: options.farBytes,
             KVMESH_SSD_BYTES: options.ssdBytes,
             KVMESH_SSD_DIR: options.tierDir ?? join(storeDir, 'ssd'),
+            KVMESH_FAR_PATH: farPath,
+            // Far memory is demoted to SSD at a clean stop only when the SSD tier outlives the run.
+            KVMESH_FAR_DRAIN_ON_SHUTDOWN: options.tierDir === undefined ? 'false' : 'true',
           },
           parseReadyLine,
           children,

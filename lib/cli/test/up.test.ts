@@ -179,9 +179,12 @@ describe('cli - kvmesh up', { timeout: 120_000 }, () => {
         children.length >= 6,
         `nats + 2 kvstore + prefill + decode + router, got ${children.length}\n${output()}`,
       );
+      const pool = /shared-memory file (\/dev\/shm\/kvmesh-far-tiering-up-[0-9a-f]+)/.exec(output())?.[1];
+      assert.ok(pool !== undefined && existsSync(pool), `the tiering service's far pool\n${output()}`);
       launcher.kill('SIGTERM');
       assert.equal(await exited, 0, output());
       assert.deepEqual(children.filter(alive), [], 'every child stopped with the launcher');
+      assert.equal(existsSync(pool), false, 'the far pool (RAM in /dev/shm) is gone with the mesh');
     } finally {
       if (launcher.exitCode === null) launcher.kill('SIGKILL');
     }

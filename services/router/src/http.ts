@@ -128,6 +128,8 @@ export interface HttpServer {
 /** Stop strings per request (OpenAI allows 4). */
 export const STOP_STRINGS_MAX = 4;
 export const CHAT_MESSAGES_MAX = 1024;
+/** How long an idle keep-alive connection is held open. */
+const KEEP_ALIVE_TIMEOUT_MS = 65_000;
 const KNOWN_PATHS = new Set(['/health', '/metrics', '/v1/models', '/v1/completions', '/v1/chat/completions']);
 
 /** The chat role a request's role maps to ('developer' is OpenAI's newer name for 'system'). */
@@ -579,6 +581,10 @@ export async function startHttpServer(
     });
   });
   server.headersTimeout = 30_000;
+  // NOTE: longer than HTTP clients keep an idle connection (undici 4 s, agentkeepalive 15 s, load
+  // balancers 60 s): a client must be the one to drop it, or its next request on it can race our
+  // close and fail with "socket hang up" / "other side closed".
+  server.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(options.port, options.host, () => {
