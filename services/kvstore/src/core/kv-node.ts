@@ -143,17 +143,13 @@ export class KvNode {
     const { store, kernels, replicas } = this.deps;
     try {
       const header = checkClientBlock(kernels, input, store.config.blockBytesMax);
-      const live = this.deps.live();
-      const placed =
-        replicas === 1 && live.length === 1 && live[0] === this.deps.self
-          ? await this.storeAlone(input, header, live)
-          : await coordinatePut({
-              hash: input.hash,
-              live,
-              replicas,
-              // NOTE: a bound method rather than an arrow (this runs on every put; see Placement).
-              storeOn: this.storeCopy.bind(this, input, header),
-            });
+      const placed = await coordinatePut({
+        hash: input.hash,
+        live: this.deps.live(),
+        replicas,
+        // NOTE: a bound method rather than an arrow (this runs on every put; see Placement).
+        storeOn: this.storeCopy.bind(this, input, header),
+      });
       this.counters.clientPuts++;
       this.counters.substitutions += placed.substitutes.length;
       return placed;
@@ -163,27 +159,12 @@ export class KvNode {
     }
   }
 
-  /**
-   * A client put on the only live node with R = 1 (a standalone node): coordinatePut would place
-   * its one copy here, through a promise chain and bookkeeping that cost more than the store's own
-   * work. A failure still goes through coordinatePut, so it is reported exactly as there.
-   */
-  private storeAlone(
+  /** One copy of a client put: into this node's store, or to a peer as a replica put. */
+  private storeCopy(
     input: PutBlockInput,
     header: BlockHeader,
-    live: readonly NodeId[],
-  ): PlacedBlock | Promise<PlacedBlock> {
-    let status: ReplicaOutcome;
-    try {
-      status = this.deps.store.put(input, { header }).status;
-    } catch (error) {
-      return coordinatePut({ hash: input.hash, live, replicas: 1, storeOn: () => Promise.reject(error) });
-    }
-    return { status, holders: [this.deps.self], substitutes: [], failures: [] };
-  }
-
-  /** One copy of a client put: into this node's store, or to a peer as a replica put. */
-  private async storeCopy(input: PutBlockInput, header: BlockHeader, node: NodeId): Promise<ReplicaOutcome> {
+    node: NodeId,
+  ): ReplicaOutcome | Promise<ReplicaOutcome> {
     if (node !== this.deps.self) return this.deps.replicate(node, input);
     // NOTE: with replicas > 1 the payload also goes to peers, in writes that may outlive this
     // node's copy, so the store must not reuse its memory (payloadShared).

@@ -36,8 +36,11 @@ export interface CoordinatePutArgs {
   /** Live members, self included. */
   readonly live: readonly NodeId[];
   readonly replicas: number;
-  /** Stores the block on `node` (locally when it is this node); rejects with the node's error. */
-  readonly storeOn: (node: NodeId) => Promise<ReplicaOutcome>;
+  /**
+   * Stores the block on `node` (locally when it is this node); fails with the node's error. A local
+   * store may answer synchronously (return or throw).
+   */
+  readonly storeOn: (node: NodeId) => ReplicaOutcome | Promise<ReplicaOutcome>;
 }
 
 /** Fewer nodes than R are live, or too few of them could be reached to make R copies. */
@@ -102,6 +105,29 @@ export function coordinatePut(args: CoordinatePutArgs): Promise<PlacedBlock> {
         { hash, liveNodes: rank.length, live: rank, replicas },
       ),
     );
+  }
+  if (replicas === 1 && rank.length === 1) {
+    // One copy on the only live node (a standalone node on every put): settled exactly as a
+    // Placement would settle it, without its promise chain when the store answers synchronously.
+    const only = rank[0] as NodeId;
+    const placed = (status: ReplicaOutcome): PlacedBlock => ({
+      status,
+      holders: [only],
+      substitutes: [],
+      failures: [],
+    });
+    const refused = (error: unknown): Promise<never> => {
+      const failure = classifyFailure(error);
+      return Promise.reject(
+        failure === 'fatal' ? error : shortfall(hash, replicas, rank, [], [{ node: only, failure, error }]),
+      );
+    };
+    try {
+      const outcome = args.storeOn(only);
+      return outcome instanceof Promise ? outcome.then(placed, refused) : Promise.resolve(placed(outcome));
+    } catch (error) {
+      return refused(error);
+    }
   }
   return new Promise<PlacedBlock>((resolve, reject) => {
     new Placement(args, rank, resolve, reject).launch();
