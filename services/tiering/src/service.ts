@@ -24,7 +24,7 @@ import { openFarBacking, type FarBacking } from './adapters/far-memory.ts';
 import { tieringGrpcService } from './adapters/grpc-service.ts';
 import type { LocateFarOptions } from './adapters/locate-far.ts';
 import { SegmentLog } from './adapters/segment-log.ts';
-import { startSsdCompaction } from './adapters/ssd-compaction.ts';
+import { ssdTierOf, startSsdCompaction } from './adapters/ssd-compaction.ts';
 import { checkTieringConfig, resolveServiceId, type TieringConfig } from './config.ts';
 import {
   FarPool,
@@ -165,15 +165,7 @@ export async function startTieringService(
         logger,
       );
       cleanups.push(() => compaction.stop());
-      ssd = {
-        append: (hash, payload) => compaction.append(hash, payload),
-        // Lent: the data channel hands the span back once the socket took the bytes (no garbage).
-        read: (hash) => log.readLent(hash),
-        remove: (hash) => log.remove(hash),
-        has: (hash) => log.has(hash),
-        hashes: () => log.hashes(),
-        stats: () => log.stats(),
-      };
+      ssd = ssdTierOf(log, compaction);
       const stats = log.stats();
       ssdDirectIo = stats.directIo;
       // NOTE: reads and stats go to the log; appends compact once when the log is at capacity.

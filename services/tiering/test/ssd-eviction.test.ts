@@ -8,9 +8,9 @@ import { describe, it } from 'node:test';
 import { createLogger } from '@kvmesh/runtime';
 
 import { SegmentLog } from '../src/adapters/segment-log.ts';
-import { startSsdCompaction } from '../src/adapters/ssd-compaction.ts';
+import { ssdTierOf, startSsdCompaction } from '../src/adapters/ssd-compaction.ts';
 import { segmentRecordBytes } from '../src/core/segment-records.ts';
-import { TierPolicy, encodeRecord, type SsdTier } from '../src/core/index.ts';
+import { TierPolicy, encodeRecord } from '../src/core/index.ts';
 import { kernels, makeBlock, tempDirs } from './support.ts';
 
 const newDir = tempDirs('kvmesh-ssd-evict-');
@@ -26,14 +26,7 @@ describe('ssd eviction', () => {
       { intervalMs: 0, garbageRatio: 0.5 },
       createLogger({ service: 'test', sink: () => undefined }),
     );
-    const ssd: SsdTier = {
-      append: (hash, payload) => compaction.append(hash, payload),
-      read: (hash) => log.readLent(hash),
-      remove: (hash) => log.remove(hash),
-      has: (hash) => log.has(hash),
-      hashes: () => log.hashes(),
-      stats: () => log.stats(),
-    };
+    const ssd = ssdTierOf(log, compaction);
     const policy = new TierPolicy({ kernels, far: null, ssd, blockBytesMax: 1 << 20, leaseMsMax: 1000 });
     try {
       const hot = blocks[0]!;

@@ -8,6 +8,8 @@ import { LimitExceededError } from '@kvmesh/errors';
 import type { BlockHash } from '@kvmesh/protocol';
 import type { Logger } from '@kvmesh/runtime';
 
+import type { SsdTier } from '../core/index.ts';
+
 import type { SegmentLog } from './segment-log.ts';
 
 export interface SsdCompactionOptions {
@@ -83,5 +85,21 @@ export function startSsdCompaction(
       await running?.catch(() => undefined);
     },
     stats: () => ({ ...counts }),
+  };
+}
+
+/**
+ * The SSD tier the policy works with: `log`, its appends through `compaction` (compact once and
+ * retry when at capacity), its reads lent (the data channel hands a span back once the socket took
+ * the bytes: no garbage).
+ */
+export function ssdTierOf(log: SegmentLog, compaction: SsdCompaction): SsdTier {
+  return {
+    append: (hash, payload) => compaction.append(hash, payload),
+    read: (hash) => log.readLent(hash),
+    remove: (hash) => log.remove(hash),
+    has: (hash) => log.has(hash),
+    hashes: () => log.hashes(),
+    stats: () => log.stats(),
   };
 }
