@@ -334,10 +334,13 @@ export class TierPolicy {
       if (entry === undefined) return 'unstaged';
       area.region.set(read.record, entry.offset);
       this.stageCounters.staged++;
+      // NOTE: the read decoded and checked the record head already: its layout and metadata stand.
+      const { payload, ...meta } = read.block;
+      const layout = { payloadOffset: read.record.length - payload.length, recordBytes: read.record.length };
+      return this.leased('ssd', area.pool, area.offset, entry, layout, withMeta ? meta : undefined, leaseMs);
     } finally {
       read.releasePayload();
     }
-    return this.locateStaged(area, hash, leaseMs, withMeta);
   }
 
   stats(): TierStatsView[] {
@@ -546,16 +549,25 @@ export class TierPolicy {
     const entry = pool.get(hash);
     if (entry === undefined) return undefined;
     const record = region.subarray(entry.offset, entry.offset + entry.bytes);
-    let layout: { payloadOffset: number; recordBytes: number };
-    let meta: TierBlockMeta | undefined;
-    if (withMeta) {
-      const decoded = decodeRecordMeta(this.kernels, record, hash);
-      meta = decoded.meta;
-      layout = decoded;
-    } else layout = recordLayout(record, hash);
+    if (!withMeta)
+      return this.leased(tier, pool, base, entry, recordLayout(record, hash), undefined, leaseMs);
+    const decoded = decodeRecordMeta(this.kernels, record, hash);
+    return this.leased(tier, pool, base, entry, decoded, decoded.meta, leaseMs);
+  }
+
+  /** `entry`'s payload location (its record laid out as `layout`), leased for `leaseMs` and touched. */
+  private leased(
+    tier: TierName,
+    pool: FarPool,
+    base: number,
+    entry: FarEntry,
+    layout: { readonly payloadOffset: number; readonly recordBytes: number },
+    meta: TierBlockMeta | undefined,
+    leaseMs: number,
+  ): FarLocationView {
     const granted = Math.min(Math.max(leaseMs, 0), this.options.leaseMsMax);
-    const leaseUntilMs = pool.lease(hash, granted) ?? 0;
-    pool.touch(hash);
+    const leaseUntilMs = pool.lease(entry.hash, granted) ?? 0;
+    pool.touch(entry.hash);
     return {
       tier,
       meta,
