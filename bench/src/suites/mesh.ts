@@ -137,17 +137,21 @@ function countersByLabel(text: string, metric: string, label: string): Record<st
 async function routerCounters(baseUrl: string): Promise<Record<string, unknown>> {
   try {
     const text = await (await fetch(`${baseUrl.replace(/\/v1$/, '')}/metrics`)).text();
-    const workersOf = (pool: string): Record<string, number> =>
+    const ofPool = (pool: string, metric: string, label: string): Record<string, number> =>
       countersByLabel(
         text
           .split('\n')
           .filter((l) => l.includes(`pool="${pool}"`))
           .join('\n'),
-        'kvmesh_router_routing_decisions_total',
-        'worker',
+        metric,
+        label,
       );
+    const workersOf = (pool: string): Record<string, number> =>
+      ofPool(pool, 'kvmesh_router_routing_decisions_total', 'worker');
     return {
       plans: countersByLabel(text, 'kvmesh_router_plans_total', 'plan'),
+      // Prompt tokens by where the chosen decode worker was estimated to get them (local, store, computed).
+      decodeTokens: ofPool('decode', 'kvmesh_router_routed_prompt_tokens_total', 'source'),
       decodeWorkers: workersOf('decode'),
       prefillWorkers: workersOf('prefill'),
     };

@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { connect } from 'node:net';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 
@@ -36,6 +36,7 @@ options:
   --ssd-bytes SIZE     SSD tier of the tiering service (default 2GiB; 0: none)
   --tier-dir DIR       SSD tier directory (default: a temporary one, removed at exit)
   --no-tiering         no tiering service: kvstore nodes drop what they evict
+  --threads N          compute threads per worker (default: this host's cores split among the workers)
 `;
 
 export interface UpOptions {
@@ -53,6 +54,8 @@ export interface UpOptions {
   farBytes: string;
   ssdBytes: string;
   tierDir?: string;
+  /** Compute threads per prefill and decode worker; undefined: the cores split among them. */
+  threads?: number;
 }
 
 class UsageError extends Error {}
@@ -146,6 +149,9 @@ export function parseUpArgs(args: readonly string[]): UpOptions {
       case '--no-tiering':
         options.tiering = false;
         break;
+      case '--threads':
+        options.threads = intOption(flag, value(), 1, 1024);
+        break;
       default:
         throw new UsageError(`unknown argument '${flag}'`);
     }
@@ -157,6 +163,17 @@ export function parseUpArgs(args: readonly string[]): UpOptions {
     throw new UsageError(`--replicas ${options.replicas} needs at least that many kvstore nodes`);
   }
   return options;
+}
+
+/**
+ * Compute threads of each worker: --threads, else this host's cores split evenly among the prefill
+ * and decode workers (at least 1). Each worker left at its default would start a thread per core,
+ * and on a shared host their spinning, descheduled threads stalled every step (the mesh bench's warm
+ * TTFT P50 went from about 150 to 27 ms on 2 cores with 4 workers once each had one thread).
+ */
+export function workerThreads(options: Pick<UpOptions, 'threads' | 'prefill' | 'decode'>): number {
+  if (options.threads !== undefined) return options.threads;
+  return Math.max(1, Math.floor(availableParallelism() / Math.max(1, options.prefill + options.decode)));
 }
 
 interface Child {
@@ -254,9 +271,12 @@ export async function runUp(args: readonly string[]): Promise<number> {
   const children: Child[] = [];
   const storeDir = mkdtempSync(join(tmpdir(), 'kvmesh-up-'));
   const tsx = createRequire(import.meta.url).resolve('tsx');
+  // KVMESH_NODE_ARGS: extra Node flags for every service (e.g. '--cpu-prof --cpu-prof-dir=/tmp/prof',
+  // which NODE_OPTIONS refuses).
+  const nodeArgs = (process.env['KVMESH_NODE_ARGS'] ?? '').split(' ').filter((a) => a.length > 0);
   const node = (entry: string): [string, string[]] => [
     process.execPath,
-    ['--import', tsx, join(REPO_ROOT, entry)],
+    [...nodeArgs, '--import', tsx, join(REPO_ROOT, entry)],
   ];
   const token = randomBytes(16).toString('hex');
   /** Files outside storeDir the children create and, if killed, leave behind (the far pool). */
@@ -369,6 +389,7 @@ export async function runUp(args: readonly string[]): Promise<number> {
       ),
     );
     const workers: Promise<unknown>[] = [];
+    const workerEnv = { ...common, KVMESH_THREADS: String(workerThreads(options)) };
     for (let i = 0; i < options.prefill; i++) {
       const [c, a] = node('services/prefill/src/main.ts');
       workers.push(
@@ -376,7 +397,7 @@ export async function runUp(args: readonly string[]): Promise<number> {
           `prefill-${i}`,
           c,
           a,
-          { ...common, KVMESH_NODE_ID: `prefill-${i}` },
+          { ...workerEnv, KVMESH_NODE_ID: `prefill-${i}` },
           parseReadyLine,
           children,
         ),
@@ -389,7 +410,7 @@ export async function runUp(args: readonly string[]): Promise<number> {
           `decode-${i}`,
           c,
           a,
-          { ...common, KVMESH_NODE_ID: `decode-${i}` },
+          { ...workerEnv, KVMESH_NODE_ID: `decode-${i}` },
           parseReadyLine,
           children,
         ),

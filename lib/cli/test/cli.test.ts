@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { availableParallelism } from 'node:os';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
 import { formatChecks } from '../src/doctor.ts';
+import { parseUpArgs, workerThreads } from '../src/up.ts';
 
 const bin = fileURLToPath(new URL('../bin/kvmesh.mjs', import.meta.url));
 
@@ -59,5 +61,27 @@ describe('cli - kvmesh', () => {
     ]);
     assert.match(text, /^MISS nats-server {2}missing {2}-> apt-get install nats-server$/m);
     assert.match(text, /^info gpu/m);
+  });
+});
+
+describe('cli - kvmesh up options', () => {
+  it('up - --threads sets every worker; by default the cores are split among the workers', () => {
+    assert.equal(workerThreads(parseUpArgs(['--threads', '3', '--prefill', '2', '--decode', '2'])), 3);
+    const cores = availableParallelism();
+    assert.equal(
+      workerThreads(parseUpArgs(['--prefill', '1', '--decode', '1'])),
+      Math.max(1, Math.floor(cores / 2)),
+    );
+    // More workers than cores: each still gets one thread.
+    assert.equal(
+      workerThreads(parseUpArgs(['--prefill', '16', '--decode', '16'])),
+      Math.max(1, Math.floor(cores / 32)),
+    );
+    assert.equal(workerThreads({ prefill: 0, decode: 1 }), cores);
+    assert.throws(
+      () => parseUpArgs(['--threads', '0']),
+      /--threads must be an integer in \[1, 1024\], got '0'/,
+    );
+    assert.throws(() => parseUpArgs(['--threads']), /--threads must be an integer/);
   });
 });

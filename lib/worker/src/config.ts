@@ -88,6 +88,14 @@ export function workerConfigFields(texts: WorkerConfigTexts) {
     },
     storeMissedHeartbeatsMax: { type: 'int', default: 3, min: 1, max: 100 },
     heartbeatIntervalMs: { type: 'duration', default: '1s', min: 10, max: '1m' },
+    threads: {
+      type: 'int',
+      default: 0,
+      min: 0,
+      max: 1024,
+      description:
+        "compute threads (BLAS and the matmul kernels); 0 keeps OpenBLAS's default (every core). Workers sharing a host should split its cores: idle threads spin, and a thread that waits for a core stalls the whole step",
+    },
   } as const;
 }
 

@@ -64,7 +64,7 @@ export interface WorkerBasics {
 /** Node id, logger, kernels and model of a worker (injected ones win), and its context bound. */
 export function workerBasics(
   role: string,
-  config: { nodeId: string; logLevel: string; modelDir: string; maxContextTokens: number },
+  config: { nodeId: string; logLevel: string; modelDir: string; maxContextTokens: number; threads: number },
   options: { logger?: Logger; kernels?: Kernels; model?: LoadedModel },
 ): WorkerBasics {
   const nodeId = resolveWorkerNodeId(role, config.nodeId);
@@ -72,6 +72,8 @@ export function workerBasics(
     options.logger ??
     createLogger({ service: role, nodeId, level: isLogLevel(config.logLevel) ? config.logLevel : 'info' });
   const kernels = options.kernels ?? loadKernels();
+  // NOTE: a process-wide setting; injected kernels (tests, in-process workers) keep theirs unless asked.
+  if (config.threads > 0) kernels.setThreads(config.threads);
   const model = options.model ?? loadModel(config.modelDir, kernels);
   const maxContextTokens =
     config.maxContextTokens > 0

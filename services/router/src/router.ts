@@ -173,6 +173,11 @@ function routerMetrics(metrics: MetricsRegistry) {
       help: 'Workers chosen, by pool (prefill or decode), routing policy and worker.',
       labelNames: ['pool', 'policy', 'worker'],
     }),
+    routedTokens: metrics.counter({
+      name: 'kvmesh_router_routed_prompt_tokens_total',
+      help: "Prompt tokens of routed requests by where the chosen worker was estimated to get them: 'local' (its own cache), 'store' (fetched), 'computed'.",
+      labelNames: ['pool', 'source'],
+    }),
     plans: metrics.counter({
       name: 'kvmesh_router_plans_total',
       help: 'Requests by plan: decode-only or prefill-then-decode.',
@@ -406,6 +411,12 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
       }
     }
 
+    const countRouted = (pool: string, estimate: RouteDecision['estimate']): void => {
+      measured.routedTokens.inc({ pool, source: 'local' }, estimate.localCachedTokens);
+      measured.routedTokens.inc({ pool, source: 'store' }, estimate.fetchedTokens);
+      measured.routedTokens.inc({ pool, source: 'computed' }, estimate.uncachedTokens);
+    };
+
     async function* generate(input: GenerationInput): AsyncGenerator<GenerationChunk> {
       counts.requests++;
       const tokens = input.promptTokens;
@@ -463,6 +474,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
         counts.plans[kind]++;
         measured.plans.inc({ plan: kind });
         measured.decisions.inc({ pool: DECODE_ROLE, policy: decision.policy, worker: decision.nodeId });
+        countRouted(DECODE_ROLE, decision.estimate);
 
         const sampling: SamplingParams = {
           temperature: input.sampling.temperature,
@@ -497,6 +509,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
             ),
           });
           measured.decisions.inc({ pool: PREFILL_ROLE, policy: chosen.policy, worker: chosen.nodeId });
+          countRouted(PREFILL_ROLE, chosen.estimate);
           const ticket = prefilling.add(chosen.nodeId, keys);
           let response: PrefillResponse;
           try {
