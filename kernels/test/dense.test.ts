@@ -92,11 +92,14 @@ const MATMUL_SHAPES: [number, number, number, boolean][] = [
   [1, 37, 53, true],
   [5, 33, 17, true],
   [8, 128, 200, false],
-  // N >= 256 splits the small-M path over threads; odd N and K exercise the range and lane tails.
   [3, 100, 301, true],
+  // N·K >= 2^19 splits the small-M path over threads; odd N and K exercise the range and lane tails.
   [8, 768, 1000, false],
+  [3, 601, 1001, true],
   [17, 67, 129, true],
   [64, 96, 80, false],
+  // M·N·K >= 2^23: OpenBLAS keeps its threads (below, the call runs on one).
+  [40, 520, 410, true],
 ];
 
 describe('dense - native parity', { skip: native === null }, () => {
