@@ -4,6 +4,7 @@ export {
   WORKER_CONFIG_TAIL_FIELDS,
   checkWorkerConfig,
   resolveWorkerNodeId,
+  usableCpus,
   workerConfigFields,
   type WorkerConfigTexts,
 } from './config.ts';

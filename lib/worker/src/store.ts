@@ -8,7 +8,7 @@ import type { CleanupStack } from '@kvmesh/runtime';
 import { connectNats, createLogger, isLogLevel, type Logger, type NatsConnection } from '@kvmesh/runtime';
 import { KvStoreClient, type BlockInput } from '@kvmesh/sdk';
 
-import { resolveWorkerNodeId } from './config.ts';
+import { resolveWorkerNodeId, usableCpus } from './config.ts';
 
 export interface WorkerStoreConfig {
   natsUrl: string;
@@ -74,6 +74,7 @@ export function workerBasics(
   const kernels = options.kernels ?? loadKernels();
   // NOTE: a process-wide setting; injected kernels (tests, in-process workers) keep theirs unless asked.
   if (config.threads > 0) kernels.setThreads(config.threads);
+  else if (options.kernels === undefined) kernels.setThreads(usableCpus());
   const model = options.model ?? loadModel(config.modelDir, kernels);
   const maxContextTokens =
     config.maxContextTokens > 0
