@@ -10,12 +10,12 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { connect } from 'node:net';
-import { availableParallelism, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 
 import { generateModel } from '@kvmesh/engine';
-import { EXIT_WITH_PARENT_ENV, freePort, parseBytes, parseReadyLine } from '@kvmesh/runtime';
+import { EXIT_WITH_PARENT_ENV, freePort, parseBytes, parseReadyLine, usableCpus } from '@kvmesh/runtime';
 
 const REPO_ROOT = resolve(new URL('../../..', import.meta.url).pathname);
 const READY_TIMEOUT_MS = 60_000;
@@ -166,14 +166,14 @@ export function parseUpArgs(args: readonly string[]): UpOptions {
 }
 
 /**
- * Compute threads of each worker: --threads, else this host's cores split evenly among the prefill
- * and decode workers (at least 1). Each worker left at its default would start a thread per core,
+ * Compute threads of each worker: --threads, else the CPUs this launcher may use (usableCpus) split
+ * evenly among the prefill and decode workers (at least 1). Each worker left at its default would start a thread per core,
  * and on a shared host their spinning, descheduled threads stalled every step (the mesh bench's warm
  * TTFT P50 went from about 150 to 27 ms on 2 cores with 4 workers once each had one thread).
  */
 export function workerThreads(options: Pick<UpOptions, 'threads' | 'prefill' | 'decode'>): number {
   if (options.threads !== undefined) return options.threads;
-  return Math.max(1, Math.floor(availableParallelism() / Math.max(1, options.prefill + options.decode)));
+  return Math.max(1, Math.floor(usableCpus() / Math.max(1, options.prefill + options.decode)));
 }
 
 interface Child {

@@ -13,6 +13,7 @@ export * from './nats.ts';
 export * from './membership-nats.ts';
 export * from './events.ts';
 export * from './net.ts';
+export * from './cpus.ts';
 export * from './metrics.ts';
 export * from './block-stream.ts';
 export * from './shutdown.ts';

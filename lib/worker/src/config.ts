@@ -3,8 +3,7 @@
 // heartbeats, shutdown grace and log level. Each service spreads these fragments into its own schema
 // around its role-specific bounds, so the field order (and the --help listing) stays as it was.
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import { availableParallelism, hostname } from 'node:os';
+import { hostname } from 'node:os';
 
 import { InvalidArgumentError } from '@kvmesh/errors';
 import { parseNodeId, type NodeId } from '@kvmesh/protocol';
@@ -98,26 +97,6 @@ export function workerConfigFields(texts: WorkerConfigTexts) {
         'compute threads (BLAS and the matmul kernels); 0 uses every CPU the process may run on (its affinity, capped by a cgroup v2 CPU quota). Workers sharing a host should split its cores: idle threads spin, and a thread that waits for a core stalls the whole step',
     },
   } as const;
-}
-
-/**
- * CPUs this process may use: its scheduler affinity, capped by the cgroup v2 CPU quota (`cpu.max`,
- * quota / period rounded up) when one is set, e.g. a Kubernetes CPU limit, which OpenBLAS's own
- * default (every core of the host) ignores.
- */
-export function usableCpus(
-  readCpuMax: () => string = () => readFileSync('/sys/fs/cgroup/cpu.max', 'utf8'),
-): number {
-  const affinity = availableParallelism();
-  let text: string;
-  try {
-    text = readCpuMax();
-  } catch {
-    return affinity; // no cgroup v2 CPU controller here: the affinity is the limit
-  }
-  const [quota, period] = text.trim().split(/\s+/).map(Number);
-  if (quota === undefined || period === undefined || !(quota > 0) || !(period > 0)) return affinity;
-  return Math.max(1, Math.min(affinity, Math.ceil(quota / period)));
 }
 
 /** The trailing fields of a worker's config schema. */

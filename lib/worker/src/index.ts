@@ -4,7 +4,6 @@ export {
   WORKER_CONFIG_TAIL_FIELDS,
   checkWorkerConfig,
   resolveWorkerNodeId,
-  usableCpus,
   workerConfigFields,
   type WorkerConfigTexts,
 } from './config.ts';

@@ -5,10 +5,17 @@ import { loadModel, type LoadedModel } from '@kvmesh/engine';
 import { loadKernels, type Kernels } from '@kvmesh/kernels';
 import type { BlockHash, ModelFingerprint, Namespace, NodeId } from '@kvmesh/protocol';
 import type { CleanupStack } from '@kvmesh/runtime';
-import { connectNats, createLogger, isLogLevel, type Logger, type NatsConnection } from '@kvmesh/runtime';
+import {
+  connectNats,
+  createLogger,
+  isLogLevel,
+  usableCpus,
+  type Logger,
+  type NatsConnection,
+} from '@kvmesh/runtime';
 import { KvStoreClient, type BlockInput } from '@kvmesh/sdk';
 
-import { resolveWorkerNodeId, usableCpus } from './config.ts';
+import { resolveWorkerNodeId } from './config.ts';
 
 export interface WorkerStoreConfig {
   natsUrl: string;

@@ -1,12 +1,12 @@
-// The workers' shared config helpers: the CPUs a worker computes on when its threads are left at 0
+// The CPUs a worker computes on when its threads are left at 0
 // (scheduler affinity, capped by a cgroup v2 CPU quota such as a Kubernetes CPU limit).
 import assert from 'node:assert/strict';
 import { availableParallelism } from 'node:os';
 import { describe, it } from 'node:test';
 
-import { usableCpus } from '../src/config.ts';
+import { usableCpus } from '../src/cpus.ts';
 
-describe('worker config - usable CPUs', () => {
+describe('runtime - usable CPUs', () => {
   it('usableCpus - a cgroup CPU quota caps the affinity (rounded up); no quota or no file leaves it', () => {
     const affinity = availableParallelism();
     assert.equal(
