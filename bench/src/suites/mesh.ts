@@ -12,12 +12,17 @@
 // closed-loop with all 32 conversations started at once and no think time (--rate 1000 --think-ms 1)
 // on this 2-core machine when it was quiet: ~17 requests/s (~1080 output tokens/s) under either
 // policy. λ = 5 offers ~10 requests/s, about 60% of that: loaded enough for placement to matter,
-// not so much that queues grow without bound. Both policies finish in about 10 s.
+// not so much that queues grow without bound. Each replay takes about 13 s.
+// The machine's own drift between runs (P90 of one policy swung 84-172 ms across back-to-back runs
+// here) is larger than the policies' difference, so each policy runs --repeats times (default 3), in
+// rounds that alternate the policies' order, and its figures are over all its rounds' requests
+// together (384 by default); `rounds` lists each run's P90 and the load average before it.
 // Latency percentiles and tokens/s count successful requests; the router figures (plans, decode
 // workers chosen) are its /metrics counters and include the launcher's one warm-up request.
 // Options: --model tiny|small|DIR, --policies P,P, --system-prompts N, --system-tokens N,
 // --conversations N, --turns N, --user-tokens N, --rate R, --think-ms MS, --max-tokens N, --seed N,
-// --block-tokens N, --codec C, --kvstore N, --prefill N, --decode N, --request-timeout-ms MS.
+// --block-tokens N, --codec C, --kvstore N, --prefill N, --decode N, --request-timeout-ms MS,
+// --repeats N.
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
@@ -198,6 +203,32 @@ async function replay(
   return { records, wallSeconds: (lastEnd - start) / 1000 };
 }
 
+interface PolicyRun {
+  records: TurnRecord[];
+  wallSeconds: number;
+  loadAverage1m: number;
+  router: Record<string, unknown>;
+}
+
+const round3 = (value: number): number => round(value, 3);
+
+/** The router counters of several runs added up, leaf by leaf (a leaf missing from a run counts 0). */
+function sumCounters(runs: readonly Record<string, unknown>[]): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const run of runs) {
+    for (const [key, value] of Object.entries(run)) {
+      if (typeof value === 'number') out[key] = ((out[key] as number | undefined) ?? 0) + value;
+      else if (typeof value === 'object' && value !== null)
+        out[key] = sumCounters([
+          (out[key] as Record<string, unknown> | undefined) ?? {},
+          value as Record<string, unknown>,
+        ]);
+      else out[key] = value;
+    }
+  }
+  return out;
+}
+
 interface PolicyResult {
   ttftP50Ms: number;
   ttftP90Ms: number;
@@ -259,6 +290,8 @@ export const suite: BenchSuite = {
       codec: stringOption(args, 'codec') ?? 'f32',
     };
     const requestTimeoutMs = numberOption(args, 'request-timeout-ms', 120_000);
+    const repeats = intOption(args, 'repeats', 3);
+    if (repeats < 1) throw new Error(`--repeats needs at least 1, got ${repeats}`);
     const model = ensureModel(log, stringOption(args, 'model') ?? 'tiny');
 
     const { tokenizer, contextTokensMax } = loadTokenizer(model.dir);
@@ -279,8 +312,7 @@ export const suite: BenchSuite = {
     );
 
     mkdirSync(join(OUT_DIR, 'mesh'), { recursive: true });
-    const results: Record<string, PolicyResult> = {};
-    for (const policy of policies) {
+    const runPolicy = async (policy: string, round: number): Promise<PolicyRun> => {
       const meshOptions: MeshOptions = {
         modelDir: model.dir,
         policy,
@@ -288,8 +320,10 @@ export const suite: BenchSuite = {
         logFile: join(OUT_DIR, 'mesh', `${policy}.log`),
       };
       // Others may share this machine: the load before the mesh starts says how quiet it was.
-      const loadAverage1m = round(loadavg()[0] ?? 0, 3);
-      log(`${policy}: starting the mesh (log ${meshOptions.logFile}), load average ${loadAverage1m}`);
+      const loadAverage1m = round3(loadavg()[0] ?? 0);
+      log(
+        `round ${round}, ${policy}: starting the mesh (log ${meshOptions.logFile}), load average ${loadAverage1m}`,
+      );
       const running = await startMesh(meshOptions);
       try {
         const models = (await (await fetch(`${running.baseUrl}/models`)).json()) as {
@@ -305,29 +339,48 @@ export const suite: BenchSuite = {
           requestTimeoutMs,
           log,
         );
-        results[policy] = {
-          ...policySummary(records, wallSeconds),
-          loadAverage1m,
-          router: await routerCounters(running.baseUrl),
-        };
-        log(`${policy}: ${JSON.stringify(results[policy])}`);
-        // Every request's timing, for telling where a tail came from (not part of the JSON line).
-        const samplesFile = join(OUT_DIR, 'mesh', `${policy}-samples.jsonl`);
-        writeFileSync(
-          samplesFile,
-          records
-            .map((r) => {
-              const { interTokenMs, text, ...sample } = r.sample;
-              return JSON.stringify({
-                ...r,
-                sample: { ...sample, tokens: interTokenMs.length + 1, chars: text.length },
-              });
-            })
-            .join('\n') + '\n',
-        );
+        const run = { records, wallSeconds, loadAverage1m, router: await routerCounters(running.baseUrl) };
+        log(`round ${round}, ${policy}: ${JSON.stringify(policySummary(records, wallSeconds))}`);
+        return run;
       } finally {
         await running.stop();
       }
+    };
+
+    // Rounds alternate the policies' order, so a machine that drifts (other tenants, thermal) weighs
+    // on each policy alike; each policy's figures are over all of its rounds' requests together.
+    const runs = new Map<string, PolicyRun[]>(policies.map((p) => [p, []]));
+    for (let round = 1; round <= repeats; round++) {
+      const order = round % 2 === 1 ? policies : [...policies].reverse();
+      for (const policy of order) runs.get(policy)?.push(await runPolicy(policy, round));
+    }
+    const results: Record<string, PolicyResult> = {};
+    for (const [policy, policyRuns] of runs) {
+      const records = policyRuns.flatMap((r, i) => r.records.map((record) => ({ ...record, round: i + 1 })));
+      results[policy] = {
+        ...policySummary(
+          records,
+          policyRuns.reduce((sum, r) => sum + r.wallSeconds, 0),
+        ),
+        rounds: policyRuns.map((r) => ({
+          ttftP90Ms: latencySummary(r.records).ttftP90Ms,
+          loadAverage1m: r.loadAverage1m,
+        })),
+        router: sumCounters(policyRuns.map((r) => r.router)),
+      };
+      // Every request's timing, for telling where a tail came from (not part of the JSON line).
+      writeFileSync(
+        join(OUT_DIR, 'mesh', `${policy}-samples.jsonl`),
+        records
+          .map((r) => {
+            const { interTokenMs, text, ...sample } = r.sample;
+            return JSON.stringify({
+              ...r,
+              sample: { ...sample, tokens: interTokenMs.length + 1, chars: text.length },
+            });
+          })
+          .join('\n') + '\n',
+      );
     }
 
     const kvAware = results['kv-aware'];
@@ -344,6 +397,7 @@ export const suite: BenchSuite = {
       policies: results,
       ratio,
       workload: params,
+      repeats,
       mesh,
       machine: { cores: availableParallelism(), cpu: cpus()[0]?.model ?? 'unknown' },
     };

@@ -12,5 +12,6 @@ export * from './model/load.ts';
 export * from './runtime/sampling.ts';
 export * from './runtime/kv-pool.ts';
 export * from './runtime/engine.ts';
+export * from './runtime/rate-meter.ts';
 export * from './runtime/text-stream.ts';
 export * from './generate-cli.ts';

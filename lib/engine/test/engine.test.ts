@@ -196,6 +196,24 @@ describe('engine - continuous batching', () => {
     for (const id of ids2) engine2.removeSequence(id);
     assert.equal(engine2.pool.blocksUsed, 0, 'removed sequences free their blocks');
   });
+
+  it('engine - measures its own prefill and decode speeds once it has done each', () => {
+    const engine = new Engine(model, { codec: 'f32', blockTokens: 16 });
+    assert.deepEqual(engine.measuredSpeeds, { prefillMsPerToken: 0, decodeMsPerSequence: 0 });
+    const id = engine.addSequence({
+      promptTokens: encode(PROMPTS[2] as string),
+      maxTokens: 3,
+      stopTokenIds: [],
+    });
+    engine.step();
+    const afterPrefill = engine.measuredSpeeds;
+    assert.ok(afterPrefill.prefillMsPerToken > 0, 'a prompt was computed');
+    assert.equal(afterPrefill.decodeMsPerSequence, 0, 'nothing decoded yet');
+    engine.step();
+    assert.ok(engine.measuredSpeeds.decodeMsPerSequence > 0, 'one decode step ran');
+    assert.equal(engine.measuredSpeeds.prefillMsPerToken, afterPrefill.prefillMsPerToken);
+    engine.removeSequence(id);
+  });
 });
 
 describe('engine - bad input', () => {

@@ -19,7 +19,7 @@
 // last bits, so its own draw could differ, and the client must see one sequence.
 import type { ServerWritableStream, UntypedServiceImplementation } from '@grpc/grpc-js';
 import { BlockSeeds, computeBlockHashes, type BlockDims } from '@kvmesh/block';
-import { Engine, TextStream, type LoadedModel } from '@kvmesh/engine';
+import { Engine, RateMeter, TextStream, type LoadedModel } from '@kvmesh/engine';
 import type { CodecName, Kernels } from '@kvmesh/kernels';
 import {
   FinishReason,
@@ -73,6 +73,7 @@ export const DECODE_ROLE = 'decode';
 export const WORKER_SERVICE_NAME = 'kvmesh.v1.Worker';
 /** Decode requests carry token ids and block hashes only; 16 MiB holds a million-token prompt. */
 const GRPC_MESSAGE_BYTES_MAX = 16 * 1024 * 1024;
+const FETCH_RATE_HALF_LIFE_TOKENS = 4096;
 
 /** The part of KvStoreClient a decode uses; tests may inject a faulty one. */
 export type DecodeBlockStore = Pick<
@@ -263,6 +264,9 @@ export async function startDecodeWorker(
     // Runs after the gRPC server drained (cleanups run in reverse) and before the store closes.
     cleanups.push(writeBacksSettled);
 
+    // What importing a prompt token from the store costs here, for the heartbeats (the engine
+    // measures its own compute).
+    const fetchRate = new RateMeter(FETCH_RATE_HALF_LIFE_TOKENS);
     const seeds = new BlockSeeds(kernels);
     const seedOf = (input: DecodeInput): Uint8Array =>
       seeds.get({ modelFingerprint: model.fingerprint, blockTokens: B, namespace: input.namespace });
@@ -555,7 +559,9 @@ export async function startDecodeWorker(
         // Local prefix cache first (no transfer), then the store for the blocks after it.
         const requested = blocksToFetch(input.blockHashes, hashes, tokens.length, B);
         const local = cache.match(hashes.slice(0, importableBlocks(tokens.length, B)));
+        const fetchBegan = performance.now();
         const prefixBlocks = await fetchPrefix(requested.slice(local.length), input, local.length);
+        fetchRate.record(prefixBlocks.length * B, performance.now() - fetchBegan);
         if (call.cancelled) return;
         counts.localCachedTokens += local.length * B;
         link = linkSequence(
@@ -672,6 +678,8 @@ export async function startDecodeWorker(
           queueDepth: slots.used - batcher.active,
           activeSequences: batcher.active,
           freeBlocks: BigInt(engine.pool.blocksFree),
+          ...engine.measuredSpeeds,
+          fetchMsPerToken: fetchRate.msPerUnit,
         }),
         config.heartbeatIntervalMs,
         { onError: (err) => logger.warn('heartbeat not published', { err }) },

@@ -139,7 +139,10 @@ describe('decode worker - over a 2-node kvstore cluster (R = 2) on a real nats-s
     nc = await connectNats({ servers: nats.url, name: 'decode-test' });
     nc.subscribe(heartbeatWildcard('decode'), {
       callback: (err, msg) => {
-        if (err === null && heartbeats.length < 100) heartbeats.push(NodeHeartbeat.decode(msg.data));
+        if (err !== null) return;
+        // The latest 100, so a late test still sees current ones.
+        heartbeats.push(NodeHeartbeat.decode(msg.data));
+        if (heartbeats.length > 100) heartbeats.shift();
       },
     });
     const spawned = await spawnKvStoreNodes({
@@ -466,5 +469,16 @@ describe('decode worker - over a 2-node kvstore cluster (R = 2) on a real nats-s
     const beat = heartbeats.find((b) => b.nodeId === 'decode-0') as NodeHeartbeat;
     assert.equal(beat.role, 'decode');
     assert.equal(beat.grpcAddress, worker.grpcAddress);
+    // The earlier tests computed prompts and decoded here: the worker reports what they cost.
+    await waitFor(
+      () =>
+        heartbeats.some(
+          (b) => b.nodeId === 'decode-0' && b.prefillMsPerToken > 0 && b.decodeMsPerSequence > 0,
+        ),
+      {
+        timeoutMs: 5_000,
+        message: 'a heartbeat with measured rates',
+      },
+    );
   });
 });

@@ -8,7 +8,7 @@
 // Requests run one at a time behind a bounded queue: the engine's forward pass is synchronous.
 import type { UntypedServiceImplementation } from '@grpc/grpc-js';
 import { BlockSeeds, computeBlockHashes, type BlockDims } from '@kvmesh/block';
-import { Engine, type LoadedModel } from '@kvmesh/engine';
+import { Engine, RateMeter, type LoadedModel } from '@kvmesh/engine';
 import { KvmeshError } from '@kvmesh/errors';
 import type { CodecName, Kernels } from '@kvmesh/kernels';
 import {
@@ -48,6 +48,7 @@ export const PREFILL_ROLE = 'prefill';
 export const WORKER_SERVICE_NAME = 'kvmesh.v1.Worker';
 /** Prefill requests carry token ids only; 16 MiB holds a million-token prompt. */
 const GRPC_MESSAGE_BYTES_MAX = 16 * 1024 * 1024;
+const RATE_HALF_LIFE_TOKENS = 4096;
 
 /** The part of KvStoreClient a prefill uses; tests may inject a faulty one. */
 export type PrefillBlockStore = Pick<KvStoreClient, 'matchPrefix' | 'get' | 'put'>;
@@ -120,6 +121,10 @@ export async function startPrefillWorker(
   };
   const queue = new SerialQueue(config.queueDepthMax);
   const counts = { requests: 0, reusedTokens: 0, computedTokens: 0, blocksStored: 0, blocksNotStored: 0 };
+  // What a request costs here, for the heartbeats: a computed token (forward pass and put) and an
+  // imported one (fetch), each over about the last few long prompts.
+  const computeRate = new RateMeter(RATE_HALF_LIFE_TOKENS);
+  const fetchRate = new RateMeter(RATE_HALF_LIFE_TOKENS);
 
   const cleanups = new CleanupStack(logger);
   const cleanup = (): Promise<void> => cleanups.run();
@@ -173,7 +178,10 @@ export async function startPrefillWorker(
         matchedBlocks = match.matchedBlocks;
       }
       const plan = planPrefill({ promptTokens: tokens.length, blockTokens: B, matchedBlocks, held });
+      const fetchBegan = performance.now();
       const prefixBlocks = await fetchPrefix(hashes.slice(0, plan.importBlocks), input);
+      const computeBegan = performance.now();
+      fetchRate.record(prefixBlocks.length * B, computeBegan - fetchBegan);
 
       const id = engine.addSequence({
         promptTokens: tokens,
@@ -230,6 +238,7 @@ export async function startPrefillWorker(
       // NOTE: only a leading run of held blocks is usable by the decode worker.
       const heldRun = usablePrefix(hashes.map((h) => stored.has(h)));
       const usage = prefillUsage(plan, importedBlocks);
+      computeRate.record(usage.computedTokens, performance.now() - computeBegan);
       counts.requests++;
       counts.reusedTokens += usage.reusedTokens;
       counts.computedTokens += usage.computedTokens;
@@ -288,6 +297,8 @@ export async function startPrefillWorker(
           queueDepth: queue.waiting,
           activeSequences: queue.active,
           freeBlocks: BigInt(engine.pool.blocksFree),
+          prefillMsPerToken: computeRate.msPerUnit,
+          fetchMsPerToken: fetchRate.msPerUnit,
         }),
         config.heartbeatIntervalMs,
         { onError: (err) => logger.warn('heartbeat not published', { err }) },

@@ -87,7 +87,10 @@ describe('prefill worker - over a 2-node kvstore cluster (R = 2) on a real nats-
     nc = await connectNats({ servers: nats.url, name: 'prefill-test' });
     nc.subscribe(heartbeatWildcard('prefill'), {
       callback: (err, msg) => {
-        if (err === null && heartbeats.length < 100) heartbeats.push(NodeHeartbeat.decode(msg.data));
+        if (err !== null) return;
+        // The latest 100, so a late test still sees current ones.
+        heartbeats.push(NodeHeartbeat.decode(msg.data));
+        if (heartbeats.length > 100) heartbeats.shift();
       },
     });
     const spawned = await spawnKvStoreNodes({
@@ -239,5 +242,14 @@ describe('prefill worker - over a 2-node kvstore cluster (R = 2) on a real nats-
     const beat = heartbeats.find((h) => h.nodeId === 'prefill-0') as NodeHeartbeat;
     assert.equal(beat.role, 'prefill');
     assert.equal(beat.grpcAddress, worker.grpcAddress);
+    // The earlier tests computed and fetched prompts here: the worker reports what they cost.
+    await waitFor(
+      () =>
+        heartbeats.some((h) => h.nodeId === 'prefill-0' && h.prefillMsPerToken > 0 && h.fetchMsPerToken > 0),
+      {
+        timeoutMs: 5_000,
+        message: 'a heartbeat with measured rates',
+      },
+    );
   });
 });

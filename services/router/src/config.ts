@@ -38,7 +38,7 @@ export const ROUTER_CONFIG_SCHEMA = {
     default: 1,
     min: 0.001,
     description:
-      'bandwidth of a block fetch from the store into a worker (GB/s): prices a cached token by its KV bytes',
+      'bandwidth of a block fetch from the store into a worker (GB/s): prices a cached token by its KV bytes until the workers report a measured fetch rate',
   },
   farGBps: { type: 'number', default: 0.5, min: 0.001, description: 'the same for a copy in far memory' },
   ssdGBps: { type: 'number', default: 0.25, min: 0.001, description: 'the same for a copy on SSD' },
@@ -46,19 +46,15 @@ export const ROUTER_CONFIG_SCHEMA = {
     type: 'number',
     default: 100,
     min: 0.001,
-    description: "a worker's sustained dense GFLOP/s: prices a computed token at 2 FLOPs per weight",
+    description:
+      "a worker's sustained dense GFLOP/s: prices a computed token at 2 FLOPs per weight until the workers report a measured prefill rate",
   },
   activeSequenceMs: {
     type: 'number',
     default: 10,
     min: 0,
-    description: 'delay each sequence already running on a worker adds to a new request (kv-aware)',
-  },
-  queueWaitMs: {
-    type: 'number',
-    default: 50,
-    min: 0,
-    description: 'delay each request queued on a worker adds (kv-aware)',
+    description:
+      'delay each sequence already running on a worker adds to a new request (kv-aware) until the decode workers report a measured one',
   },
   decodeAttemptsMax: {
     type: 'int',

@@ -48,6 +48,7 @@ import { checkRouterConfig, type RouterConfig } from './config.ts';
 import {
   BlockIndex,
   InflightPrefixes,
+  PendingWork,
   derivedCosts,
   WorkerRouter,
   storeBlockTiers,
@@ -55,6 +56,7 @@ import {
   type RouteDecision,
   type RoutingPolicyName,
   type WorkerCandidate,
+  type WorkerRates,
 } from './core/index.ts';
 import {
   createAdmission,
@@ -219,8 +221,9 @@ const isServiceError = (err: unknown): err is ServiceError =>
 function candidateOf(
   member: Member,
   localCachedBlocks: number | undefined,
-  own: { queued: number; active: number },
+  own: { queued: number; active: number; pendingMs: number },
   ownAtHeartbeat: number,
+  poolRates: WorkerRates,
 ): WorkerCandidate {
   const { queueDepth, activeSequences } = member.heartbeat;
   const others = Math.max(0, queueDepth + activeSequences - ownAtHeartbeat);
@@ -228,8 +231,39 @@ function candidateOf(
     nodeId: member.nodeId,
     queueDepth: own.queued,
     activeSequences: own.active + others,
+    pendingMs: own.pendingMs,
+    rates: poolRates,
     ...(localCachedBlocks === undefined ? {} : { localCachedBlocks }),
   };
+}
+
+/** The rates a worker's heartbeat reports having measured (those it has not measured are left out). */
+function measuredRates(member: Member): WorkerRates {
+  const hb = member.heartbeat;
+  const rates: { -readonly [K in keyof WorkerRates]: number } = {};
+  if (hb.prefillMsPerToken > 0) rates.prefillMsPerToken = hb.prefillMsPerToken;
+  if (hb.fetchMsPerToken > 0) rates.transferMsPerToken = hb.fetchMsPerToken;
+  if (hb.decodeMsPerSequence > 0) rates.activeSequenceMs = hb.decodeMsPerSequence;
+  return rates;
+}
+
+/**
+ * The mean of each rate over the pool's workers that measured it: what every worker of the pool is
+ * priced at (the cost model's own rates only while none has measured one). NOTE: not each worker's
+ * own: like workers measure rates up to 50% apart over a burst (contention, not hardware), and
+ * kv-aware then piled requests onto whichever had measured lower.
+ */
+function poolRatesOf(members: readonly Member[]): WorkerRates {
+  const sums = new Map<keyof WorkerRates, { sum: number; n: number }>();
+  for (const member of members) {
+    for (const [name, rate] of Object.entries(measuredRates(member)) as [keyof WorkerRates, number][]) {
+      const entry = sums.get(name) ?? { sum: 0, n: 0 };
+      entry.sum += rate;
+      entry.n++;
+      sums.set(name, entry);
+    }
+  }
+  return Object.fromEntries([...sums].map(([name, { sum, n }]) => [name, sum / n])) as WorkerRates;
 }
 
 /** Adds `delta` to a per-worker count, forgetting workers that reach 0 (bounded by the live workers). */
@@ -279,7 +313,6 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
       workerGflops: config.workerGflops,
     }),
     activeSequenceMs: config.activeSequenceMs,
-    queueWaitMsPerRequest: config.queueWaitMs,
   };
   const decodeRouter = new WorkerRouter(
     {
@@ -294,6 +327,8 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
     PREFILL_ROLE,
   );
   const prefilling = new InflightPrefixes(config.inflightBlocksMax);
+  const prefillPending = new PendingWork();
+  const decodePending = new PendingWork();
   /** Decode streams this router has open, per worker, and those of them before their first token. */
   const decoding = new Map<NodeId, number>();
   const decodeStarting = new Map<NodeId, number>();
@@ -432,6 +467,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
       const chooseDecoder = (tried: ReadonlySet<NodeId>): { member: Member; decision: RouteDecision } => {
         const live = tracker.live(DECODE_ROLE);
         const untried = live.filter((m) => !tried.has(m.nodeId));
+        const poolRates = poolRatesOf(live);
         const decision = decodeRouter.route({
           promptTokens: tokens.length,
           blockSizeTokens: B,
@@ -444,8 +480,10 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
               {
                 queued: decodeStarting.get(m.nodeId) ?? 0,
                 active: (decoding.get(m.nodeId) ?? 0) - (decodeStarting.get(m.nodeId) ?? 0),
+                pendingMs: decodePending.of(m.nodeId),
               },
               ownAtHeartbeat.get(m.nodeId) ?? 0,
+              poolRates,
             ),
           ),
         });
@@ -459,9 +497,19 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
         adjustCount(decoding, nodeId, delta);
         if (starting) adjustCount(decodeStarting, nodeId, delta);
       };
+      // The decode worker's part of the request, pending there until its first token: computing what
+      // is uncached (decode-only), or fetching the whole prompt a prefill worker stored.
+      let releaseDecodeWork = (): void => undefined;
+      const holdDecodeWork = (kind: RequestPlanKind, estimate: RouteDecision['estimate']): void => {
+        releaseDecodeWork();
+        const ms =
+          kind === 'decode-only' ? estimate.workMs : estimate.promptTokens * estimate.transferMsPerToken;
+        releaseDecodeWork = decodePending.hold(estimate.nodeId, ms);
+      };
       const started = (nodeId: NodeId): void => {
         if (!starting) return;
         adjustCount(decodeStarting, nodeId, -1);
+        releaseDecodeWork();
         starting = false;
       };
       let { member: decoder, decision } = chooseDecoder(new Set());
@@ -471,6 +519,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
         let kind = decodeRouter.plan(decision.estimate).kind;
         // NOTE: without a live prefill worker the decode worker computes the prompt itself.
         if (prefillers.length === 0) kind = 'decode-only';
+        holdDecodeWork(kind, decision.estimate);
         counts.plans[kind]++;
         measured.plans.inc({ plan: kind });
         measured.decisions.inc({ pool: DECODE_ROLE, policy: decision.policy, worker: decision.nodeId });
@@ -493,6 +542,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
           // A prefill worker already computing this prefix is as good as one that holds it: the
           // request queues behind it there and then finds the prefix stored.
           const keys = hashes.map((h) => `${namespace}/${h}`);
+          const poolRates = poolRatesOf(prefillers);
           const chosen = prefillRouter.route({
             promptTokens: tokens.length,
             blockSizeTokens: B,
@@ -503,14 +553,20 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
               candidateOf(
                 m,
                 prefilling.leadingBlocks(m.nodeId, keys),
-                { queued: prefilling.requests(m.nodeId), active: 0 },
+                {
+                  queued: prefilling.requests(m.nodeId),
+                  active: 0,
+                  pendingMs: prefillPending.of(m.nodeId),
+                },
                 ownAtHeartbeat.get(m.nodeId) ?? 0,
+                poolRates,
               ),
             ),
           });
           measured.decisions.inc({ pool: PREFILL_ROLE, policy: chosen.policy, worker: chosen.nodeId });
           countRouted(PREFILL_ROLE, chosen.estimate);
           const ticket = prefilling.add(chosen.nodeId, keys);
+          const releaseWork = prefillPending.hold(chosen.nodeId, chosen.estimate.workMs);
           let response: PrefillResponse;
           try {
             response = await prefill(
@@ -527,6 +583,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
             );
           } finally {
             prefilling.release(ticket);
+            releaseWork();
           }
           blockHashes = response.blockHashes.map((h) => Buffer.from(h));
           firstTokenId = response.firstTokenId;
@@ -606,10 +663,12 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
             count(decoder.nodeId, -1);
             ({ member: decoder, decision } = chooseDecoder(tried));
             count(decoder.nodeId, 1);
+            holdDecodeWork(kind, decision.estimate);
           }
         }
       } finally {
         count(decoder.nodeId, -1);
+        releaseDecodeWork();
       }
     }
 

@@ -26,6 +26,7 @@ import type { BlockDims } from '@kvmesh/block';
 import type { LayerWeights, LoadedModel } from '../model/load.ts';
 import { Xoshiro128 } from '../model/random.ts';
 import { KvPool, TailBlock } from './kv-pool.ts';
+import { RateMeter } from './rate-meter.ts';
 import { checkSampling, GREEDY, sampleToken, tokenLogprob, type SamplingOptions } from './sampling.ts';
 
 export interface EngineOptions {
@@ -100,6 +101,16 @@ interface FarRequest {
  * an empty list is a pause between prefill chunks (stepAsync lets the event loop run there).
  */
 type Forward<T> = Generator<FarRequest[], T, PartialAttention[]>;
+
+/** Wall-time speeds an engine measured on its own recent work (see Engine.measuredSpeeds). */
+export interface EngineSpeeds {
+  readonly prefillMsPerToken: number;
+  readonly decodeMsPerSequence: number;
+}
+
+// About the last few long prompts, and the last few hundred decoded tokens of a small batch.
+const PREFILL_RATE_HALF_LIFE_TOKENS = 4096;
+const DECODE_RATE_HALF_LIFE_SEQUENCES = 256;
 
 export class SequenceNotFoundError extends KvmeshError {
   constructor(id: number) {
@@ -182,6 +193,8 @@ export class Engine {
   private nextId = 1;
   /** Pool changes asked for while an async step runs; applied when it ends. */
   private deferred: (() => void)[] | null = null;
+  private readonly prefillRate = new RateMeter(PREFILL_RATE_HALF_LIFE_TOKENS);
+  private readonly decodeRate = new RateMeter(DECODE_RATE_HALF_LIFE_SEQUENCES);
 
   constructor(model: LoadedModel, options: EngineOptions = {}) {
     const cfg = model.config;
@@ -210,6 +223,15 @@ export class Engine {
     });
     this.scale = 1 / Math.sqrt(cfg.headDim);
     this.scratch = new Scratch(Math.max(blockTokens, this.maxBatch), cfg);
+  }
+
+  /**
+   * What this engine's recent work took, wall time on this host (contention included): ms per prompt
+   * token computed and ms per sequence of a decode batch; 0 until measured. Routers price requests
+   * with them (worker heartbeats carry them).
+   */
+  get measuredSpeeds(): EngineSpeeds {
+    return { prefillMsPerToken: this.prefillRate.msPerUnit, decodeMsPerSequence: this.decodeRate.msPerUnit };
   }
 
   get activeSequences(): number {
@@ -478,7 +500,9 @@ export class Engine {
     }
     for (let i = 0; i < running.length; i += this.maxBatch) {
       const batch = running.slice(i, i + this.maxBatch);
+      const began = performance.now();
       const logits = yield* this.decode(batch);
+      this.decodeRate.record(batch.length, performance.now() - began);
       const V = this.model.config.vocabSize;
       batch.forEach((seq, s) => events.push(this.emit(seq, logits.subarray(s * V, (s + 1) * V), keepLogits)));
     }
@@ -534,7 +558,9 @@ export class Engine {
       }
       const start = seq.computed;
       const end = Math.min(seq.promptTokens, (Math.floor(start / B) + 1) * B);
+      const began = performance.now();
       logits = yield* this.forwardChunk(seq, start, end);
+      this.prefillRate.record(end - start, performance.now() - began);
       if (seq.computed < seq.promptTokens) yield [];
     }
     return logits as Float32Array;

@@ -29,11 +29,12 @@ export type RoutingPolicyName = (typeof ROUTING_POLICIES)[number];
 
 /**
  * The kv-aware cost model: estimated TTFT (ms) = uncached tokens × prefillMsPerToken + tokens fetched
- * from the store × transferMsPerToken (far / SSD copies at their own rates) + queue depth × queueWaitMsPerRequest + sequences already
- * running × activeSequenceMs (they share every engine step with it). Tokens cached on the
- * worker itself cost nothing. The defaults are starting points for a CPU engine (fetching a token's
- * KV is ~25× cheaper than recomputing it, as LMCache / Mooncake measure) and are meant to be
- * calibrated with the mesh bench; only their ratios matter for the choice.
+ * from the store × transferMsPerToken (far / SSD copies at their own rates) + the work queued ahead
+ * on the worker + sequences already running × activeSequenceMs (they share every engine step with
+ * it). Tokens cached on the worker itself cost nothing. The queued work is the candidate's
+ * pendingMs when the caller knows it (the router does: its own requests at their estimates), else
+ * queue depth × queueWaitMsPerRequest. A worker that reports its own measured rates (heartbeats)
+ * is priced at those; these rates are what is used before any worker has measured one.
  */
 export interface RoutingConfig {
   policy?: RoutingPolicyName;

@@ -25,7 +25,7 @@ export {
 } from './config.ts';
 export { NoWorkerAvailableError } from './errors.ts';
 export { derivedCosts, modelParameters, type DeploymentSpeeds, type ModelShapeForCosts } from './costs.ts';
-export { InflightPrefixes, type InflightTicket } from './inflight.ts';
+export { InflightPrefixes, PendingWork, type InflightTicket } from './inflight.ts';
 export {
   WorkerRouter,
   compareLoad,
@@ -42,4 +42,5 @@ export {
   type RouteInput,
   type TtftEstimate,
   type WorkerCandidate,
+  type WorkerRates,
 } from './routing.ts';

@@ -4,7 +4,8 @@
 // sends a request to the worker already computing its prefix (it queues behind it there and then
 // finds the prefix stored, instead of computing it a second time elsewhere) and counts requests the
 // heartbeat has not reported yet. Bounded by blocksMax: a request that does not fit is still
-// counted as in flight, its blocks are just not tracked (it loses affinity, not correctness).
+// counted as in flight, its blocks are just not tracked (it loses affinity, not correctness). Also
+// the estimated work of those requests not yet started there (PendingWork), which prices its queue.
 import { InvalidArgumentError } from '@kvmesh/errors';
 import type { NodeId } from '@kvmesh/protocol';
 
@@ -79,5 +80,33 @@ export class InflightPrefixes {
 
   get trackedBlocks(): number {
     return this.blocksTracked;
+  }
+}
+
+/**
+ * Estimated work (ms) of the requests this router sent to each worker that have not started there
+ * (a prefill not answered, a decode before its first token), keyed by worker: kv-aware prices a
+ * worker's queue by it. Bounded by the live workers: a worker whose work all ended is forgotten.
+ */
+export class PendingWork {
+  private readonly byWorker = new Map<NodeId, number>();
+
+  /** Adds `ms` to the worker's pending work; the returned function takes it back (once). */
+  hold(nodeId: NodeId, ms: number): () => void {
+    if (!(ms > 0)) return () => undefined;
+    this.byWorker.set(nodeId, (this.byWorker.get(nodeId) ?? 0) + ms);
+    let held = true;
+    return () => {
+      if (!held) return;
+      held = false;
+      const left = (this.byWorker.get(nodeId) ?? 0) - ms;
+      // NOTE: float sums of the same terms in another order can leave a residue of ~1e-12.
+      if (left > 1e-6) this.byWorker.set(nodeId, left);
+      else this.byWorker.delete(nodeId);
+    };
+  }
+
+  of(nodeId: NodeId): number {
+    return this.byWorker.get(nodeId) ?? 0;
   }
 }

@@ -28,6 +28,22 @@ export interface WorkerCandidate {
    * IndexMatch.leadingBlocksByNode); 0 or absent when unknown.
    */
   readonly localCachedBlocks?: number;
+  /**
+   * Estimated work (ms) already queued on the worker ahead of this request (the requests a router
+   * sent there that have not started, at their own estimates); when set, it replaces queueDepth ×
+   * queueWaitMsPerRequest in the kv-aware estimate.
+   */
+  readonly pendingMs?: number;
+  /** Rates the worker measured on its own work; each one given (> 0) replaces the cost model's. */
+  readonly rates?: WorkerRates;
+}
+
+/** Per-worker rates (ms): see RoutingConfig for their meaning. */
+export interface WorkerRates {
+  readonly prefillMsPerToken?: number;
+  /** For copies in DRAM; far and SSD copies keep the cost model's rates. */
+  readonly transferMsPerToken?: number;
+  readonly activeSequenceMs?: number;
 }
 
 export interface RouteInput {
@@ -51,6 +67,10 @@ export interface TtftEstimate {
   readonly fetchedTokens: number;
   /** Prompt tokens that must be computed. */
   readonly uncachedTokens: number;
+  /** This request's own work on the worker: computing its uncached tokens and fetching the rest. */
+  readonly workMs: number;
+  /** The rate a fetch of a DRAM copy into this worker was priced at (ms per token). */
+  readonly transferMsPerToken: number;
   readonly ttftMs: number;
 }
 
@@ -88,6 +108,14 @@ function checkCount(name: string, value: unknown, min: number): void {
   }
 }
 
+function checkRate(name: string, value: unknown): void {
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
+    throw new InvalidArgumentError(`${name} must be a finite number >= 0, got ${String(value)}`, {
+      [name]: value,
+    });
+  }
+}
+
 function checkInput(input: RouteInput, pool: string): void {
   checkCount('promptTokens', input.promptTokens, 1);
   checkCount('blockSizeTokens', input.blockSizeTokens, 1);
@@ -102,6 +130,8 @@ function checkInput(input: RouteInput, pool: string): void {
     checkCount('queueDepth', w.queueDepth, 0);
     checkCount('activeSequences', w.activeSequences, 0);
     checkCount('localCachedBlocks', w.localCachedBlocks ?? 0, 0);
+    checkRate('pendingMs', w.pendingMs ?? 0);
+    for (const [name, rate] of Object.entries(w.rates ?? {})) checkRate(name, rate);
   }
 }
 
@@ -128,16 +158,23 @@ export function storeBlockTiers(match: IndexMatch, isStoreNode: (nodeId: NodeId)
   return tiers;
 }
 
-function transferMsPerToken(tier: Tier | undefined, costs: CostModel): number {
+function transferMsPerToken(tier: Tier | undefined, costs: CostModel, dramMsPerToken: number): number {
   if (tier === Tier.TIER_FAR) return costs.farTransferMsPerToken;
   if (tier === Tier.TIER_SSD) return costs.ssdTransferMsPerToken;
-  return costs.transferMsPerToken;
+  return dramMsPerToken;
+}
+
+/** The worker's own measured rate where it has one, else the cost model's. */
+function rateOf(worker: WorkerCandidate, name: keyof WorkerRates, costs: CostModel): number {
+  const measured = worker.rates?.[name];
+  return measured !== undefined && measured > 0 ? measured : costs[name];
 }
 
 /**
  * The worker's estimated TTFT: computed tokens at prefill cost, tokens the store has beyond the
  * worker's own prefix at the transfer cost of the tier each block lives in, tokens already on the
- * worker for free, plus its queue and the sequences it runs.
+ * worker for free, plus the work queued ahead of it and the sequences it runs. Rates are the
+ * worker's measured ones where it reports them.
  */
 export function estimateTtft(worker: WorkerCandidate, input: RouteInput, costs: CostModel): TtftEstimate {
   const { promptTokens, blockSizeTokens } = input;
@@ -146,18 +183,19 @@ export function estimateTtft(worker: WorkerCandidate, input: RouteInput, costs: 
   const cachedTokens = Math.max(localCachedTokens, storeTokens);
   const fetchedTokens = cachedTokens - localCachedTokens;
   const uncachedTokens = promptTokens - cachedTokens;
+  const dramMsPerToken = rateOf(worker, 'transferMsPerToken', costs);
   let fetchMs = 0;
   for (let start = localCachedTokens; start < cachedTokens;) {
     const block = Math.floor(start / blockSizeTokens);
     const end = Math.min(cachedTokens, (block + 1) * blockSizeTokens);
-    fetchMs += (end - start) * transferMsPerToken(input.storeBlockTiers?.[block], costs);
+    fetchMs += (end - start) * transferMsPerToken(input.storeBlockTiers?.[block], costs, dramMsPerToken);
     start = end;
   }
+  const workMs = uncachedTokens * rateOf(worker, 'prefillMsPerToken', costs) + fetchMs;
   const ttftMs =
-    uncachedTokens * costs.prefillMsPerToken +
-    fetchMs +
-    worker.queueDepth * costs.queueWaitMsPerRequest +
-    worker.activeSequences * costs.activeSequenceMs;
+    workMs +
+    (worker.pendingMs ?? worker.queueDepth * costs.queueWaitMsPerRequest) +
+    worker.activeSequences * rateOf(worker, 'activeSequenceMs', costs);
   return {
     nodeId: worker.nodeId,
     promptTokens,
@@ -165,6 +203,8 @@ export function estimateTtft(worker: WorkerCandidate, input: RouteInput, costs: 
     localCachedTokens,
     fetchedTokens,
     uncachedTokens,
+    workMs,
+    transferMsPerToken: dramMsPerToken,
     ttftMs,
   };
 }

@@ -5,7 +5,7 @@ import { describe, it } from 'node:test';
 
 import type { NodeId } from '@kvmesh/protocol';
 
-import { InflightPrefixes } from '../../src/core/index.ts';
+import { InflightPrefixes, PendingWork } from '../../src/core/index.ts';
 
 const A = 'prefill-a' as NodeId;
 const B = 'prefill-b' as NodeId;
@@ -39,5 +39,33 @@ describe('inflight - prefix affinity for requests not yet finished', () => {
     inflight.release(small);
     assert.equal(inflight.trackedBlocks, 0);
     assert.throws(() => new InflightPrefixes(-1), /non-negative/);
+  });
+});
+
+describe('PendingWork', () => {
+  const a = 'dec-a' as NodeId;
+  const b = 'dec-b' as NodeId;
+
+  it('sums the work held per worker and takes each hold back exactly once', () => {
+    const pending = new PendingWork();
+    const first = pending.hold(a, 12.5);
+    const second = pending.hold(a, 0.1);
+    pending.hold(b, 3);
+    assert.equal(pending.of(a), 12.6);
+    assert.equal(pending.of(b), 3);
+    first();
+    first();
+    assert.ok(Math.abs(pending.of(a) - 0.1) < 1e-12);
+    second();
+    // Forgotten once empty, float residue included.
+    assert.equal(pending.of(a), 0);
+    assert.equal(pending.of(b), 3);
+  });
+
+  it('ignores holds of no work', () => {
+    const pending = new PendingWork();
+    pending.hold(a, 0)();
+    pending.hold(a, Number.NaN)();
+    assert.equal(pending.of(a), 0);
   });
 });

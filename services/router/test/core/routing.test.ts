@@ -57,6 +57,8 @@ test('kv-aware - the worker holding the prefix locally beats fetching it from th
       localCachedTokens: 1024,
       fetchedTokens: 0,
       uncachedTokens: 0,
+      workMs: 0,
+      transferMsPerToken: 0.0625,
       ttftMs: 0,
     },
   });
@@ -99,10 +101,57 @@ test('kv-aware - local prefix, store remainder and recompute add up exactly', ()
     localCachedTokens: 256,
     fetchedTokens: 384,
     uncachedTokens: 60,
+    workMs: 60 * 0.5 + 384 * 0.0625,
+    transferMsPerToken: 0.0625,
     ttftMs: 60 * 0.5 + 384 * 0.0625,
   });
   // dec-b would fetch all 640 tokens: 30 + 40 = 70 ms against dec-a's 54 ms.
   assert.equal(decision.estimate.ttftMs, 54);
+});
+
+test('kv-aware - known pending work replaces the per-request queue price', () => {
+  const router = new WorkerRouter({ ...COSTS, policy: 'kv-aware' });
+  // dec-a holds the prefix but has 70 ms of work queued ahead; fetching from the store costs 64 ms.
+  const pending = (nodeId: NodeId, pendingMs: number, local = 0): WorkerCandidate => ({
+    ...worker(nodeId, 1, 0, local),
+    pendingMs,
+  });
+  const decision = router.route(input([pending(DA, 70, 16), pending(DB, 0)], 1024, 16));
+  assert.equal(decision.nodeId, DB);
+  assert.equal(decision.estimate.workMs, 64);
+  assert.equal(decision.estimate.ttftMs, 64);
+  // 60 ms queued: waiting for the local copy is cheaper. The queue depth (1 × 100 ms) is not priced.
+  const local = router.route(input([pending(DA, 60, 16), pending(DB, 0)], 1024, 16));
+  assert.equal(local.nodeId, DA);
+  assert.equal(local.estimate.workMs, 0);
+  assert.equal(local.estimate.ttftMs, 60);
+});
+
+test("kv-aware - a worker's measured rates replace the cost model's; far and SSD copies keep theirs", () => {
+  const router = new WorkerRouter({
+    ...COSTS,
+    activeSequenceMs: 8,
+    ssdTransferMsPerToken: 1,
+    policy: 'kv-aware',
+  });
+  const measured: WorkerCandidate = {
+    ...worker(DA, 0, 2, 2),
+    rates: { prefillMsPerToken: 0.25, transferMsPerToken: 0.125, activeSequenceMs: 4 },
+  };
+  // 700 tokens: 2 local blocks (128), 8 in the store (the last on SSD): fetch 320 + 64, compute 188.
+  const tiers = [Tier.TIER_DRAM, Tier.TIER_DRAM, Tier.TIER_DRAM, Tier.TIER_DRAM, Tier.TIER_DRAM];
+  const estimate = router.route({
+    ...input([measured], 700, 8),
+    storeBlockTiers: [...tiers, Tier.TIER_DRAM, Tier.TIER_DRAM, Tier.TIER_SSD],
+  }).estimate;
+  assert.equal(estimate.workMs, 188 * 0.25 + 320 * 0.125 + 64 * 1);
+  assert.equal(estimate.transferMsPerToken, 0.125);
+  assert.equal(estimate.ttftMs, estimate.workMs + 2 * 4);
+  // A rate of 0 (not measured yet) falls back to the cost model's.
+  const unmeasured = router.route(
+    input([{ ...worker(DA, 0, 1), rates: { prefillMsPerToken: 0, activeSequenceMs: 0 } }], 640),
+  ).estimate;
+  assert.equal(unmeasured.ttftMs, 640 * 0.5 + 8);
 });
 
 test('kv-aware - equal estimates fall to the lighter worker, then the least recently chosen, then the lowest id', () => {
@@ -212,6 +261,8 @@ test('routing - an empty pool is NoWorkerAvailableError; bad input is InvalidArg
     input([worker(DA, 0, 0.5)]),
     input([worker(DA)], 0),
     { ...input([worker(DA)]), blockSizeTokens: 0 },
+    input([{ ...worker(DA), pendingMs: -1 }]),
+    input([{ ...worker(DA), rates: { prefillMsPerToken: Number.NaN } }]),
   ]) {
     assert.throws(() => router.route(bad), InvalidArgumentError);
   }

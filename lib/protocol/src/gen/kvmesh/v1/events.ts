@@ -49,6 +49,16 @@ export interface NodeHeartbeat {
   usedBytes: bigint;
   /** host:port of the node's binary data channel, when it has one (kvstore nodes). */
   dataAddress: string;
+  /**
+   * Speeds the worker measured on its own recent work (moving averages; 0 until measured), so that
+   * kv-aware routing prices a request on this worker as it actually runs here, contention included:
+   * computing one prompt token (forward pass, and for a prefill worker the put of its KV),
+   * importing one prompt token's KV from the store, and the share of one running sequence in a
+   * decode step (what each sequence already decoding adds to a new request's wait).
+   */
+  prefillMsPerToken: number;
+  fetchMsPerToken: number;
+  decodeMsPerSequence: number;
 }
 
 function createBaseStoredBlock(): StoredBlock {
@@ -416,6 +426,9 @@ function createBaseNodeHeartbeat(): NodeHeartbeat {
     freeBytes: 0n,
     usedBytes: 0n,
     dataAddress: '',
+    prefillMsPerToken: 0,
+    fetchMsPerToken: 0,
+    decodeMsPerSequence: 0,
   };
 }
 
@@ -468,6 +481,15 @@ export const NodeHeartbeat: MessageFns<NodeHeartbeat> = {
     }
     if (message.dataAddress !== '') {
       writer.uint32(90).string(message.dataAddress);
+    }
+    if (message.prefillMsPerToken !== 0) {
+      writer.uint32(97).double(message.prefillMsPerToken);
+    }
+    if (message.fetchMsPerToken !== 0) {
+      writer.uint32(105).double(message.fetchMsPerToken);
+    }
+    if (message.decodeMsPerSequence !== 0) {
+      writer.uint32(113).double(message.decodeMsPerSequence);
     }
     return writer;
   },
@@ -573,6 +595,30 @@ export const NodeHeartbeat: MessageFns<NodeHeartbeat> = {
             message.dataAddress = reader.string();
             continue;
           }
+          case 12: {
+            if (tag !== 97) {
+              break;
+            }
+
+            message.prefillMsPerToken = reader.double();
+            continue;
+          }
+          case 13: {
+            if (tag !== 105) {
+              break;
+            }
+
+            message.fetchMsPerToken = reader.double();
+            continue;
+          }
+          case 14: {
+            if (tag !== 113) {
+              break;
+            }
+
+            message.decodeMsPerSequence = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -634,6 +680,21 @@ export const NodeHeartbeat: MessageFns<NodeHeartbeat> = {
         : isSet(object.data_address)
           ? globalThis.String(object.data_address)
           : '',
+      prefillMsPerToken: isSet(object.prefillMsPerToken)
+        ? globalThis.Number(object.prefillMsPerToken)
+        : isSet(object.prefill_ms_per_token)
+          ? globalThis.Number(object.prefill_ms_per_token)
+          : 0,
+      fetchMsPerToken: isSet(object.fetchMsPerToken)
+        ? globalThis.Number(object.fetchMsPerToken)
+        : isSet(object.fetch_ms_per_token)
+          ? globalThis.Number(object.fetch_ms_per_token)
+          : 0,
+      decodeMsPerSequence: isSet(object.decodeMsPerSequence)
+        ? globalThis.Number(object.decodeMsPerSequence)
+        : isSet(object.decode_ms_per_sequence)
+          ? globalThis.Number(object.decode_ms_per_sequence)
+          : 0,
     };
   },
 
@@ -672,6 +733,15 @@ export const NodeHeartbeat: MessageFns<NodeHeartbeat> = {
     if (message.dataAddress !== '') {
       obj.dataAddress = message.dataAddress;
     }
+    if (message.prefillMsPerToken !== 0) {
+      obj.prefillMsPerToken = floatToJson(message.prefillMsPerToken);
+    }
+    if (message.fetchMsPerToken !== 0) {
+      obj.fetchMsPerToken = floatToJson(message.fetchMsPerToken);
+    }
+    if (message.decodeMsPerSequence !== 0) {
+      obj.decodeMsPerSequence = floatToJson(message.decodeMsPerSequence);
+    }
     return obj;
   },
 
@@ -695,6 +765,9 @@ export const NodeHeartbeat: MessageFns<NodeHeartbeat> = {
     message.usedBytes =
       object.usedBytes !== undefined && object.usedBytes !== null ? BigInt(object.usedBytes) : 0n;
     message.dataAddress = object.dataAddress ?? '';
+    message.prefillMsPerToken = object.prefillMsPerToken ?? 0;
+    message.fetchMsPerToken = object.fetchMsPerToken ?? 0;
+    message.decodeMsPerSequence = object.decodeMsPerSequence ?? 0;
     return message;
   },
 };
@@ -705,6 +778,10 @@ function bytesFromBase64(b64: string): Uint8Array {
 
 function base64FromBytes(arr: Uint8Array): string {
   return globalThis.Buffer.from(arr).toString('base64');
+}
+
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === 'number' && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
 }
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | bigint | undefined;
