@@ -138,6 +138,7 @@ interface MeshPolicyFigures {
   cachedTokenFraction: number;
   requests: number;
   errors: number;
+  rounds: unknown[];
 }
 
 describe('bench - mesh suite', () => {
@@ -169,8 +170,11 @@ describe('bench - mesh suite', () => {
         '20',
         '--block-tokens',
         '16',
+        '--repeats',
+        '1',
       );
       assert.equal(out.suite, 'mesh');
+      assert.equal(out.repeats, 1);
       assert.equal(out.model, 'tiny');
       const policies = out.policies as Record<string, MeshPolicyFigures>;
       assert.deepEqual(Object.keys(policies).sort(), ['kv-aware', 'round-robin']);
@@ -178,6 +182,7 @@ describe('bench - mesh suite', () => {
         for (const key of ['ttftP50Ms', 'ttftP90Ms', 'itlP50Ms', 'outputTokps'] as const)
           assert.ok(Number.isFinite(figures[key]) && figures[key] > 0, `${policy} ${key} ${figures[key]}`);
         assert.equal(figures.requests, 8, policy);
+        assert.equal(figures.rounds.length, 1, policy);
         assert.equal(figures.errors, 0, `${policy}: ${JSON.stringify(figures)}`);
         assert.ok(
           figures.cachedTokenFraction > 0 && figures.cachedTokenFraction <= 1,
