@@ -237,15 +237,12 @@ function candidateOf(
   };
 }
 
-/** The rates a worker's heartbeat reports having measured (those it has not measured are left out). */
-function measuredRates(member: Member): WorkerRates {
-  const hb = member.heartbeat;
-  const rates: { -readonly [K in keyof WorkerRates]: number } = {};
-  if (hb.prefillMsPerToken > 0) rates.prefillMsPerToken = hb.prefillMsPerToken;
-  if (hb.fetchMsPerToken > 0) rates.transferMsPerToken = hb.fetchMsPerToken;
-  if (hb.decodeMsPerSequence > 0) rates.activeSequenceMs = hb.decodeMsPerSequence;
-  return rates;
-}
+/** Where each rate of the cost model is in a worker's heartbeat (0 there: not measured yet). */
+const HEARTBEAT_RATES = {
+  prefillMsPerToken: 'prefillMsPerToken',
+  transferMsPerToken: 'fetchMsPerToken',
+  activeSequenceMs: 'decodeMsPerSequence',
+} as const satisfies Record<keyof WorkerRates, keyof Member['heartbeat']>;
 
 /**
  * The mean of each rate over the pool's workers that measured it: what every worker of the pool is
@@ -254,16 +251,15 @@ function measuredRates(member: Member): WorkerRates {
  * kv-aware then piled requests onto whichever had measured lower.
  */
 function poolRatesOf(members: readonly Member[]): WorkerRates {
-  const sums = new Map<keyof WorkerRates, { sum: number; n: number }>();
-  for (const member of members) {
-    for (const [name, rate] of Object.entries(measuredRates(member)) as [keyof WorkerRates, number][]) {
-      const entry = sums.get(name) ?? { sum: 0, n: 0 };
-      entry.sum += rate;
-      entry.n++;
-      sums.set(name, entry);
-    }
+  const rates: { -readonly [K in keyof WorkerRates]: number } = {};
+  for (const [name, field] of Object.entries(HEARTBEAT_RATES) as [
+    keyof WorkerRates,
+    (typeof HEARTBEAT_RATES)[keyof WorkerRates],
+  ][]) {
+    const measured = members.map((m) => m.heartbeat[field]).filter((rate) => rate > 0);
+    if (measured.length > 0) rates[name] = measured.reduce((sum, rate) => sum + rate, 0) / measured.length;
   }
-  return Object.fromEntries([...sums].map(([name, { sum, n }]) => [name, sum / n])) as WorkerRates;
+  return rates;
 }
 
 /** Adds `delta` to a per-worker count, forgetting workers that reach 0 (bounded by the live workers). */

@@ -78,7 +78,7 @@ function checkInteger(name: string, value: unknown, min: number): void {
   }
 }
 
-function checkNonNegative(name: string, value: unknown): void {
+export function checkNonNegative(name: string, value: unknown): void {
   if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
     throw new InvalidArgumentError(`${name} must be a finite number >= 0, got ${String(value)}`, {
       [name]: value,

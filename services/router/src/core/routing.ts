@@ -10,6 +10,7 @@ import { Tier, type NodeId } from '@kvmesh/protocol';
 
 import type { IndexMatch } from './block-index.ts';
 import {
+  checkNonNegative,
   resolveRoutingConfig,
   type ResolvedRoutingConfig,
   type RoutingConfig,
@@ -108,14 +109,6 @@ function checkCount(name: string, value: unknown, min: number): void {
   }
 }
 
-function checkRate(name: string, value: unknown): void {
-  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
-    throw new InvalidArgumentError(`${name} must be a finite number >= 0, got ${String(value)}`, {
-      [name]: value,
-    });
-  }
-}
-
 function checkInput(input: RouteInput, pool: string): void {
   checkCount('promptTokens', input.promptTokens, 1);
   checkCount('blockSizeTokens', input.blockSizeTokens, 1);
@@ -130,8 +123,8 @@ function checkInput(input: RouteInput, pool: string): void {
     checkCount('queueDepth', w.queueDepth, 0);
     checkCount('activeSequences', w.activeSequences, 0);
     checkCount('localCachedBlocks', w.localCachedBlocks ?? 0, 0);
-    checkRate('pendingMs', w.pendingMs ?? 0);
-    for (const [name, rate] of Object.entries(w.rates ?? {})) checkRate(name, rate);
+    checkNonNegative('pendingMs', w.pendingMs ?? 0);
+    for (const [name, rate] of Object.entries(w.rates ?? {})) checkNonNegative(name, rate);
   }
 }
 
