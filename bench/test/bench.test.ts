@@ -130,6 +130,40 @@ describe('bench - engine suite', () => {
   });
 });
 
+describe('bench - tokenize suite', () => {
+  it('bench - tokenize prints its contract; the piece cache gives the tokenizer ids and hits', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kvmesh-bench-tokenize-'));
+    try {
+      const modelDir = tinyModel(dir);
+      const out = bench(
+        'tokenize',
+        '--model',
+        modelDir,
+        '--conversations',
+        '4',
+        '--turns',
+        '2',
+        '--system-prompts',
+        '2',
+        '--system-tokens',
+        '128',
+        '--passes',
+        '1',
+      );
+      assert.equal(out.suite, 'tokenize');
+      assert.equal(out.prompts, 8);
+      const cache = out.pieceCache as Record<string, number>;
+      const anchor = out.anchor as Record<string, number>;
+      // Each second turn repeats its first turn's pieces; each system prompt is shared by 2.
+      assert.ok((cache.hits as number) > 0, JSON.stringify(cache));
+      assert.ok((cache.msPerPrompt as number) > 0 && (anchor.msPerPrompt as number) > 0);
+      assert.ok((out.speedup as number) > 0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 interface MeshPolicyFigures {
   ttftP50Ms: number;
   ttftP90Ms: number;

@@ -9,6 +9,7 @@ export * from './model/gguf.ts';
 export * from './model/progress.ts';
 export * from './model/random.ts';
 export * from './model/load.ts';
+export * from './model/segment-cache.ts';
 export * from './runtime/sampling.ts';
 export * from './runtime/kv-pool.ts';
 export * from './runtime/engine.ts';

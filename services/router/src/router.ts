@@ -198,6 +198,11 @@ function routerMetrics(metrics: MetricsRegistry) {
       name: 'kvmesh_router_index_blocks',
       help: 'Blocks in the global block index.',
     }),
+    tokenizerPieces: metrics.gauge({
+      name: 'kvmesh_router_tokenizer_piece_lookups',
+      help: "Chat-prompt pieces (text between the template's markers) looked up in the tokenizer's piece cache since start, by result: 'hit' (ids reused) or 'miss' (encoded).",
+      labelNames: ['result'],
+    }),
     indexSeq: metrics.gauge({
       name: 'kvmesh_router_index_node_seq',
       help: 'Last kv event seq the block index applied, per publishing node.',
@@ -745,6 +750,11 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
         for (const role of [PREFILL_ROLE, DECODE_ROLE, KVSTORE_ROLE])
           measured.liveNodes.set({ role }, tracker.live(role).length);
         measured.indexBlocks.set(index.stats().blocks);
+        const pieces = model.tokenizer.pieceCache;
+        if (pieces !== null) {
+          measured.tokenizerPieces.set({ result: 'hit' }, pieces.hits);
+          measured.tokenizerPieces.set({ result: 'miss' }, pieces.misses);
+        }
         for (const { nodeId, lastSeq } of index.snapshot())
           measured.indexSeq.set({ node: nodeId }, Number(lastSeq));
       }),

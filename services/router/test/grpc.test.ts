@@ -577,6 +577,30 @@ describe('router grpc - Router.Generate and ListModels over prefill and decode w
     // /metrics needs no key, like /health.
     assert.equal((await fetch(`${base}/metrics`)).status, 200);
   });
+
+  it('router grpc - a repeated chat message is tokenized from the piece cache', async () => {
+    const messages = [
+      { role: 'system', content: 'A system prompt that every turn of this chat repeats.' },
+      { role: 'user', content: 'First question?' },
+    ];
+    const chat = async (): Promise<void> => {
+      const res = await post('/v1/chat/completions', { model: model.name, messages, max_tokens: 2 });
+      assert.equal(res.status, 200);
+      await res.json();
+    };
+    await chat();
+    const before = await metrics();
+    messages.push({ role: 'assistant', content: 'An answer.' }, { role: 'user', content: 'Second?' });
+    await chat();
+    const after = await metrics();
+    const delta = (result: string): number => {
+      const key = `kvmesh_router_tokenizer_piece_lookups{result="${result}"}`;
+      return (after.get(key) ?? 0) - (before.get(key) ?? 0);
+    };
+    // The system and first user pieces are held; the assistant turn and the new question are not.
+    assert.ok(delta('hit') >= 2, `hits ${delta('hit')}`);
+    assert.ok(delta('miss') >= 1, `misses ${delta('miss')}`);
+  });
 });
 
 describe('router grpc - edge over a scripted backend', () => {

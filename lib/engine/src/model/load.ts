@@ -13,6 +13,7 @@ import { modelFingerprintFromBytes, type ModelFingerprint } from '@kvmesh/protoc
 
 import { parseModelConfig, type ModelConfig } from './config.ts';
 import { parseSafetensors, readTensorF32, type SafetensorsFile } from './safetensors.ts';
+import { SegmentCache, segmentCacheSafe, type AddedToken } from './segment-cache.ts';
 
 export class ModelFileError extends InvalidArgumentError {}
 
@@ -51,6 +52,11 @@ export interface ModelTokenizer {
   /** Renders the chat template; encode the result with addSpecialTokens: false. */
   applyChatTemplate(messages: readonly ChatMessage[], addGenerationPrompt?: boolean): string;
   readonly bosTokenId: number | null;
+  /**
+   * Memoized pieces between added tokens, used by encode() without special tokens (chat prompts);
+   * null when this tokenizer's pieces do not encode independently (see segment-cache.ts).
+   */
+  readonly pieceCache: SegmentCache | null;
 }
 
 export interface LoadedModel {
@@ -168,6 +174,35 @@ function loadWeights(config: ModelConfig, source: TensorSource): ModelWeights {
   };
 }
 
+/** Sample texts that put every added token between words, at the ends and next to another. */
+function segmentProbes(added: readonly AddedToken[]): string[] {
+  const probes = ['plain words, no markers at all:\n\n  two  spaces and digits 12345.'];
+  for (const { content } of added) {
+    probes.push(`${content}system\n\nYou are helpful. ${content} user: hi there${content}${content}\n `);
+  }
+  return probes;
+}
+
+/**
+ * A segment cache for the tokenizer when its pieces encode independently and encoding piece by piece
+ * gives the same ids as encoding whole on every probe; null otherwise (every text is then encoded
+ * whole).
+ */
+function segmentCacheFor(
+  tokenizerJson: unknown,
+  encodePiece: (piece: string) => number[],
+): SegmentCache | null {
+  const added = segmentCacheSafe(tokenizerJson);
+  if (added === null) return null;
+  const probe = new SegmentCache(added, encodePiece, { entriesMax: 0, charsMax: 0 });
+  const joined = (ids: readonly number[]): string => ids.join(',');
+  for (const text of segmentProbes(added)) {
+    // NOTE: encodePiece on the whole text is the tokenizer's own encoding of it.
+    if (joined(probe.encode(text)) !== joined(encodePiece(text))) return null;
+  }
+  return new SegmentCache(added, encodePiece);
+}
+
 function loadTokenizer(dir: string, config: ModelConfig): ModelTokenizer {
   const tokenizerJson = readJsonFile(dir, 'tokenizer.json') as object;
   const tokenizerConfig = (
@@ -181,6 +216,9 @@ function loadTokenizer(dir: string, config: ModelConfig): ModelTokenizer {
       file: 'tokenizer.json',
     });
   }
+  const encodeRaw = (text: string, addSpecialTokens: boolean): number[] =>
+    tokenizer.encode(text, { add_special_tokens: addSpecialTokens }).ids;
+  const segments = segmentCacheFor(tokenizerJson, (piece) => encodeRaw(piece, false));
   const templateSource = tokenizerConfig.chat_template;
   const template = typeof templateSource === 'string' ? new Template(templateSource) : null;
   const special = (key: string): string => {
@@ -191,8 +229,12 @@ function loadTokenizer(dir: string, config: ModelConfig): ModelTokenizer {
     return '';
   };
   return {
-    encode: (text, options = {}) =>
-      tokenizer.encode(text, { add_special_tokens: options.addSpecialTokens ?? true }).ids,
+    encode: (text, options = {}) => {
+      const addSpecialTokens = options.addSpecialTokens ?? true;
+      return !addSpecialTokens && segments !== null
+        ? segments.encode(text)
+        : encodeRaw(text, addSpecialTokens);
+    },
     // NOTE: the library rejects an empty id list; the text of no tokens is ''.
     decode: (ids, options = {}) =>
       ids.length === 0
@@ -211,6 +253,7 @@ function loadTokenizer(dir: string, config: ModelConfig): ModelTokenizer {
       });
     },
     bosTokenId: config.bosTokenId,
+    pieceCache: segments,
   };
 }
 
