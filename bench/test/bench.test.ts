@@ -86,18 +86,21 @@ describe('bench - suites', () => {
   });
 });
 
-/** The tiny model generated into `dir`/tiny; returns its directory. */
-function tinyModel(dir: string): string {
-  const modelDir = join(dir, 'tiny');
-  generateModel({ outDir: modelDir, preset: 'tiny', seed: 5, progress: NO_PROGRESS });
-  return modelDir;
+/** Runs `body` on a tiny model generated into a fresh temporary directory, removed afterwards. */
+function withTinyModel(name: string, body: (modelDir: string) => void): void {
+  const dir = mkdtempSync(join(tmpdir(), `kvmesh-bench-${name}-`));
+  try {
+    const modelDir = join(dir, 'tiny');
+    generateModel({ outDir: modelDir, preset: 'tiny', seed: 5, progress: NO_PROGRESS });
+    body(modelDir);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 describe('bench - engine suite', () => {
   it('bench - engine prints its contract on a tiny model, with llama.cpp parity', () => {
-    const dir = mkdtempSync(join(tmpdir(), 'kvmesh-bench-engine-'));
-    try {
-      const modelDir = tinyModel(dir);
+    withTinyModel('engine', (modelDir) => {
       const out = bench(
         'engine',
         '--model',
@@ -124,17 +127,13 @@ describe('bench - engine suite', () => {
       assert.equal(parity.prompts, 2);
       assert.ok(parity.logitsRelErrMax <= 1e-3, `logits rel err ${parity.logitsRelErrMax}`);
       assert.equal(parity.greedyMatch, true);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 });
 
 describe('bench - tokenize suite', () => {
   it('bench - tokenize prints its contract; the piece cache gives the tokenizer ids and hits', () => {
-    const dir = mkdtempSync(join(tmpdir(), 'kvmesh-bench-tokenize-'));
-    try {
-      const modelDir = tinyModel(dir);
+    withTinyModel('tokenize', (modelDir) => {
       const out = bench(
         'tokenize',
         '--model',
@@ -158,9 +157,7 @@ describe('bench - tokenize suite', () => {
       assert.ok((cache.hits as number) > 0, JSON.stringify(cache));
       assert.ok((cache.msPerPrompt as number) > 0 && (anchor.msPerPrompt as number) > 0);
       assert.ok((out.speedup as number) > 0);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 });
 
@@ -177,9 +174,7 @@ interface MeshPolicyFigures {
 
 describe('bench - mesh suite', () => {
   it('bench - mesh prints its contract for both policies on a tiny shared-prefix chat workload', () => {
-    const dir = mkdtempSync(join(tmpdir(), 'kvmesh-bench-mesh-'));
-    try {
-      const modelDir = tinyModel(dir);
+    withTinyModel('mesh', (modelDir) => {
       // 2 system prompts × 64 tokens shared by 4 conversations × 2 turns; 16-token blocks so that
       // the shared system prompt and the first turn's history are whole blocks.
       const out = bench(
@@ -226,8 +221,6 @@ describe('bench - mesh suite', () => {
       const ratio = out.ratio as Record<string, number>;
       for (const key of ['ttftP90', 'outputTokps'])
         assert.ok(Number.isFinite(ratio[key]) && (ratio[key] as number) > 0, `ratio ${key}`);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 });

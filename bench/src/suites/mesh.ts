@@ -23,16 +23,17 @@
 // --conversations N, --turns N, --user-tokens N, --rate R, --think-ms MS, --max-tokens N, --seed N,
 // --block-tokens N, --codec C, --kvstore N, --prefill N, --decode N, --request-timeout-ms MS,
 // --repeats N.
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { generateModel, loadModel, type ModelPreset, type ModelTokenizer } from '@kvmesh/engine';
+import { loadModel, type ModelTokenizer } from '@kvmesh/engine';
 import { loadKernels } from '@kvmesh/kernels';
 
 import type { BenchContext, BenchSuite } from '../main.ts';
 import { streamChat, type ChatSample } from '../mesh/client.ts';
+import { ensureModel } from '../models.ts';
 import { startMesh, type MeshOptions } from '../mesh/launcher.ts';
 import { generateWorkload, turnPrompt, type Workload, type WorkloadParams } from '../mesh/workload.ts';
 import { numberOption, round, stringOption } from '../options.ts';
@@ -64,21 +65,6 @@ function parsePolicies(args: readonly string[]): string[] {
       throw new Error(`--policies takes ${POLICIES.join(', ')} separated by commas, got '${raw}'`);
   }
   return policies;
-}
-
-/** A preset name generates (once) bench/out/models/<preset>; anything else is a model directory. */
-function ensureModel(log: BenchContext['log'], model: string): { dir: string; name: string } {
-  if (model === 'tiny' || model === 'small') {
-    const dir = join(OUT_DIR, 'models', model);
-    if (!existsSync(join(dir, 'config.json'))) {
-      log(`generating the ${model} model in ${dir} (once)`);
-      mkdirSync(dir, { recursive: true });
-      generateModel({ outDir: dir, preset: model satisfies ModelPreset, seed: 0 });
-    }
-    return { dir, name: model };
-  }
-  if (!existsSync(join(model, 'config.json'))) throw new Error(`--model ${model} has no config.json`);
-  return { dir: model, name: model.replace(/\/+$/, '').split('/').pop() ?? model };
 }
 
 /** The model's tokenizer and context length; the weights are loaded with them but not kept. */

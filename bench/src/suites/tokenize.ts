@@ -5,35 +5,23 @@
 // prompt (the suite fails otherwise). Options: --model tiny|small|DIR (generated once into
 // bench/out/models), --passes N (default 3; the best pass of each is reported), plus the workload's
 // --system-prompts, --system-tokens, --conversations, --turns, --user-tokens, --seed.
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { Tokenizer } from '@huggingface/tokenizers';
-import { generateModel, loadModel, type ModelPreset } from '@kvmesh/engine';
+import { loadModel } from '@kvmesh/engine';
 import { loadKernels } from '@kvmesh/kernels';
 
 import type { BenchContext, BenchSuite } from '../main.ts';
 import { generateWorkload, turnPrompt, type WorkloadParams } from '../mesh/workload.ts';
+import { ensureModel } from '../models.ts';
 import { numberOption, round, stringOption } from '../options.ts';
-
-const MODELS_DIR = new URL('../../out/models/', import.meta.url).pathname;
-
-function modelDirOf(model: string, log: BenchContext['log']): string {
-  if (model !== 'tiny' && model !== 'small') return model;
-  const dir = join(MODELS_DIR, model);
-  if (!existsSync(join(dir, 'config.json'))) {
-    log(`generating the ${model} model in ${dir} (once)`);
-    mkdirSync(dir, { recursive: true });
-    generateModel({ outDir: dir, preset: model satisfies ModelPreset, seed: 0 });
-  }
-  return dir;
-}
 
 export const suite: BenchSuite = {
   name: 'tokenize',
   description: "chat-prompt tokenization: the piece cache next to the tokenizer's whole-prompt encoding",
   async run({ args, log }: BenchContext) {
-    const dir = modelDirOf(stringOption(args, 'model') ?? 'tiny', log);
+    const { dir, name } = ensureModel(log, stringOption(args, 'model') ?? 'tiny');
     const passes = numberOption(args, 'passes', 3);
     const params: WorkloadParams = {
       systemPrompts: numberOption(args, 'system-prompts', 8),
@@ -87,7 +75,7 @@ export const suite: BenchSuite = {
       log(`pass ${pass + 1}: anchor ${anchorMs.toFixed(1)} ms, piece cache ${cachedMs.toFixed(1)} ms`);
     }
     return {
-      model: dir.replace(/\/+$/, '').split('/').pop(),
+      model: name,
       prompts: prompts.length,
       promptTokensMean: round(tokens / prompts.length),
       pieceCache: {
