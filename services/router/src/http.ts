@@ -62,7 +62,7 @@ export interface GenerationBackend {
   readonly modelFingerprint?: Uint8Array;
   /** Token ids must be below it; absent: the workers check. */
   readonly vocabSize?: number;
-  readonly tokenizer: Pick<ModelTokenizer, 'encode' | 'applyChatTemplate'>;
+  readonly tokenizer: Pick<ModelTokenizer, 'encode' | 'decode' | 'applyChatTemplate'>;
   generate(input: GenerationInput): AsyncIterable<GenerationChunk>;
   health(): { readonly ok: boolean; readonly reason?: string };
 }
@@ -202,6 +202,67 @@ interface ParsedRequest {
   readonly maxTokens: number;
   readonly sampling: SamplingInput;
   readonly stop: readonly string[];
+  /** Report the chosen token's log-probability with each token. */
+  readonly logprobs: boolean;
+}
+
+/**
+ * OpenAI parameters this server does not implement, each with the test of its default value: a
+ * request that sets one to anything else is refused, since ignoring it would quietly change what
+ * the client asked for.
+ */
+const UNSUPPORTED_PARAMS: readonly (readonly [string, (value: unknown) => boolean])[] = [
+  ['presence_penalty', (v) => v === 0],
+  ['frequency_penalty', (v) => v === 0],
+  ['repetition_penalty', (v) => v === 1],
+  ['logit_bias', (v) => typeof v === 'object' && v !== null && Object.keys(v).length === 0],
+  ['best_of', (v) => v === 1],
+  ['echo', (v) => v === false],
+  ['suffix', (v) => v === ''],
+  ['tools', (v) => Array.isArray(v) && v.length === 0],
+  ['functions', (v) => Array.isArray(v) && v.length === 0],
+  ['response_format', (v) => typeof v === 'object' && v !== null && (v as Body).type === 'text'],
+];
+
+function refuseUnsupported(body: Body): void {
+  for (const [name, isDefault] of UNSUPPORTED_PARAMS) {
+    const value = body[name];
+    if (value === undefined || value === null || isDefault(value)) continue;
+    throw invalid(
+      `${name} ${JSON.stringify(value)} is not supported by this server; leave it out or at its default`,
+      name,
+      'unsupported_parameter',
+    );
+  }
+}
+
+/**
+ * Whether the request asks for logprobs. Chat: `logprobs` true, with `top_logprobs` 0. Completions:
+ * `logprobs` 0 (how many alternatives per token; null or absent: none). Only the chosen token's
+ * logprob is known to the workers, so asking for alternatives is refused.
+ */
+function parseLogprobs(body: Body, chat: boolean): boolean {
+  if (chat) {
+    const value = body.logprobs ?? false;
+    if (typeof value !== 'boolean') throw invalid('logprobs must be a boolean', 'logprobs');
+    const top = optionalInteger(body, 'top_logprobs', 0, 20, 0);
+    if (top > 0 && !value) throw invalid('top_logprobs needs logprobs: true', 'top_logprobs');
+    if (top > 0)
+      throw invalid(
+        "top_logprobs above 0 is not supported: only the chosen token's logprob is reported",
+        'top_logprobs',
+        'unsupported_parameter',
+      );
+    return value;
+  }
+  if (body.logprobs === undefined || body.logprobs === null) return false;
+  if (optionalInteger(body, 'logprobs', 0, 5, 0) > 0)
+    throw invalid(
+      "logprobs above 0 is not supported: only the chosen token's logprob is reported (logprobs: 0)",
+      'logprobs',
+      'unsupported_parameter',
+    );
+  return true;
 }
 
 function optionalNumber(body: Body, name: string, min: number, max: number, fallback: number): number {
@@ -219,7 +280,9 @@ function optionalInteger(body: Body, name: string, min: number, max: number, fal
   return value;
 }
 
-function parseCommon(body: Body, options: HttpServerOptions, maxTokensParam: string): ParsedRequest {
+function parseCommon(body: Body, options: HttpServerOptions, chat: boolean): ParsedRequest {
+  refuseUnsupported(body);
+  const maxTokensParam = chat ? 'max_completion_tokens' : 'max_tokens';
   const stream = body.stream ?? false;
   if (typeof stream !== 'boolean') throw invalid('stream must be a boolean', 'stream');
   const streamOptions = body.stream_options;
@@ -253,7 +316,14 @@ function parseCommon(body: Body, options: HttpServerOptions, maxTokensParam: str
   } else if (stopValue !== undefined && stopValue !== null)
     throw invalid('stop must be a string or an array of strings', 'stop');
   if (stop.some((s) => s.length === 0)) throw invalid('stop strings must not be empty', 'stop');
-  return { stream, includeUsage, maxTokens, sampling: { temperature, topP, topK, seed }, stop };
+  return {
+    stream,
+    includeUsage,
+    maxTokens,
+    sampling: { temperature, topP, topK, seed },
+    stop,
+    logprobs: parseLogprobs(body, chat),
+  };
 }
 
 function parseChatMessages(value: unknown): ChatMessage[] {
@@ -283,6 +353,56 @@ function parseChatMessages(value: unknown): ChatMessage[] {
     } else throw invalid(`${param}.content must be a string or an array of text parts`, `${param}.content`);
     return { role, content: text };
   });
+}
+
+/**
+ * OpenAI `logprobs` objects from generation chunks: chat's `{content: [{token, logprob, bytes,
+ * top_logprobs}]}` and completions' `{tokens, token_logprobs, top_logprobs, text_offset}`, where
+ * text_offset counts characters of the token texts from the start of the completion. `add` returns
+ * one chunk's part (for a stream), `all` everything added so far. A token's text is its own decode,
+ * which for a token holding part of a UTF-8 character is a replacement character.
+ */
+class LogprobsBuilder {
+  private readonly content: { token: string; logprob: number; bytes: number[]; top_logprobs: [] }[] = [];
+  private readonly tokens: string[] = [];
+  private readonly tokenLogprobs: number[] = [];
+  private readonly offsets: number[] = [];
+  private offset = 0;
+
+  constructor(
+    private readonly tokenizer: Pick<ModelTokenizer, 'decode'>,
+    private readonly chat: boolean,
+  ) {}
+
+  add(chunk: GenerationChunk): unknown {
+    const first = this.tokens.length;
+    chunk.tokenIds.forEach((id, i) => {
+      const token = this.tokenizer.decode([id]);
+      const logprob = chunk.logprobs?.[i] ?? Number.NaN;
+      this.tokens.push(token);
+      this.tokenLogprobs.push(logprob);
+      this.offsets.push(this.offset);
+      this.offset += token.length;
+      this.content.push({ token, logprob, bytes: [...Buffer.from(token, 'utf8')], top_logprobs: [] });
+    });
+    return this.slice(first);
+  }
+
+  all(): unknown {
+    return this.slice(0);
+  }
+
+  private slice(from: number): unknown {
+    if (this.chat) return { content: this.content.slice(from) };
+    const tokens = this.tokens.slice(from);
+    const logprobs = this.tokenLogprobs.slice(from);
+    return {
+      tokens,
+      token_logprobs: logprobs,
+      top_logprobs: tokens.map((token, i) => ({ [token]: logprobs[i] })),
+      text_offset: this.offsets.slice(from),
+    };
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -394,7 +514,7 @@ export async function startHttpServer(
   ): Promise<void> => {
     const body = parseJson(await readBody(req));
     checkModel(body);
-    const parsed = parseCommon(body, options, chat ? 'max_completion_tokens' : 'max_tokens');
+    const parsed = parseCommon(body, options, chat);
     const promptTokens = tokenizePrompt(body, chat);
     if (promptTokens.length + parsed.maxTokens > backend.maxContextTokens)
       throw invalid(
@@ -426,15 +546,19 @@ export async function startHttpServer(
       created: created(),
       model: backend.modelName,
     };
-    const chunkChoice = (text: string, finishReason: string | null, first: boolean): unknown =>
-      chat
+    const logprobs = parsed.logprobs ? new LogprobsBuilder(backend.tokenizer, chat) : undefined;
+    const chunkChoice = (chunk: GenerationChunk, first: boolean): unknown => {
+      const { text, finishReason } = chunk;
+      const lp = logprobs?.add(chunk) ?? null;
+      return chat
         ? {
             index: 0,
             delta: first ? { role: 'assistant', content: text } : text === '' ? {} : { content: text },
-            logprobs: null,
+            logprobs: lp,
             finish_reason: finishReason,
           }
-        : { index: 0, text, logprobs: null, finish_reason: finishReason };
+        : { index: 0, text, logprobs: lp, finish_reason: finishReason };
+    };
     const usageOf = (u: GenerationUsage | undefined): unknown =>
       u === undefined
         ? null
@@ -452,6 +576,7 @@ export async function startHttpServer(
         sampling: parsed.sampling,
         stop: parsed.stop,
         signal: abort.signal,
+        logprobs: parsed.logprobs,
       });
       if (parsed.stream) {
         const iterator = chunks[Symbol.asyncIterator]();
@@ -470,7 +595,7 @@ export async function startHttpServer(
             const chunk = next.value;
             usage = chunk.usage ?? usage;
             if (abort.signal.aborted) break;
-            send({ ...base, choices: [chunkChoice(chunk.text, chunk.finishReason, first)] });
+            send({ ...base, choices: [chunkChoice(chunk, first)] });
             first = false;
           }
         } catch (err) {
@@ -492,16 +617,18 @@ export async function startHttpServer(
         text += chunk.text;
         finishReason = chunk.finishReason ?? finishReason;
         usage = chunk.usage ?? usage;
+        logprobs?.add(chunk);
       }
       if (abort.signal.aborted) return;
+      const all = logprobs?.all() ?? null;
       const choice = chat
         ? {
             index: 0,
             message: { role: 'assistant', content: text },
-            logprobs: null,
+            logprobs: all,
             finish_reason: finishReason,
           }
-        : { index: 0, text, logprobs: null, finish_reason: finishReason };
+        : { index: 0, text, logprobs: all, finish_reason: finishReason };
       sendJson(res, 200, {
         id,
         object,

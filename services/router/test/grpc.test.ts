@@ -614,7 +614,11 @@ describe('router grpc - edge over a scripted backend', () => {
     blockTokens: 16,
     vocabSize: 1000,
     modelFingerprint: new Uint8Array(16).fill(7),
-    tokenizer: { encode: (text) => [...text].map((c) => c.charCodeAt(0)), applyChatTemplate: () => 'chat' },
+    tokenizer: {
+      encode: (text) => [...text].map((c) => c.charCodeAt(0)),
+      decode: (ids) => String.fromCharCode(...ids),
+      applyChatTemplate: () => 'chat',
+    },
     async *generate(input) {
       inputs.push(input);
       if (mode === 'none') throw new NoWorkerAvailableError('decode');

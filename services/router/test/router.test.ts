@@ -64,6 +64,21 @@ describe('router - OpenAI HTTP API over prefill and decode workers and a 2-node 
       body: typeof body === 'string' ? body : JSON.stringify(body),
     });
 
+  /** The tokens and their logprobs a fresh in-process engine generates greedily from `prompt`. */
+  const referenceTokens = (prompt: string, maxTokens: number): { ids: number[]; logprobs: number[] } => {
+    const tokens = model.tokenizer.encode(prompt, { addSpecialTokens: true });
+    const engine = new Engine(model, { codec: 'f32', blockTokens: B });
+    const id = engine.addSequence({ promptTokens: tokens, maxTokens });
+    const out = { ids: [] as number[], logprobs: [] as number[] };
+    for (;;) {
+      const event = engine.step().find((e) => e.sequenceId === id);
+      assert.ok(event);
+      out.ids.push(event.token);
+      out.logprobs.push(event.logprob);
+      if (event.finishReason != null) return out;
+    }
+  };
+
   /** The text a fresh in-process engine generates greedily from `prompt` (model EOS, f32). */
   const reference = (prompt: string, maxTokens: number): string => {
     const tokens = model.tokenizer.encode(prompt, { addSpecialTokens: true });
@@ -322,6 +337,121 @@ describe('router - OpenAI HTTP API over prefill and decode workers and a 2-node 
     });
   });
 
+  it('router - logprobs: a greedy completion reports the engine’s own; chat reports one per token, streamed too', async () => {
+    const prompt = 'Report the logprob of every token';
+    const res = await post('/v1/completions', {
+      model: model.name,
+      prompt,
+      max_tokens: 8,
+      temperature: 0,
+      logprobs: 0,
+    });
+    assert.equal(res.status, 200);
+    const body = (await res.json()) as {
+      choices: {
+        text: string;
+        logprobs: {
+          tokens: string[];
+          token_logprobs: number[];
+          top_logprobs: Record<string, number>[];
+          text_offset: number[];
+        };
+      }[];
+    };
+    const lp = body.choices[0]?.logprobs;
+    assert.ok(lp);
+    const expected = referenceTokens(prompt, 8);
+    assert.deepEqual(
+      lp.tokens,
+      expected.ids.map((id) => model.tokenizer.decode([id])),
+    );
+    assert.equal(lp.token_logprobs.length, expected.logprobs.length);
+    lp.token_logprobs.forEach((p, i) =>
+      assert.ok(Math.abs(p - (expected.logprobs[i] as number)) < 1e-4, `token ${i}: ${p}`),
+    );
+    assert.deepEqual(
+      lp.top_logprobs,
+      lp.tokens.map((t, i) => ({ [t]: lp.token_logprobs[i] })),
+    );
+    assert.deepEqual(
+      lp.text_offset,
+      lp.tokens.map((_, i) => lp.tokens.slice(0, i).join('').length),
+    );
+
+    const chat = {
+      model: model.name,
+      messages: [{ role: 'user', content: 'logprobs please' }],
+      max_tokens: 6,
+    };
+    const whole = await post('/v1/chat/completions', { ...chat, logprobs: true });
+    assert.equal(whole.status, 200);
+    const chatBody = (await whole.json()) as {
+      choices: { logprobs: { content: { token: string; logprob: number; bytes: number[] }[] } }[];
+      usage: Usage;
+    };
+    const content = chatBody.choices[0]?.logprobs.content ?? [];
+    assert.equal(content.length, chatBody.usage.completion_tokens);
+    for (const entry of content) {
+      assert.ok(Number.isFinite(entry.logprob) && entry.logprob <= 0, JSON.stringify(entry));
+      assert.deepEqual(entry.bytes, [...Buffer.from(entry.token, 'utf8')]);
+    }
+    const streamed = await post('/v1/chat/completions', {
+      ...chat,
+      logprobs: true,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    const events = (await streamed.text())
+      .split('\n\n')
+      .filter((e) => e.startsWith('data: {'))
+      .map(
+        (e) => JSON.parse(e.slice(6)) as { choices: { logprobs: { content: unknown[] } }[]; usage?: Usage },
+      );
+    const perChunk = events.flatMap((e) => e.choices.map((c) => c.logprobs.content.length));
+    assert.equal(
+      perChunk.reduce((a, b) => a + b, 0),
+      events.at(-1)?.usage?.completion_tokens,
+    );
+    // Not asked: null, as before.
+    const plain = (await (await post('/v1/chat/completions', chat)).json()) as {
+      choices: { logprobs: unknown }[];
+    };
+    assert.equal(plain.choices[0]?.logprobs, null);
+  });
+
+  it('router - parameters it does not implement are refused unless at their defaults', async () => {
+    const refused = async (path: string, body: Record<string, unknown>, param: string): Promise<void> => {
+      const res = await post(path, { model: model.name, max_tokens: 2, ...body });
+      assert.equal(res.status, 400, param);
+      const error = ((await res.json()) as ErrorBody).error;
+      assert.equal(error.param, param);
+      assert.equal(error.code, 'unsupported_parameter');
+    };
+    const messages = [{ role: 'user', content: 'hi' }];
+    await refused('/v1/completions', { prompt: 'hi', presence_penalty: 0.5 }, 'presence_penalty');
+    await refused('/v1/completions', { prompt: 'hi', logprobs: 2 }, 'logprobs');
+    await refused('/v1/completions', { prompt: 'hi', echo: true }, 'echo');
+    await refused('/v1/chat/completions', { messages, frequency_penalty: -1 }, 'frequency_penalty');
+    await refused('/v1/chat/completions', { messages, logprobs: true, top_logprobs: 3 }, 'top_logprobs');
+    await refused('/v1/chat/completions', { messages, logit_bias: { '5': 100 } }, 'logit_bias');
+    await refused(
+      '/v1/chat/completions',
+      { messages, response_format: { type: 'json_object' } },
+      'response_format',
+    );
+    const defaults = await post('/v1/chat/completions', {
+      model: model.name,
+      messages,
+      max_tokens: 2,
+      presence_penalty: 0,
+      frequency_penalty: 0,
+      logit_bias: {},
+      response_format: { type: 'text' },
+      top_logprobs: 0,
+    });
+    assert.equal(defaults.status, 200);
+  });
+
   it('router - bad requests get OpenAI error bodies', async () => {
     const expectError = async (res: Response, status: number, param: string | null): Promise<ErrorBody> => {
       assert.equal(res.status, status);
@@ -361,7 +491,11 @@ describe('router - HTTP edge limits', () => {
     modelName: 'fake',
     maxContextTokens: 64,
     blockTokens: 16,
-    tokenizer: { encode: (text) => [...text].map((c) => c.charCodeAt(0)), applyChatTemplate: () => 'chat' },
+    tokenizer: {
+      encode: (text) => [...text].map((c) => c.charCodeAt(0)),
+      decode: (ids) => String.fromCharCode(...ids),
+      applyChatTemplate: () => 'chat',
+    },
     async *generate() {
       await Promise.resolve();
       yield {
