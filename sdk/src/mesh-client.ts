@@ -94,6 +94,12 @@ export interface MeshGenerateRequest {
   readonly stopTokenIds?: readonly number[];
   /** Report each token's log-probability. */
   readonly logprobs?: boolean;
+  /** OpenAI's presence penalty on generated tokens, in [-2, 2]; default 0 (off). */
+  readonly presencePenalty?: number;
+  /** OpenAI's frequency penalty on generated tokens, in [-2, 2]; default 0 (off). */
+  readonly frequencyPenalty?: number;
+  /** Repetition penalty on prompt and generated tokens, in (0, 10]; default 1 (off). */
+  readonly repetitionPenalty?: number;
   /** Tenant namespace; default '' (shared). */
   readonly namespace?: string;
   /** Must be the codec the deployment computes KV in; default: that one. */
@@ -231,6 +237,10 @@ export function toGenerateRequest(request: MeshGenerateRequest): GenerateRequest
       stop: [...(request.stop ?? [])],
       stopTokenIds: uint32s('stopTokenIds', request.stopTokenIds),
       logprobs: request.logprobs ?? false,
+      presencePenalty: finite('presencePenalty', request.presencePenalty),
+      frequencyPenalty: finite('frequencyPenalty', request.frequencyPenalty),
+      // NOTE: on the wire 0 means off, like 1.
+      repetitionPenalty: finite('repetitionPenalty', request.repetitionPenalty),
     },
     namespace: request.namespace ?? '',
     codec,

@@ -197,6 +197,44 @@ describe('engine - continuous batching', () => {
     assert.equal(engine2.pool.blocksUsed, 0, 'removed sequences free their blocks');
   });
 
+  it('engine - penalized greedy picks the argmax of the penalized logits and reports the raw logprob', () => {
+    const prompt = encode(PROMPTS[3] as string);
+    // A repetition penalty below 1 favours seen tokens: this model's greedy run repeats none, so a
+    // penalty above 1 would never change its choice and the check below could not fail.
+    const options = { presencePenalty: -1, frequencyPenalty: 0.5, repetitionPenalty: 0.5 };
+    const engine = new Engine(model, { codec: 'f32', blockTokens: 16 });
+    const id = engine.addSequence({
+      promptTokens: prompt,
+      maxTokens: 16,
+      stopTokenIds: [],
+      sampling: { temperature: 0, topK: 0, topP: 1, ...options },
+    });
+    const counts = new Map<number, number>();
+    const seen = new Set(prompt);
+    let flips = 0;
+    for (let step = 0; step < 16; step++) {
+      const event = engine.step({ logits: true }).find((e) => e.sequenceId === id);
+      assert.ok(event?.logits);
+      const raw = event.logits;
+      const penalized = Float32Array.from(raw, (logit, token) => {
+        const repeated = seen.has(token) || counts.has(token);
+        let value = repeated ? (logit > 0 ? logit / 0.5 : logit * 0.5) : logit;
+        const count = counts.get(token) ?? 0;
+        if (count > 0) value -= -1 + 0.5 * count;
+        return value;
+      });
+      assert.equal(event.token, argmax(penalized), `step ${step}`);
+      if (argmax(penalized) !== argmax(raw)) flips++;
+      const max = Math.max(...raw);
+      const lse = max + Math.log(raw.reduce((sum, l) => sum + Math.exp(l - max), 0));
+      assert.ok(Math.abs(event.logprob - ((raw[event.token] as number) - lse)) < 1e-4, `step ${step}`);
+      counts.set(event.token, (counts.get(event.token) ?? 0) + 1);
+    }
+    engine.removeSequence(id);
+    // Otherwise the check above could not tell a penalized choice from a plain one.
+    assert.ok(flips > 0, 'the penalties changed at least one choice');
+  });
+
   it('engine - measures its own prefill and decode speeds once it has done each', () => {
     const engine = new Engine(model, { codec: 'f32', blockTokens: 16 });
     assert.deepEqual(engine.measuredSpeeds, { prefillMsPerToken: 0, decodeMsPerSequence: 0 });

@@ -4,7 +4,7 @@ import { describe, it } from 'node:test';
 import { InvalidArgumentError } from '@kvmesh/errors';
 
 import { Xoshiro128 } from '../src/model/random.ts';
-import { GREEDY, checkSampling, sampleToken } from '../src/runtime/sampling.ts';
+import { GREEDY, Penalties, checkSampling, hasPenalties, sampleToken } from '../src/runtime/sampling.ts';
 
 const logits = Float32Array.from([1, 3, 2, 3, -1]);
 
@@ -64,5 +64,30 @@ describe('engine - sampling', () => {
     assert.throws(() => checkSampling({ temperature: 1, topK: 1.5, topP: 1 }), InvalidArgumentError);
     assert.throws(() => checkSampling({ temperature: 1, topK: 0, topP: 0 }), /topP/);
     assert.throws(() => checkSampling({ temperature: 1, topK: 0, topP: 1, seed: -3 }), /seed/);
+    assert.throws(() => checkSampling({ ...GREEDY, presencePenalty: 2.5 }), /presencePenalty/);
+    assert.throws(() => checkSampling({ ...GREEDY, frequencyPenalty: Number.NaN }), /frequencyPenalty/);
+    assert.throws(() => checkSampling({ ...GREEDY, repetitionPenalty: 0 }), /repetitionPenalty/);
+  });
+
+  it('engine - penalties: repetition over prompt and output, presence and frequency over output', () => {
+    assert.equal(hasPenalties(GREEDY), false);
+    assert.equal(hasPenalties({ ...GREEDY, presencePenalty: 0, repetitionPenalty: 1 }), false);
+    assert.equal(hasPenalties({ ...GREEDY, frequencyPenalty: -0.5 }), true);
+    const penalties = new Penalties(
+      { ...GREEDY, presencePenalty: 0.5, frequencyPenalty: 0.25, repetitionPenalty: 2 },
+      [0, 0],
+    );
+    for (const token of [3, 1, 3]) penalties.add(token);
+    const out = Float32Array.from([2, -1, 0.5, 3, 4]);
+    penalties.apply(out);
+    // 0: in the prompt only, positive: 2 / 2. 1: generated once, negative: -1 × 2 - 0.5 - 0.25.
+    // 2 and 4: never seen. 3: generated twice, positive: 3 / 2 - 0.5 - 2 × 0.25.
+    assert.deepEqual([...out], [1, -2.75, 0.5, 0.5, 4]);
+    // Without a repetition penalty the prompt is not even kept.
+    const outputOnly = new Penalties({ ...GREEDY, presencePenalty: 1 }, [2]);
+    outputOnly.add(4);
+    const logits2 = Float32Array.from([2, -1, 0.5, 3, 4]);
+    outputOnly.apply(logits2);
+    assert.deepEqual([...logits2], [2, -1, 0.5, 3, 3]);
   });
 });

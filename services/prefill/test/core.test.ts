@@ -127,6 +127,9 @@ describe('request - validation names the field', () => {
           stop: [],
           stopTokenIds: [],
           logprobs: false,
+          presencePenalty: 0,
+          frequencyPenalty: 0,
+          repetitionPenalty: 0,
         },
       }),
       'INVALID_ARGUMENT',
@@ -143,11 +146,53 @@ describe('request - validation names the field', () => {
           stop: [],
           stopTokenIds: [],
           logprobs: false,
+          presencePenalty: 0,
+          frequencyPenalty: 0,
+          repetitionPenalty: 0,
         },
       }),
       'INVALID_ARGUMENT',
       /^sampling\.seed/,
     );
+    const greedy = {
+      temperature: 0,
+      topP: 1,
+      topK: 0,
+      maxTokens: 1,
+      stop: [],
+      stopTokenIds: [],
+      logprobs: false,
+      presencePenalty: 0,
+      frequencyPenalty: 0,
+      repetitionPenalty: 0,
+    };
+    for (const [name, bad] of [
+      ['presence_penalty', { presencePenalty: 2.5 }],
+      ['frequency_penalty', { frequencyPenalty: Number.NaN }],
+      ['repetition_penalty', { repetitionPenalty: -1 }],
+    ] as const)
+      rejects(
+        request({ sampling: { ...greedy, ...bad } }),
+        'INVALID_ARGUMENT',
+        new RegExp(`^sampling\\.${name}`),
+      );
+    // Penalties in range reach the engine; 0 on the wire is "off" for the repetition penalty.
+    const parsed = parsePrefillRequest(
+      request({ sampling: { ...greedy, presencePenalty: -1, repetitionPenalty: 1.2 } }),
+      limits,
+    );
+    assert.deepEqual(parsed.sampling, {
+      temperature: 0,
+      topK: 0,
+      topP: 1,
+      presencePenalty: -1,
+      repetitionPenalty: 1.2,
+    });
+    assert.deepEqual(parsePrefillRequest(request({ sampling: greedy }), limits).sampling, {
+      temperature: 0,
+      topK: 0,
+      topP: 1,
+    });
   });
 });
 

@@ -18,6 +18,11 @@ export interface SamplingInput {
   readonly topP: number;
   readonly topK: number;
   readonly seed: number | undefined;
+  /** OpenAI's, in [-2, 2]; absent: 0. */
+  readonly presencePenalty?: number;
+  readonly frequencyPenalty?: number;
+  /** In (0, 10]; absent: 1. */
+  readonly repetitionPenalty?: number;
 }
 
 export interface GenerationInput {
@@ -212,9 +217,6 @@ interface ParsedRequest {
  * the client asked for.
  */
 const UNSUPPORTED_PARAMS: readonly (readonly [string, (value: unknown) => boolean])[] = [
-  ['presence_penalty', (v) => v === 0],
-  ['frequency_penalty', (v) => v === 0],
-  ['repetition_penalty', (v) => v === 1],
   ['logit_bias', (v) => typeof v === 'object' && v !== null && Object.keys(v).length === 0],
   ['best_of', (v) => v === 1],
   ['echo', (v) => v === false],
@@ -320,7 +322,15 @@ function parseCommon(body: Body, options: HttpServerOptions, chat: boolean): Par
     stream,
     includeUsage,
     maxTokens,
-    sampling: { temperature, topP, topK, seed },
+    sampling: {
+      temperature,
+      topP,
+      topK,
+      seed,
+      presencePenalty: optionalNumber(body, 'presence_penalty', -2, 2, 0),
+      frequencyPenalty: optionalNumber(body, 'frequency_penalty', -2, 2, 0),
+      repetitionPenalty: optionalNumber(body, 'repetition_penalty', 1e-6, 10, 1),
+    },
     stop,
     logprobs: parseLogprobs(body, chat),
   };

@@ -535,6 +535,9 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
           stop: [...input.stop],
           stopTokenIds: [...(input.stopTokenIds ?? [])],
           logprobs: input.logprobs ?? false,
+          presencePenalty: input.sampling.presencePenalty ?? 0,
+          frequencyPenalty: input.sampling.frequencyPenalty ?? 0,
+          repetitionPenalty: input.sampling.repetitionPenalty ?? 1,
         };
         let blockHashes: Buffer[];
         let firstTokenId: number | undefined;

@@ -81,6 +81,9 @@ function request(overrides: Partial<GenerateRequest> = {}): GenerateRequest {
       stop: [],
       stopTokenIds: [],
       logprobs: false,
+      presencePenalty: 0,
+      frequencyPenalty: 0,
+      repetitionPenalty: 0,
     },
     namespace: '',
     codec: Codec.CODEC_UNSPECIFIED,
@@ -701,6 +704,29 @@ describe('router grpc - edge over a scripted backend', () => {
       );
       assert.equal(nearlyFull.code, GrpcStatus.OK);
       assert.equal(inputs.at(-1)?.maxTokens, 3);
+      // Penalties reach the backend; an unset (0) repetition penalty is off (1); out of range is refused.
+      const penalized = await generate(
+        client,
+        request({ sampling: { ...request().sampling!, presencePenalty: 0.5, frequencyPenalty: -0.25 } }),
+        new Metadata(),
+      );
+      assert.equal(penalized.code, GrpcStatus.OK);
+      assert.deepEqual(
+        [
+          inputs.at(-1)?.sampling.presencePenalty,
+          inputs.at(-1)?.sampling.frequencyPenalty,
+          inputs.at(-1)?.sampling.repetitionPenalty,
+        ],
+        [0.5, -0.25, 1],
+      );
+      for (const bad of [{ presencePenalty: 2.5 }, { frequencyPenalty: -3 }, { repetitionPenalty: 11 }]) {
+        const refused = await generate(
+          client,
+          request({ sampling: { ...request().sampling!, ...bad } }),
+          new Metadata(),
+        );
+        assert.equal(refused.code, GrpcStatus.INVALID_ARGUMENT, JSON.stringify(bad));
+      }
 
       mode = 'none';
       const none = await generate(client, request(), new Metadata());
@@ -740,7 +766,7 @@ describe('router grpc - edge over a scripted backend', () => {
       const samples = parseMetrics(text);
       const key = (status: string): string =>
         `kvmesh_router_requests_total{endpoint="/kvmesh.v1.Router/Generate",status="${status}"}`;
-      assert.equal(samples.get(key('OK')), 3);
+      assert.equal(samples.get(key('OK')), 4);
       assert.equal(samples.get(key('UNAVAILABLE')), 1);
       assert.equal(samples.get(key('RESOURCE_EXHAUSTED')), 1);
       assert.equal(samples.get(key('CANCELLED')), 1);

@@ -10,7 +10,15 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { decodeConfig, startDecodeWorker, type DecodeWorker } from '@kvmesh/decode';
-import { Engine, NO_PROGRESS, TextStream, generateModel, loadModel, type LoadedModel } from '@kvmesh/engine';
+import {
+  Engine,
+  NO_PROGRESS,
+  TextStream,
+  generateModel,
+  loadModel,
+  type LoadedModel,
+  type SamplingOptions,
+} from '@kvmesh/engine';
 import { prefillConfig, startPrefillWorker, type PrefillWorker } from '@kvmesh/prefill';
 import { createLogger } from '@kvmesh/runtime';
 import {
@@ -65,10 +73,15 @@ describe('router - OpenAI HTTP API over prefill and decode workers and a 2-node 
     });
 
   /** The tokens and their logprobs a fresh in-process engine generates greedily from `prompt`. */
-  const referenceTokens = (prompt: string, maxTokens: number): { ids: number[]; logprobs: number[] } => {
+  const referenceTokens = (
+    prompt: string,
+    maxTokens: number,
+    penalties: Pick<SamplingOptions, 'presencePenalty' | 'frequencyPenalty' | 'repetitionPenalty'> = {},
+  ): { ids: number[]; logprobs: number[] } => {
     const tokens = model.tokenizer.encode(prompt, { addSpecialTokens: true });
     const engine = new Engine(model, { codec: 'f32', blockTokens: B });
-    const id = engine.addSequence({ promptTokens: tokens, maxTokens });
+    const sampling = { temperature: 0, topK: 0, topP: 1, ...penalties };
+    const id = engine.addSequence({ promptTokens: tokens, maxTokens, sampling });
     const out = { ids: [] as number[], logprobs: [] as number[] };
     for (;;) {
       const event = engine.step().find((e) => e.sequenceId === id);
@@ -419,6 +432,40 @@ describe('router - OpenAI HTTP API over prefill and decode workers and a 2-node 
     assert.equal(plain.choices[0]?.logprobs, null);
   });
 
+  it('router - penalized greedy output equals the engine’s, prefilled on a prefill worker or not', async () => {
+    const penalties = { presencePenalty: -1, frequencyPenalty: 0.5, repetitionPenalty: 0.5 };
+    const short = 'Penalties on a short prompt';
+    const long = 'A prompt long enough for the prefill worker to compute, with penalties. '.repeat(3);
+    for (const prompt of [short, long]) {
+      const res = await post('/v1/completions', {
+        model: model.name,
+        prompt,
+        max_tokens: 10,
+        temperature: 0,
+        presence_penalty: penalties.presencePenalty,
+        frequency_penalty: penalties.frequencyPenalty,
+        repetition_penalty: penalties.repetitionPenalty,
+        logprobs: 0,
+      });
+      assert.equal(res.status, 200);
+      const body = (await res.json()) as { choices: { logprobs: { tokens: string[] } }[] };
+      const expected = referenceTokens(prompt, 10, penalties);
+      assert.deepEqual(
+        body.choices[0]?.logprobs.tokens,
+        expected.ids.map((id) => model.tokenizer.decode([id])),
+        prompt,
+      );
+      assert.notDeepEqual(expected.ids, referenceTokens(prompt, 10).ids, 'the penalties change the output');
+    }
+    const outOfRange = await post('/v1/completions', {
+      model: model.name,
+      prompt: short,
+      presence_penalty: 3,
+    });
+    assert.equal(outOfRange.status, 400);
+    assert.equal(((await outOfRange.json()) as ErrorBody).error.param, 'presence_penalty');
+  });
+
   it('router - parameters it does not implement are refused unless at their defaults', async () => {
     const refused = async (path: string, body: Record<string, unknown>, param: string): Promise<void> => {
       const res = await post(path, { model: model.name, max_tokens: 2, ...body });
@@ -428,10 +475,8 @@ describe('router - OpenAI HTTP API over prefill and decode workers and a 2-node 
       assert.equal(error.code, 'unsupported_parameter');
     };
     const messages = [{ role: 'user', content: 'hi' }];
-    await refused('/v1/completions', { prompt: 'hi', presence_penalty: 0.5 }, 'presence_penalty');
     await refused('/v1/completions', { prompt: 'hi', logprobs: 2 }, 'logprobs');
     await refused('/v1/completions', { prompt: 'hi', echo: true }, 'echo');
-    await refused('/v1/chat/completions', { messages, frequency_penalty: -1 }, 'frequency_penalty');
     await refused('/v1/chat/completions', { messages, logprobs: true, top_logprobs: 3 }, 'top_logprobs');
     await refused('/v1/chat/completions', { messages, logit_bias: { '5': 100 } }, 'logit_bias');
     await refused(

@@ -27,7 +27,15 @@ import type { LayerWeights, LoadedModel } from '../model/load.ts';
 import { Xoshiro128 } from '../model/random.ts';
 import { KvPool, TailBlock } from './kv-pool.ts';
 import { RateMeter } from './rate-meter.ts';
-import { checkSampling, GREEDY, sampleToken, tokenLogprob, type SamplingOptions } from './sampling.ts';
+import {
+  checkSampling,
+  GREEDY,
+  hasPenalties,
+  Penalties,
+  sampleToken,
+  tokenLogprob,
+  type SamplingOptions,
+} from './sampling.ts';
 
 export interface EngineOptions {
   codec?: CodecName;
@@ -132,6 +140,8 @@ interface Sequence {
   removed: boolean;
   tail: TailBlock;
   sampling: SamplingOptions;
+  /** Set when the sampling asks for repetition penalties. */
+  penalties: Penalties | undefined;
   rng: Xoshiro128;
   maxTokens: number;
   stop: Set<number>;
@@ -334,6 +344,7 @@ export class Engine {
       removed: false,
       tail: new TailBlock(this.dims),
       sampling,
+      penalties: hasPenalties(sampling) ? new Penalties(sampling, prompt) : undefined,
       rng: new Xoshiro128(sampling.seed ?? this.seedStream.nextUint32()),
       maxTokens: request.maxTokens,
       stop: new Set(request.stopTokenIds ?? cfg.eosTokenIds),
@@ -516,10 +527,17 @@ export class Engine {
       // NOTE: non-greedy sampling draws exactly one number per token; skip the one this token took.
       if (seq.sampling.temperature > 0) seq.rng.nextUnit();
       sampled = { token: seq.firstToken, logprob: tokenLogprob(logits, V, seq.firstToken) };
+    } else if (seq.penalties !== undefined) {
+      // Chosen from the penalized logits; its logprob stays that of the model's own distribution.
+      const penalized = logits.slice(0, V);
+      seq.penalties.apply(penalized);
+      const token = sampleToken(penalized, V, seq.sampling, seq.rng).token;
+      sampled = { token, logprob: tokenLogprob(logits, V, token) };
     } else {
       sampled = sampleToken(logits, V, seq.sampling, seq.rng);
     }
     const { token, logprob } = sampled;
+    seq.penalties?.add(token);
     seq.tokens.push(token);
     seq.generated++;
     if (seq.stop.has(token)) seq.finished = 'stop';

@@ -1,6 +1,7 @@
-// Token sampling from one position's logits: greedy, temperature, top-k, top-p (nucleus), a seeded
-// stream per sequence, plus the log-probability of the chosen token under the unmodified
-// distribution (what OpenAI's `logprobs` reports). Pure: the RNG is passed in, nothing is global.
+// Token sampling from one position's logits: repetition penalties, greedy, temperature, top-k, top-p
+// (nucleus), a seeded stream per sequence, plus the log-probability of the chosen token under the
+// unmodified distribution (what OpenAI's `logprobs` reports). Pure: the RNG is passed in, nothing is
+// global.
 import { InvalidArgumentError } from '@kvmesh/errors';
 
 import type { Xoshiro128 } from '../model/random.ts';
@@ -14,6 +15,15 @@ export interface SamplingOptions {
   topP: number;
   /** Seed of the sequence's private stream; undefined draws one from the engine's stream. */
   seed?: number;
+  /** Subtracted once from the logit of every token already generated (OpenAI); 0 = off. */
+  presencePenalty?: number;
+  /** Subtracted from a token's logit once per time it was generated (OpenAI); 0 = off. */
+  frequencyPenalty?: number;
+  /**
+   * Divides a positive logit (multiplies a negative one) of every token in the prompt or generated
+   * so far (the CTRL / Hugging Face rule, vLLM's `repetition_penalty`); 1 = off.
+   */
+  repetitionPenalty?: number;
 }
 
 export const GREEDY: SamplingOptions = { temperature: 0, topK: 0, topP: 1 };
@@ -29,6 +39,63 @@ export function checkSampling(options: SamplingOptions): void {
     throw new InvalidArgumentError(`topP must be in (0, 1], got ${topP}`, { topP });
   if (seed !== undefined && (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32)) {
     throw new InvalidArgumentError(`seed must be an integer in [0, 2^32), got ${seed}`, { seed });
+  }
+  for (const name of ['presencePenalty', 'frequencyPenalty'] as const) {
+    const value = options[name] ?? 0;
+    if (!Number.isFinite(value) || value < -2 || value > 2)
+      throw new InvalidArgumentError(`${name} must be in [-2, 2], got ${value}`, { [name]: value });
+  }
+  const repetition = options.repetitionPenalty ?? 1;
+  if (!Number.isFinite(repetition) || repetition <= 0 || repetition > 10)
+    throw new InvalidArgumentError(`repetitionPenalty must be in (0, 10], got ${repetition}`, {
+      repetitionPenalty: repetition,
+    });
+}
+
+/** Whether `options` asks for any repetition penalty. */
+export function hasPenalties(options: SamplingOptions): boolean {
+  return (
+    (options.presencePenalty ?? 0) !== 0 ||
+    (options.frequencyPenalty ?? 0) !== 0 ||
+    (options.repetitionPenalty ?? 1) !== 1
+  );
+}
+
+/**
+ * One sequence's penalty state: how often each token was generated and which tokens the prompt
+ * holds. Bounded by the sequence: at most one entry per distinct token of the prompt and output.
+ */
+export class Penalties {
+  private readonly generated = new Map<number, number>();
+  private readonly prompt: ReadonlySet<number>;
+
+  constructor(
+    private readonly options: SamplingOptions,
+    promptTokens: readonly number[],
+  ) {
+    this.prompt = (options.repetitionPenalty ?? 1) === 1 ? new Set() : new Set(promptTokens);
+  }
+
+  /** Counts a token the sequence produced. */
+  add(token: number): void {
+    this.generated.set(token, (this.generated.get(token) ?? 0) + 1);
+  }
+
+  /** Applies the penalties to `logits` in place. */
+  apply(logits: Float32Array): void {
+    const presence = this.options.presencePenalty ?? 0;
+    const frequency = this.options.frequencyPenalty ?? 0;
+    const repetition = this.options.repetitionPenalty ?? 1;
+    const repeat = (token: number): void => {
+      const logit = logits[token] as number;
+      logits[token] = logit > 0 ? logit / repetition : logit * repetition;
+    };
+    if (repetition !== 1) {
+      for (const token of this.prompt) repeat(token);
+      for (const token of this.generated.keys()) if (!this.prompt.has(token)) repeat(token);
+    }
+    for (const [token, count] of this.generated)
+      logits[token] = (logits[token] as number) - presence - frequency * count;
   }
 }
 

@@ -39,6 +39,9 @@ export interface WireSampling {
   readonly topP: number;
   readonly topK: number;
   readonly seed?: bigint | undefined;
+  readonly presencePenalty?: number;
+  readonly frequencyPenalty?: number;
+  readonly repetitionPenalty?: number;
 }
 
 export interface WorkerInputCommon {
@@ -88,7 +91,28 @@ export function parseSampling(sampling: WireSampling | undefined): SamplingOptio
       field: 'sampling.seed',
       value: seed.toString(),
     });
-  return { temperature, topK, topP, ...(seed === undefined ? {} : { seed: Number(seed) }) };
+  const penalty = (name: string, value: number, min: number, max: number): number => {
+    if (!Number.isFinite(value) || value < min || value > max)
+      throw new InvalidArgumentError(`sampling.${name} must be in [${min}, ${max}], got ${value}`, {
+        field: `sampling.${name}`,
+        value,
+      });
+    return value;
+  };
+  const presencePenalty = penalty('presence_penalty', sampling.presencePenalty ?? 0, -2, 2);
+  const frequencyPenalty = penalty('frequency_penalty', sampling.frequencyPenalty ?? 0, -2, 2);
+  // NOTE: proto3 sends an unset repetition_penalty as 0, which means "off" like 1.
+  const repetition = sampling.repetitionPenalty ?? 0;
+  const repetitionPenalty = repetition === 0 ? 1 : penalty('repetition_penalty', repetition, 1e-6, 10);
+  return {
+    temperature,
+    topK,
+    topP,
+    ...(seed === undefined ? {} : { seed: Number(seed) }),
+    ...(presencePenalty === 0 ? {} : { presencePenalty }),
+    ...(frequencyPenalty === 0 ? {} : { frequencyPenalty }),
+    ...(repetitionPenalty === 1 ? {} : { repetitionPenalty }),
+  };
 }
 
 /**

@@ -56,6 +56,9 @@ const NO_SAMPLING: NonNullable<DecodeRequest['sampling']> = {
   stop: [],
   stopTokenIds: [],
   logprobs: false,
+  presencePenalty: 0,
+  frequencyPenalty: 0,
+  repetitionPenalty: 0,
 };
 
 export function parseDecodeRequest(request: DecodeRequest, limits: DecodeLimits): DecodeInput {

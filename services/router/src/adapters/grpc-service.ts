@@ -182,6 +182,19 @@ export function parseGenerateRequest(
     );
   checkTokenIds('sampling.stop_token_ids', stopTokenIds, backend.vocabSize);
 
+  const penalty = (name: string, value: number, min: number, max: number): number => {
+    if (!Number.isFinite(value) || value < min || value > max)
+      throw invalid(`sampling.${name}`, `must be in [${min}, ${max}], got ${value}`);
+    return value;
+  };
+  const presencePenalty = penalty('presence_penalty', wire?.presencePenalty ?? 0, -2, 2);
+  const frequencyPenalty = penalty('frequency_penalty', wire?.frequencyPenalty ?? 0, -2, 2);
+  // NOTE: proto3 sends an unset repetition_penalty as 0, which means "off" like 1.
+  const repetitionPenalty =
+    (wire?.repetitionPenalty ?? 0) === 0
+      ? 1
+      : penalty('repetition_penalty', wire?.repetitionPenalty ?? 1, 1e-6, 10);
+
   const room = backend.maxContextTokens - promptTokens.length;
   const askedMaxTokens = wire?.maxTokens ?? 0;
   if (askedMaxTokens > options.maxTokensMax)
@@ -214,6 +227,9 @@ export function parseGenerateRequest(
     topP,
     topK,
     seed: seed === undefined ? undefined : Number(seed),
+    presencePenalty,
+    frequencyPenalty,
+    repetitionPenalty,
   };
   return {
     requestId,

@@ -189,6 +189,11 @@ export interface SamplingParams {
   stop: string[];
   stopTokenIds: number[];
   logprobs: boolean;
+  /** OpenAI's presence and frequency penalties on the tokens generated so far, in [-2, 2]; 0 = off. */
+  presencePenalty: number;
+  frequencyPenalty: number;
+  /** The repetition penalty on prompt and generated tokens (vLLM's), in (0, 10]; 0 or 1 = off. */
+  repetitionPenalty: number;
 }
 
 export interface Usage {
@@ -390,6 +395,9 @@ function createBaseSamplingParams(): SamplingParams {
     stop: [],
     stopTokenIds: [],
     logprobs: false,
+    presencePenalty: 0,
+    frequencyPenalty: 0,
+    repetitionPenalty: 0,
   };
 }
 
@@ -425,6 +433,15 @@ export const SamplingParams: MessageFns<SamplingParams> = {
     }
     if (message.logprobs !== false) {
       writer.uint32(64).bool(message.logprobs);
+    }
+    if (message.presencePenalty !== 0) {
+      writer.uint32(77).float(message.presencePenalty);
+    }
+    if (message.frequencyPenalty !== 0) {
+      writer.uint32(85).float(message.frequencyPenalty);
+    }
+    if (message.repetitionPenalty !== 0) {
+      writer.uint32(93).float(message.repetitionPenalty);
     }
     return writer;
   },
@@ -516,6 +533,30 @@ export const SamplingParams: MessageFns<SamplingParams> = {
             message.logprobs = reader.bool();
             continue;
           }
+          case 9: {
+            if (tag !== 77) {
+              break;
+            }
+
+            message.presencePenalty = reader.float();
+            continue;
+          }
+          case 10: {
+            if (tag !== 85) {
+              break;
+            }
+
+            message.frequencyPenalty = reader.float();
+            continue;
+          }
+          case 11: {
+            if (tag !== 93) {
+              break;
+            }
+
+            message.repetitionPenalty = reader.float();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -554,6 +595,21 @@ export const SamplingParams: MessageFns<SamplingParams> = {
           ? object.stop_token_ids.map((e: any) => globalThis.Number(e))
           : [],
       logprobs: isSet(object.logprobs) ? globalThis.Boolean(object.logprobs) : false,
+      presencePenalty: isSet(object.presencePenalty)
+        ? globalThis.Number(object.presencePenalty)
+        : isSet(object.presence_penalty)
+          ? globalThis.Number(object.presence_penalty)
+          : 0,
+      frequencyPenalty: isSet(object.frequencyPenalty)
+        ? globalThis.Number(object.frequencyPenalty)
+        : isSet(object.frequency_penalty)
+          ? globalThis.Number(object.frequency_penalty)
+          : 0,
+      repetitionPenalty: isSet(object.repetitionPenalty)
+        ? globalThis.Number(object.repetitionPenalty)
+        : isSet(object.repetition_penalty)
+          ? globalThis.Number(object.repetition_penalty)
+          : 0,
     };
   },
 
@@ -583,6 +639,15 @@ export const SamplingParams: MessageFns<SamplingParams> = {
     if (message.logprobs !== false) {
       obj.logprobs = message.logprobs;
     }
+    if (message.presencePenalty !== 0) {
+      obj.presencePenalty = floatToJson(message.presencePenalty);
+    }
+    if (message.frequencyPenalty !== 0) {
+      obj.frequencyPenalty = floatToJson(message.frequencyPenalty);
+    }
+    if (message.repetitionPenalty !== 0) {
+      obj.repetitionPenalty = floatToJson(message.repetitionPenalty);
+    }
     return obj;
   },
 
@@ -599,6 +664,9 @@ export const SamplingParams: MessageFns<SamplingParams> = {
     message.stop = object.stop?.map((e) => e) || [];
     message.stopTokenIds = object.stopTokenIds?.map((e) => e) || [];
     message.logprobs = object.logprobs ?? false;
+    message.presencePenalty = object.presencePenalty ?? 0;
+    message.frequencyPenalty = object.frequencyPenalty ?? 0;
+    message.repetitionPenalty = object.repetitionPenalty ?? 0;
     return message;
   },
 };
