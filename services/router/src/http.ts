@@ -133,6 +133,8 @@ export interface HttpServer {
 /** Stop strings per request (OpenAI allows 4). */
 export const STOP_STRINGS_MAX = 4;
 export const CHAT_MESSAGES_MAX = 1024;
+/** Choices one request may ask for (`n`); each is a sequence of its own on the workers. */
+export const CHOICES_MAX = 16;
 /** How long an idle keep-alive connection is held open. */
 const KEEP_ALIVE_TIMEOUT_MS = 65_000;
 const KNOWN_PATHS = new Set(['/health', '/metrics', '/v1/models', '/v1/completions', '/v1/chat/completions']);
@@ -209,6 +211,8 @@ interface ParsedRequest {
   readonly stop: readonly string[];
   /** Report the chosen token's log-probability with each token. */
   readonly logprobs: boolean;
+  /** Choices to generate for the prompt (OpenAI's `n`). */
+  readonly n: number;
 }
 
 /**
@@ -294,8 +298,7 @@ function parseCommon(body: Body, options: HttpServerOptions, chat: boolean): Par
       throw invalid('stream_options must be an object', 'stream_options');
     includeUsage = (streamOptions as Body).include_usage === true;
   }
-  // NOTE: one choice per request; n > 1 is refused rather than silently ignored.
-  optionalInteger(body, 'n', 1, 1, 1);
+  const n = optionalInteger(body, 'n', 1, CHOICES_MAX, 1);
   const maxTokens =
     body[maxTokensParam] !== undefined && body[maxTokensParam] !== null
       ? optionalInteger(body, maxTokensParam, 1, options.maxTokensMax, options.maxTokensDefault)
@@ -333,6 +336,7 @@ function parseCommon(body: Body, options: HttpServerOptions, chat: boolean): Par
     },
     stop,
     logprobs: parseLogprobs(body, chat),
+    n,
   };
 }
 
@@ -363,6 +367,43 @@ function parseChatMessages(value: unknown): ChatMessage[] {
     } else throw invalid(`${param}.content must be a string or an array of text parts`, `${param}.content`);
     return { role, content: text };
   });
+}
+
+type Pulled<T> = { index: number } & ({ result: IteratorResult<T> } | { error: unknown });
+
+/**
+ * The chunks of several generations as they come, each with its generation's index. A generation
+ * that fails ends the merge with its error; a merge that ends early returns the rest (their
+ * consumers stop, and the request's abort signal is what cancels their workers).
+ */
+async function* mergeStreams<T>(
+  streams: readonly AsyncIterable<T>[],
+): AsyncGenerator<{ index: number; chunk: T }> {
+  const iterators = streams.map((s) => s[Symbol.asyncIterator]());
+  const pending = new Map<number, Promise<Pulled<T>>>();
+  // NOTE: a failure becomes a value, so a pull nobody waits for any more is never an unhandled rejection.
+  const pull = (index: number): void => {
+    pending.set(
+      index,
+      (iterators[index] as AsyncIterator<T>).next().then(
+        (result) => ({ index, result }),
+        (error: unknown) => ({ index, error }),
+      ),
+    );
+  };
+  iterators.forEach((_, index) => pull(index));
+  try {
+    while (pending.size > 0) {
+      const pulled = await Promise.race(pending.values());
+      pending.delete(pulled.index);
+      if ('error' in pulled) throw pulled.error;
+      if (pulled.result.done === true) continue;
+      pull(pulled.index);
+      yield { index: pulled.index, chunk: pulled.result.value };
+    }
+  } finally {
+    for (const index of pending.keys()) void iterators[index]?.return?.(undefined).catch(() => undefined);
+  }
 }
 
 /**
@@ -533,14 +574,21 @@ export async function startHttpServer(
         chat ? 'messages' : 'prompt',
         'context_length_exceeded',
       );
-    if (!admission.tryAcquire())
+    // NOTE: each choice is a sequence of its own on the workers, so it takes an admission slot.
+    let acquired = 0;
+    while (acquired < parsed.n && admission.tryAcquire()) acquired++;
+    if (acquired < parsed.n) {
+      for (; acquired > 0; acquired--) admission.release();
       throw new HttpError(
         429,
-        `${admission.inFlight} requests are running, limit is ${admission.limit}; retry later`,
+        `${admission.inFlight} sequences are running, limit is ${admission.limit}` +
+          (parsed.n > 1 ? ` (this request asks ${parsed.n})` : '') +
+          '; retry later',
         'rate_limit_error',
         null,
         'too_many_requests',
       );
+    }
     const abort = new AbortController();
     // NOTE: 'close' on the response fires once it is done or the socket went away; only the latter
     // (before our end) means the client left mid-request.
@@ -556,99 +604,128 @@ export async function startHttpServer(
       created: created(),
       model: backend.modelName,
     };
-    const logprobs = parsed.logprobs ? new LogprobsBuilder(backend.tokenizer, chat) : undefined;
-    const chunkChoice = (chunk: GenerationChunk, first: boolean): unknown => {
+    const choices = Array.from({ length: parsed.n }, (_, index) => ({
+      index,
+      logprobs: parsed.logprobs ? new LogprobsBuilder(backend.tokenizer, chat) : undefined,
+      first: true,
+      text: '',
+      finishReason: null as string | null,
+      usage: undefined as GenerationUsage | undefined,
+    }));
+    type Choice = (typeof choices)[number];
+    /** One chunk of one choice, as a stream chunk's choice (the first carries the role). */
+    const chunkChoice = (choice: Choice, chunk: GenerationChunk): unknown => {
+      const { index, first } = choice;
       const { text, finishReason } = chunk;
-      const lp = logprobs?.add(chunk) ?? null;
+      choice.first = false;
+      const lp = choice.logprobs?.add(chunk) ?? null;
       return chat
         ? {
-            index: 0,
+            index,
             delta: first ? { role: 'assistant', content: text } : text === '' ? {} : { content: text },
             logprobs: lp,
             finish_reason: finishReason,
           }
-        : { index: 0, text, logprobs: lp, finish_reason: finishReason };
+        : { index, text, logprobs: lp, finish_reason: finishReason };
     };
-    const usageOf = (u: GenerationUsage | undefined): unknown =>
-      u === undefined
-        ? null
-        : {
-            prompt_tokens: u.promptTokens,
-            completion_tokens: u.completionTokens,
-            total_tokens: u.promptTokens + u.completionTokens,
-            prompt_tokens_details: { cached_tokens: u.cachedTokens },
-          };
+    // The prompt is counted once (as OpenAI does for n > 1), completions for every choice; cached
+    // tokens are the first choice's.
+    const usageOf = (): unknown => {
+      const usages = choices.map((c) => c.usage);
+      const first = usages[0];
+      if (first === undefined || usages.some((u) => u === undefined)) return null;
+      const completionTokens = usages.reduce((sum, u) => sum + (u?.completionTokens ?? 0), 0);
+      return {
+        prompt_tokens: first.promptTokens,
+        completion_tokens: completionTokens,
+        total_tokens: first.promptTokens + completionTokens,
+        prompt_tokens_details: { cached_tokens: first.cachedTokens },
+      };
+    };
     try {
-      const chunks = backend.generate({
-        requestId: id.slice(0, 64),
-        promptTokens,
-        maxTokens: parsed.maxTokens,
-        sampling: parsed.sampling,
-        stop: parsed.stop,
-        signal: abort.signal,
-        logprobs: parsed.logprobs,
-      });
+      const streams = choices.map(({ index }) =>
+        backend.generate({
+          requestId: parsed.n === 1 ? id : `${id}-${index}`,
+          promptTokens,
+          maxTokens: parsed.maxTokens,
+          // A seeded request gives each choice its own seed, so that they differ and replay alike.
+          sampling: {
+            ...parsed.sampling,
+            seed: parsed.sampling.seed === undefined ? undefined : (parsed.sampling.seed + index) % 2 ** 32,
+          },
+          stop: parsed.stop,
+          signal: abort.signal,
+          logprobs: parsed.logprobs,
+        }),
+      );
+      const merged = mergeStreams(streams);
       if (parsed.stream) {
-        const iterator = chunks[Symbol.asyncIterator]();
         // Routing or prefill errors come before the first chunk: they still get a proper status.
-        let next = await iterator.next();
+        let next = await merged.next();
         res.writeHead(200, {
           'content-type': 'text/event-stream',
           'cache-control': 'no-cache',
           connection: 'keep-alive',
         });
         const send = (payload: unknown): void => void res.write(`data: ${JSON.stringify(payload)}\n\n`);
-        let first = true;
-        let usage: GenerationUsage | undefined;
         try {
-          for (; next.done !== true; next = await iterator.next()) {
-            const chunk = next.value;
-            usage = chunk.usage ?? usage;
+          for (; next.done !== true; next = await merged.next()) {
+            const choice = choices[next.value.index] as Choice;
+            const chunk = next.value.chunk;
+            choice.usage = chunk.usage ?? choice.usage;
             if (abort.signal.aborted) break;
-            send({ ...base, choices: [chunkChoice(chunk, first)] });
-            first = false;
+            send({ ...base, choices: [chunkChoice(choice, chunk)] });
           }
         } catch (err) {
-          const httpErr = httpErrorOf(err);
+          // NOTE: one choice failing ends the others too (their sequences are cancelled).
+          abort.abort();
           logger.warn('stream failed', { requestId: id, err });
-          send(errorBody(httpErr));
+          if (!res.destroyed) {
+            send(errorBody(httpErrorOf(err)));
+            res.write('data: [DONE]\n\n');
+            res.end();
+          }
+          return;
         }
         if (!abort.signal.aborted) {
-          if (parsed.includeUsage) send({ ...base, choices: [], usage: usageOf(usage) });
+          if (parsed.includeUsage) send({ ...base, choices: [], usage: usageOf() });
           res.write('data: [DONE]\n\n');
           res.end();
         }
         return;
       }
-      let text = '';
-      let finishReason: string | null = null;
-      let usage: GenerationUsage | undefined;
-      for await (const chunk of chunks) {
-        text += chunk.text;
-        finishReason = chunk.finishReason ?? finishReason;
-        usage = chunk.usage ?? usage;
-        logprobs?.add(chunk);
+      for await (const { index, chunk } of merged) {
+        const choice = choices[index] as Choice;
+        choice.text += chunk.text;
+        choice.finishReason = chunk.finishReason ?? choice.finishReason;
+        choice.usage = chunk.usage ?? choice.usage;
+        choice.logprobs?.add(chunk);
       }
       if (abort.signal.aborted) return;
-      const all = logprobs?.all() ?? null;
-      const choice = chat
-        ? {
-            index: 0,
-            message: { role: 'assistant', content: text },
-            logprobs: all,
-            finish_reason: finishReason,
-          }
-        : { index: 0, text, logprobs: all, finish_reason: finishReason };
       sendJson(res, 200, {
         id,
         object,
         created: base.created,
         model: backend.modelName,
-        choices: [choice],
-        usage: usageOf(usage),
+        choices: choices.map((c) => {
+          const logprobs = c.logprobs?.all() ?? null;
+          return chat
+            ? {
+                index: c.index,
+                message: { role: 'assistant', content: c.text },
+                logprobs,
+                finish_reason: c.finishReason,
+              }
+            : { index: c.index, text: c.text, logprobs, finish_reason: c.finishReason };
+        }),
+        usage: usageOf(),
       });
+    } catch (err) {
+      // A choice that failed before streaming began (or at all, unstreamed) ends its siblings too.
+      abort.abort();
+      throw err;
     } finally {
-      admission.release();
+      for (let i = 0; i < parsed.n; i++) admission.release();
       res.removeListener('close', onClose);
     }
   };

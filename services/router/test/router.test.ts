@@ -466,6 +466,67 @@ describe('router - OpenAI HTTP API over prefill and decode workers and a 2-node 
     assert.equal(((await outOfRange.json()) as ErrorBody).error.param, 'presence_penalty');
   });
 
+  it('router - n choices: each its own seeded sequence, the prompt counted once, streamed by index', async () => {
+    const prompt = 'Three different continuations of one prompt';
+    const ask = async (body: Record<string, unknown>) => {
+      const res = await post('/v1/completions', { model: model.name, prompt, max_tokens: 6, ...body });
+      assert.equal(res.status, 200);
+      return (await res.json()) as {
+        choices: { index: number; text: string; logprobs: { tokens: string[] } }[];
+        usage: Usage;
+      };
+    };
+    const sampled = { temperature: 1, seed: 11, logprobs: 0 };
+    const three = await ask({ ...sampled, n: 3 });
+    assert.deepEqual(
+      three.choices.map((c) => c.index),
+      [0, 1, 2],
+    );
+    // Choice i is the request with seed 11 + i on its own: same tokens.
+    for (const choice of three.choices) {
+      const alone = await ask({ ...sampled, seed: 11 + choice.index });
+      assert.deepEqual(choice.logprobs.tokens, alone.choices[0]?.logprobs.tokens, `choice ${choice.index}`);
+    }
+    assert.equal(new Set(three.choices.map((c) => c.logprobs.tokens.join('|'))).size, 3, 'seeds differ');
+    const tokens = three.choices.reduce((sum, c) => sum + c.logprobs.tokens.length, 0);
+    assert.equal(three.usage.completion_tokens, tokens);
+    assert.equal(
+      three.usage.prompt_tokens,
+      model.tokenizer.encode(prompt, { addSpecialTokens: true }).length,
+      'the prompt is counted once',
+    );
+
+    const streamed = await post('/v1/chat/completions', {
+      model: model.name,
+      messages: [{ role: 'user', content: 'two streamed choices' }],
+      max_tokens: 5,
+      n: 2,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    const events = (await streamed.text())
+      .split('\n\n')
+      .filter((e) => e.startsWith('data: {'))
+      .map(
+        (e) =>
+          JSON.parse(e.slice(6)) as {
+            choices: { index: number; delta: { role?: string }; finish_reason: string | null }[];
+            usage?: Usage | null;
+          },
+      );
+    for (const index of [0, 1]) {
+      const mine = events.flatMap((e) => e.choices.filter((c) => c.index === index));
+      assert.equal(mine[0]?.delta.role, 'assistant', `choice ${index} opens with the role`);
+      assert.equal(mine.filter((c) => c.delta.role !== undefined).length, 1);
+      assert.ok(mine.at(-1)?.finish_reason, `choice ${index} finishes`);
+    }
+    assert.equal(events.at(-1)?.usage?.completion_tokens, 10);
+
+    const tooMany = await post('/v1/completions', { model: model.name, prompt, n: 17 });
+    assert.equal(tooMany.status, 400);
+    assert.equal(((await tooMany.json()) as ErrorBody).error.param, 'n');
+  });
+
   it('router - parameters it does not implement are refused unless at their defaults', async () => {
     const refused = async (path: string, body: Record<string, unknown>, param: string): Promise<void> => {
       const res = await post(path, { model: model.name, max_tokens: 2, ...body });
@@ -532,6 +593,62 @@ describe('router - OpenAI HTTP API over prefill and decode workers and a 2-node 
 });
 
 describe('router - HTTP edge limits', () => {
+  it('router - n takes one admission slot per choice, and a failing choice ends its siblings', async () => {
+    const signals: AbortSignal[] = [];
+    const failing: GenerationBackend = {
+      modelName: 'fake',
+      maxContextTokens: 64,
+      blockTokens: 16,
+      tokenizer: {
+        encode: (text) => [...text].map((c) => c.charCodeAt(0)),
+        decode: (ids) => String.fromCharCode(...ids),
+        applyChatTemplate: () => 'chat',
+      },
+      async *generate(input) {
+        signals.push(input.signal);
+        yield { text: 'a', tokenIds: [97], finishReason: null };
+        // The second choice fails after its first chunk; the others would run until aborted.
+        if (input.requestId.endsWith('-1')) throw new Error('worker lost');
+        await new Promise<void>((resolve) => input.signal.addEventListener('abort', () => resolve()));
+      },
+      health: () => ({ ok: true }),
+    };
+    const server = await startHttpServer(failing, {
+      host: '127.0.0.1',
+      port: 0,
+      requestBytesMax: 1024,
+      requestsInFlightMax: 3,
+      maxTokensDefault: 4,
+      maxTokensMax: 16,
+      apiKey: '',
+      logger: createLogger({ service: 'router', level: 'error' }),
+    });
+    try {
+      const url = `http://127.0.0.1:${server.port}/v1/completions`;
+      const ask = (body: Record<string, unknown>): Promise<Response> =>
+        fetch(url, { method: 'POST', body: JSON.stringify({ model: 'fake', prompt: 'hi', ...body }) });
+      const refused = await ask({ n: 4 });
+      assert.equal(refused.status, 429, 'four choices do not fit three slots');
+      assert.match(((await refused.json()) as ErrorBody).error.message, /asks 4/);
+      const failed = await ask({ n: 3 });
+      assert.equal(failed.status, 500);
+      assert.equal(signals.length, 3);
+      assert.ok(
+        signals.every((signal) => signal.aborted),
+        'every sibling was cancelled',
+      );
+      // The slots came back: a streamed request with n = 3 starts, then ends with an error event.
+      const stream = await ask({ n: 3, stream: true });
+      assert.equal(stream.status, 200);
+      const text = await stream.text();
+      assert.match(text, /"error"/);
+      assert.ok(text.trimEnd().endsWith('data: [DONE]'));
+      assert.ok(signals.slice(3).every((signal) => signal.aborted));
+    } finally {
+      await server.close(100);
+    }
+  });
+
   const backend: GenerationBackend = {
     modelName: 'fake',
     maxContextTokens: 64,
