@@ -687,11 +687,14 @@ export async function startHttpServer(
           }
           return;
         }
-        if (!abort.signal.aborted) {
-          if (parsed.includeUsage) send({ ...base, choices: [], usage: usageOf() });
-          res.write('data: [DONE]\n\n');
-          res.end();
+        if (abort.signal.aborted) {
+          // The client left: end the merge (the abort already cancels every choice's sequence).
+          await merged.return(undefined);
+          return;
         }
+        if (parsed.includeUsage) send({ ...base, choices: [], usage: usageOf() });
+        res.write('data: [DONE]\n\n');
+        res.end();
         return;
       }
       for await (const { index, chunk } of merged) {
