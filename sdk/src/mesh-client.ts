@@ -94,6 +94,8 @@ export interface MeshGenerateRequest {
   readonly stopTokenIds?: readonly number[];
   /** Report each token's log-probability. */
   readonly logprobs?: boolean;
+  /** Also list the most likely tokens at each position with their logprobs (0-20; implies logprobs). */
+  readonly topLogprobs?: number;
   /** OpenAI's presence penalty on generated tokens, in [-2, 2]; default 0 (off). */
   readonly presencePenalty?: number;
   /** OpenAI's frequency penalty on generated tokens, in [-2, 2]; default 0 (off). */
@@ -123,6 +125,11 @@ export interface MeshGenerateChunk {
   readonly tokenIds: readonly number[];
   /** One per token id, when the request asked for logprobs. */
   readonly logprobs?: readonly number[];
+  /** One per token id, when the request asked for topLogprobs: the most likely tokens, most likely first. */
+  readonly topLogprobs?: readonly {
+    readonly tokenIds: readonly number[];
+    readonly logprobs: readonly number[];
+  }[];
   /** On the last chunk. */
   readonly finishReason?: MeshFinishReason;
   /** On the last chunk. */
@@ -241,6 +248,7 @@ export function toGenerateRequest(request: MeshGenerateRequest): GenerateRequest
       frequencyPenalty: finite('frequencyPenalty', request.frequencyPenalty),
       // NOTE: on the wire 0 means off, like 1.
       repetitionPenalty: finite('repetitionPenalty', request.repetitionPenalty),
+      topLogprobs: uint32('topLogprobs', request.topLogprobs),
     },
     namespace: request.namespace ?? '',
     codec,
@@ -254,6 +262,7 @@ function chunkOf(message: GenerateResponse): MeshGenerateChunk {
     text: message.text,
     tokenIds: message.tokenIds,
     ...(message.logprobs.length > 0 ? { logprobs: message.logprobs } : {}),
+    ...(message.topLogprobs.length > 0 ? { topLogprobs: message.topLogprobs } : {}),
     ...(finishReason === undefined ? {} : { finishReason }),
     ...(usage === undefined
       ? {}

@@ -97,6 +97,7 @@ class ScriptedRouter {
         text: `t${i} `,
         tokenIds: [100 + i],
         logprobs: logprobs ? [-0.5 * (i + 1)] : [],
+        topLogprobs: [],
         finishReason: last ? FinishReason.FINISH_REASON_LENGTH : FinishReason.FINISH_REASON_UNSPECIFIED,
         usage: last ? { promptTokens: 5, completionTokens: i + 1, cachedTokens: 2 } : undefined,
       });

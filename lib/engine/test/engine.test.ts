@@ -19,6 +19,7 @@ import { exportGguf } from '../src/model/gguf.ts';
 import { loadModel, type LoadedModel } from '../src/model/load.ts';
 import { NO_PROGRESS } from '../src/model/progress.ts';
 import { Engine, type TokenEvent } from '../src/runtime/engine.ts';
+import { topLogprobs } from '../src/runtime/sampling.ts';
 import { argmax, llamaCppLogits, loadLlamaModel } from '@kvmesh/test-harness';
 
 const PROMPTS = [
@@ -233,6 +234,28 @@ describe('engine - continuous batching', () => {
     engine.removeSequence(id);
     // Otherwise the check above could not tell a penalized choice from a plain one.
     assert.ok(flips > 0, 'the penalties changed at least one choice');
+  });
+
+  it('engine - top logprobs list the most likely tokens of the very logits the token came from', () => {
+    const engine = new Engine(model, { codec: 'f32', blockTokens: 16 });
+    const id = engine.addSequence({
+      promptTokens: encode(PROMPTS[1] as string),
+      maxTokens: 6,
+      stopTokenIds: [],
+      topLogprobs: 4,
+    });
+    for (let step = 0; step < 6; step++) {
+      const event = engine.step({ logits: true }).find((e) => e.sequenceId === id);
+      assert.ok(event?.logits && event.top);
+      assert.deepEqual(event.top, topLogprobs(event.logits, event.logits.length, 4));
+      assert.equal(event.top.tokenIds[0], event.token, 'greedy takes the most likely');
+      assert.ok(Math.abs((event.top.logprobs[0] as number) - event.logprob) < 1e-6);
+    }
+    engine.removeSequence(id);
+    assert.throws(
+      () => engine.addSequence({ promptTokens: [1], maxTokens: 1, topLogprobs: 21 }),
+      /topLogprobs must be an integer in \[0, 20\]/,
+    );
   });
 
   it('engine - measures its own prefill and decode speeds once it has done each', () => {

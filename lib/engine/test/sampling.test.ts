@@ -4,7 +4,14 @@ import { describe, it } from 'node:test';
 import { InvalidArgumentError } from '@kvmesh/errors';
 
 import { Xoshiro128 } from '../src/model/random.ts';
-import { GREEDY, Penalties, checkSampling, hasPenalties, sampleToken } from '../src/runtime/sampling.ts';
+import {
+  GREEDY,
+  Penalties,
+  checkSampling,
+  hasPenalties,
+  sampleToken,
+  topLogprobs,
+} from '../src/runtime/sampling.ts';
 
 const logits = Float32Array.from([1, 3, 2, 3, -1]);
 
@@ -67,6 +74,23 @@ describe('engine - sampling', () => {
     assert.throws(() => checkSampling({ ...GREEDY, presencePenalty: 2.5 }), /presencePenalty/);
     assert.throws(() => checkSampling({ ...GREEDY, frequencyPenalty: Number.NaN }), /frequencyPenalty/);
     assert.throws(() => checkSampling({ ...GREEDY, repetitionPenalty: 0 }), /repetitionPenalty/);
+  });
+
+  it('engine - top logprobs: the k most likely tokens, ties to the lower id, with exact logprobs', () => {
+    // logits = [1, 3, 2, 3, -1]: 1 and 3 tie for the top.
+    const top = topLogprobs(logits, logits.length, 3);
+    assert.deepEqual(top.tokenIds, [1, 3, 2]);
+    const lse = Math.log([1, 3, 2, 3, -1].reduce((sum, l) => sum + Math.exp(l), 0));
+    top.logprobs.forEach((lp, i) =>
+      assert.ok(Math.abs(lp - ((logits[top.tokenIds[i] as number] as number) - lse)) < 1e-6),
+    );
+    assert.deepEqual(topLogprobs(logits, logits.length, 5).tokenIds, [1, 3, 2, 0, 4]);
+    assert.deepEqual(topLogprobs(logits, logits.length, 1).tokenIds, [1]);
+    // A random vocabulary: the same as sorting all of it.
+    const rng = new Xoshiro128(Date.now() >>> 0);
+    const wide = Float32Array.from({ length: 2048 }, () => Math.round(rng.nextUnit() * 64) / 8);
+    const sorted = [...wide.keys()].sort((a, b) => (wide[b] as number) - (wide[a] as number) || a - b);
+    assert.deepEqual(topLogprobs(wide, wide.length, 20).tokenIds, sorted.slice(0, 20));
   });
 
   it('engine - penalties: repetition over prompt and output, presence and frequency over output', () => {

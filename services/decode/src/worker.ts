@@ -584,6 +584,7 @@ export async function startDecodeWorker(
             prefixBlocks: prefixBlocks.slice(far),
             ...(input.firstTokenId === undefined ? {} : { firstToken: input.firstTokenId }),
             ...(link.farAttention === undefined ? {} : { farBlocks: far, farAttention: link.farAttention }),
+            topLogprobs: input.topLogprobs,
           },
           (event) => channel.push(event),
         );
@@ -600,12 +601,15 @@ export async function startDecodeWorker(
           const delta = text.push(event.token);
           finished = event.finished ?? (delta.stopped ? batcher.finish(sequenceId) : undefined);
           const logprobs = input.logprobs ? [event.logprob] : [];
+          const topLogprobs =
+            event.top === undefined ? [] : [{ tokenIds: [...event.top.tokenIds], logprobs: [...event.top.logprobs] }];
           if (finished === undefined) {
             link.advanced();
             yield {
               tokenIds: [event.token],
               text: delta.text,
               logprobs,
+              topLogprobs,
               finishReason: FinishReason.FINISH_REASON_UNSPECIFIED,
               usage: undefined,
             };
@@ -622,6 +626,7 @@ export async function startDecodeWorker(
             tokenIds: [event.token],
             text: delta.stopped ? delta.text : delta.text + text.finish(),
             logprobs,
+            topLogprobs,
             finishReason: wireFinish(reason),
             usage,
           };

@@ -476,6 +476,8 @@ describe('request - validation names the proto field', () => {
     refuses(request({ sampling: sampling({ topK: 1.5 }) }), /^sampling\.top_k/);
     refuses(request({ sampling: sampling({ topP: 2 }) }), /^sampling\.top_p/);
     refuses(request({ sampling: sampling({ seed: 1n << 32n }) }), /^sampling\.seed/);
+    refuses(request({ sampling: sampling({ topLogprobs: 21 }) }), /^sampling\.top_logprobs/);
+    refuses(request({ sampling: sampling({ presencePenalty: -2.5 }) }), /^sampling\.presence_penalty/);
     refuses(
       request({ sampling: sampling({ stopTokenIds: Array(65).fill(1) }) }),
       /^sampling\.stop_token_ids lists 65/,

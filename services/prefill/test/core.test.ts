@@ -130,6 +130,7 @@ describe('request - validation names the field', () => {
           presencePenalty: 0,
           frequencyPenalty: 0,
           repetitionPenalty: 0,
+          topLogprobs: 0,
         },
       }),
       'INVALID_ARGUMENT',
@@ -149,6 +150,7 @@ describe('request - validation names the field', () => {
           presencePenalty: 0,
           frequencyPenalty: 0,
           repetitionPenalty: 0,
+          topLogprobs: 0,
         },
       }),
       'INVALID_ARGUMENT',
@@ -165,6 +167,7 @@ describe('request - validation names the field', () => {
       presencePenalty: 0,
       frequencyPenalty: 0,
       repetitionPenalty: 0,
+      topLogprobs: 0,
     };
     for (const [name, bad] of [
       ['presence_penalty', { presencePenalty: 2.5 }],

@@ -37,6 +37,8 @@ export interface GenerationInput {
   readonly namespace?: string;
   /** Report each generated token's log-probability. Default false. */
   readonly logprobs?: boolean;
+  /** How many most likely tokens to report at each position (with logprobs); default 0. */
+  readonly topLogprobs?: number;
   /** Tokens that end the generation instead of the model's EOS tokens; empty or absent: EOS. */
   readonly stopTokenIds?: readonly number[];
 }
@@ -53,6 +55,11 @@ export interface GenerationChunk {
   readonly finishReason: 'stop' | 'length' | null;
   /** One per token id, when the input asked for logprobs. */
   readonly logprobs?: readonly number[];
+  /** One per token id, when the input asked for top logprobs: the most likely tokens, most likely first. */
+  readonly topLogprobs?: readonly {
+    readonly tokenIds: readonly number[];
+    readonly logprobs: readonly number[];
+  }[];
   /** On the last chunk. */
   readonly usage?: GenerationUsage;
 }
@@ -211,6 +218,8 @@ interface ParsedRequest {
   readonly stop: readonly string[];
   /** Report the chosen token's log-probability with each token. */
   readonly logprobs: boolean;
+  /** Most likely tokens to list at each position (0: none). */
+  readonly topLogprobs: number;
   /** Choices to generate for the prompt (OpenAI's `n`). */
   readonly n: number;
 }
@@ -243,32 +252,20 @@ function refuseUnsupported(body: Body): void {
 }
 
 /**
- * Whether the request asks for logprobs. Chat: `logprobs` true, with `top_logprobs` 0. Completions:
- * `logprobs` 0 (how many alternatives per token; null or absent: none). Only the chosen token's
- * logprob is known to the workers, so asking for alternatives is refused.
+ * What the request asks of logprobs: the chosen tokens' (`logprobs`) and how many most likely tokens
+ * to list at each position (`top`). Chat: `logprobs` true, `top_logprobs` 0-20. Completions:
+ * `logprobs` 0-5, the alternatives per token (null or absent: none).
  */
-function parseLogprobs(body: Body, chat: boolean): boolean {
+function parseLogprobs(body: Body, chat: boolean): { logprobs: boolean; top: number } {
   if (chat) {
     const value = body.logprobs ?? false;
     if (typeof value !== 'boolean') throw invalid('logprobs must be a boolean', 'logprobs');
     const top = optionalInteger(body, 'top_logprobs', 0, 20, 0);
     if (top > 0 && !value) throw invalid('top_logprobs needs logprobs: true', 'top_logprobs');
-    if (top > 0)
-      throw invalid(
-        "top_logprobs above 0 is not supported: only the chosen token's logprob is reported",
-        'top_logprobs',
-        'unsupported_parameter',
-      );
-    return value;
+    return { logprobs: value, top };
   }
-  if (body.logprobs === undefined || body.logprobs === null) return false;
-  if (optionalInteger(body, 'logprobs', 0, 5, 0) > 0)
-    throw invalid(
-      "logprobs above 0 is not supported: only the chosen token's logprob is reported (logprobs: 0)",
-      'logprobs',
-      'unsupported_parameter',
-    );
-  return true;
+  if (body.logprobs === undefined || body.logprobs === null) return { logprobs: false, top: 0 };
+  return { logprobs: true, top: optionalInteger(body, 'logprobs', 0, 5, 0) };
 }
 
 function optionalNumber(body: Body, name: string, min: number, max: number, fallback: number): number {
@@ -299,6 +296,7 @@ function parseCommon(body: Body, options: HttpServerOptions, chat: boolean): Par
     includeUsage = (streamOptions as Body).include_usage === true;
   }
   const n = optionalInteger(body, 'n', 1, CHOICES_MAX, 1);
+  const asked = parseLogprobs(body, chat);
   const maxTokens =
     body[maxTokensParam] !== undefined && body[maxTokensParam] !== null
       ? optionalInteger(body, maxTokensParam, 1, options.maxTokensMax, options.maxTokensDefault)
@@ -335,7 +333,8 @@ function parseCommon(body: Body, options: HttpServerOptions, chat: boolean): Par
       repetitionPenalty: optionalNumber(body, 'repetition_penalty', 1e-6, 10, 1),
     },
     stop,
-    logprobs: parseLogprobs(body, chat),
+    logprobs: asked.logprobs,
+    topLogprobs: asked.top,
     n,
   };
 }
@@ -406,18 +405,22 @@ async function* mergeStreams<T>(
   }
 }
 
+interface TokenLogprob {
+  token: string;
+  logprob: number;
+  bytes: number[];
+}
+
 /**
  * OpenAI `logprobs` objects from generation chunks: chat's `{content: [{token, logprob, bytes,
  * top_logprobs}]}` and completions' `{tokens, token_logprobs, top_logprobs, text_offset}`, where
- * text_offset counts characters of the token texts from the start of the completion. `add` returns
+ * text_offset counts characters of the token texts from the start of the completion and each
+ * top_logprobs entry maps the most likely tokens and the chosen one to their logprobs. `add` returns
  * one chunk's part (for a stream), `all` everything added so far. A token's text is its own decode,
  * which for a token holding part of a UTF-8 character is a replacement character.
  */
 class LogprobsBuilder {
-  private readonly content: { token: string; logprob: number; bytes: number[]; top_logprobs: [] }[] = [];
-  private readonly tokens: string[] = [];
-  private readonly tokenLogprobs: number[] = [];
-  private readonly offsets: number[] = [];
+  private readonly entries: (TokenLogprob & { top: TokenLogprob[]; offset: number })[] = [];
   private offset = 0;
 
   constructor(
@@ -425,16 +428,22 @@ class LogprobsBuilder {
     private readonly chat: boolean,
   ) {}
 
+  private entry(id: number, logprob: number): TokenLogprob {
+    const token = this.tokenizer.decode([id]);
+    return { token, logprob, bytes: [...Buffer.from(token, 'utf8')] };
+  }
+
   add(chunk: GenerationChunk): unknown {
-    const first = this.tokens.length;
+    const first = this.entries.length;
     chunk.tokenIds.forEach((id, i) => {
-      const token = this.tokenizer.decode([id]);
-      const logprob = chunk.logprobs?.[i] ?? Number.NaN;
-      this.tokens.push(token);
-      this.tokenLogprobs.push(logprob);
-      this.offsets.push(this.offset);
-      this.offset += token.length;
-      this.content.push({ token, logprob, bytes: [...Buffer.from(token, 'utf8')], top_logprobs: [] });
+      // NOTE: NaN (null in JSON) if a worker left a logprob out.
+      const chosen = this.entry(id, chunk.logprobs?.[i] ?? Number.NaN);
+      const alternatives = chunk.topLogprobs?.[i];
+      const top = (alternatives?.tokenIds ?? []).map((t, j) =>
+        this.entry(t, alternatives?.logprobs[j] ?? Number.NaN),
+      );
+      this.entries.push({ ...chosen, top, offset: this.offset });
+      this.offset += chosen.token.length;
     });
     return this.slice(first);
   }
@@ -444,14 +453,24 @@ class LogprobsBuilder {
   }
 
   private slice(from: number): unknown {
-    if (this.chat) return { content: this.content.slice(from) };
-    const tokens = this.tokens.slice(from);
-    const logprobs = this.tokenLogprobs.slice(from);
+    const entries = this.entries.slice(from);
+    if (this.chat)
+      return {
+        content: entries.map(({ token, logprob, bytes, top }) => ({
+          token,
+          logprob,
+          bytes,
+          top_logprobs: top,
+        })),
+      };
     return {
-      tokens,
-      token_logprobs: logprobs,
-      top_logprobs: tokens.map((token, i) => ({ [token]: logprobs[i] })),
-      text_offset: this.offsets.slice(from),
+      tokens: entries.map((e) => e.token),
+      token_logprobs: entries.map((e) => e.logprob),
+      top_logprobs: entries.map((e) => ({
+        ...Object.fromEntries(e.top.map((t) => [t.token, t.logprob])),
+        [e.token]: e.logprob,
+      })),
+      text_offset: entries.map((e) => e.offset),
     };
   }
 }
@@ -656,6 +675,7 @@ export async function startHttpServer(
           stop: parsed.stop,
           signal: abort.signal,
           logprobs: parsed.logprobs,
+          topLogprobs: parsed.topLogprobs,
         }),
       );
       const merged = mergeStreams(streams);

@@ -538,6 +538,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
           presencePenalty: input.sampling.presencePenalty ?? 0,
           frequencyPenalty: input.sampling.frequencyPenalty ?? 0,
           repetitionPenalty: input.sampling.repetitionPenalty ?? 1,
+          topLogprobs: input.topLogprobs ?? 0,
         };
         let blockHashes: Buffer[];
         let firstTokenId: number | undefined;
@@ -636,6 +637,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
                 text: message.text,
                 tokenIds: message.tokenIds,
                 ...(sampling.logprobs ? { logprobs: message.logprobs } : {}),
+                ...(sampling.topLogprobs > 0 ? { topLogprobs: message.topLogprobs } : {}),
                 finishReason,
                 ...(usage === undefined
                   ? {}

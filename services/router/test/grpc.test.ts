@@ -84,6 +84,7 @@ function request(overrides: Partial<GenerateRequest> = {}): GenerateRequest {
       presencePenalty: 0,
       frequencyPenalty: 0,
       repetitionPenalty: 0,
+      topLogprobs: 0,
     },
     namespace: '',
     codec: Codec.CODEC_UNSPECIFIED,
@@ -719,7 +720,20 @@ describe('router grpc - edge over a scripted backend', () => {
         ],
         [0.5, -0.25, 1],
       );
-      for (const bad of [{ presencePenalty: 2.5 }, { frequencyPenalty: -3 }, { repetitionPenalty: 11 }]) {
+      // Top logprobs reach the backend and imply the chosen tokens' logprobs.
+      const withTop = await generate(
+        client,
+        request({ sampling: { ...request().sampling!, topLogprobs: 3 } }),
+        new Metadata(),
+      );
+      assert.equal(withTop.code, GrpcStatus.OK);
+      assert.deepEqual([inputs.at(-1)?.topLogprobs, inputs.at(-1)?.logprobs], [3, true]);
+      for (const bad of [
+        { presencePenalty: 2.5 },
+        { frequencyPenalty: -3 },
+        { repetitionPenalty: 11 },
+        { topLogprobs: 21 },
+      ]) {
         const refused = await generate(
           client,
           request({ sampling: { ...request().sampling!, ...bad } }),
@@ -766,7 +780,7 @@ describe('router grpc - edge over a scripted backend', () => {
       const samples = parseMetrics(text);
       const key = (status: string): string =>
         `kvmesh_router_requests_total{endpoint="/kvmesh.v1.Router/Generate",status="${status}"}`;
-      assert.equal(samples.get(key('OK')), 4);
+      assert.equal(samples.get(key('OK')), 5);
       assert.equal(samples.get(key('UNAVAILABLE')), 1);
       assert.equal(samples.get(key('RESOURCE_EXHAUSTED')), 1);
       assert.equal(samples.get(key('CANCELLED')), 1);

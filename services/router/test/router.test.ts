@@ -77,17 +77,18 @@ describe('router - OpenAI HTTP API over prefill and decode workers and a 2-node 
     prompt: string,
     maxTokens: number,
     penalties: Pick<SamplingOptions, 'presencePenalty' | 'frequencyPenalty' | 'repetitionPenalty'> = {},
-  ): { ids: number[]; logprobs: number[] } => {
+  ): { ids: number[]; logprobs: number[]; top: number[][] } => {
     const tokens = model.tokenizer.encode(prompt, { addSpecialTokens: true });
     const engine = new Engine(model, { codec: 'f32', blockTokens: B });
     const sampling = { temperature: 0, topK: 0, topP: 1, ...penalties };
-    const id = engine.addSequence({ promptTokens: tokens, maxTokens, sampling });
-    const out = { ids: [] as number[], logprobs: [] as number[] };
+    const id = engine.addSequence({ promptTokens: tokens, maxTokens, sampling, topLogprobs: 3 });
+    const out = { ids: [] as number[], logprobs: [] as number[], top: [] as number[][] };
     for (;;) {
       const event = engine.step().find((e) => e.sequenceId === id);
-      assert.ok(event);
+      assert.ok(event?.top);
       out.ids.push(event.token);
       out.logprobs.push(event.logprob);
+      out.top.push(event.top.tokenIds);
       if (event.finishReason != null) return out;
     }
   };
@@ -425,6 +426,37 @@ describe('router - OpenAI HTTP API over prefill and decode workers and a 2-node 
       perChunk.reduce((a, b) => a + b, 0),
       events.at(-1)?.usage?.completion_tokens,
     );
+    // Alternatives: completions list the 3 most likely tokens (and the chosen one) per position,
+    // those the engine lists; chat lists top_logprobs most likely first.
+    const withTop = (await (
+      await post('/v1/completions', { model: model.name, prompt, max_tokens: 8, temperature: 0, logprobs: 3 })
+    ).json()) as { choices: { logprobs: { tokens: string[]; top_logprobs: Record<string, number>[] } }[] };
+    const tops = withTop.choices[0]?.logprobs.top_logprobs ?? [];
+    assert.equal(tops.length, expected.ids.length);
+    tops.forEach((top, i) =>
+      assert.deepEqual(
+        new Set(Object.keys(top)),
+        new Set((expected.top[i] as number[]).map((id) => model.tokenizer.decode([id]))),
+        `position ${i}`,
+      ),
+    );
+    const chatTop = (await (
+      await post('/v1/chat/completions', { ...chat, logprobs: true, top_logprobs: 2 })
+    ).json()) as {
+      choices: {
+        logprobs: { content: { token: string; logprob: number; top_logprobs: { logprob: number }[] }[] };
+      }[];
+    };
+    for (const entry of chatTop.choices[0]?.logprobs.content ?? []) {
+      assert.equal(entry.top_logprobs.length, 2);
+      assert.ok((entry.top_logprobs[0]?.logprob as number) >= (entry.top_logprobs[1]?.logprob as number));
+    }
+    const tooMany = await post('/v1/chat/completions', { ...chat, logprobs: true, top_logprobs: 21 });
+    assert.equal(tooMany.status, 400);
+    assert.equal(((await tooMany.json()) as ErrorBody).error.param, 'top_logprobs');
+    const noLogprobs = await post('/v1/chat/completions', { ...chat, top_logprobs: 2 });
+    assert.equal(((await noLogprobs.json()) as ErrorBody).error.param, 'top_logprobs');
+
     // Not asked: null, as before.
     const plain = (await (await post('/v1/chat/completions', chat)).json()) as {
       choices: { logprobs: unknown }[];
@@ -536,9 +568,7 @@ describe('router - OpenAI HTTP API over prefill and decode workers and a 2-node 
       assert.equal(error.code, 'unsupported_parameter');
     };
     const messages = [{ role: 'user', content: 'hi' }];
-    await refused('/v1/completions', { prompt: 'hi', logprobs: 2 }, 'logprobs');
     await refused('/v1/completions', { prompt: 'hi', echo: true }, 'echo');
-    await refused('/v1/chat/completions', { messages, logprobs: true, top_logprobs: 3 }, 'top_logprobs');
     await refused('/v1/chat/completions', { messages, logit_bias: { '5': 100 } }, 'logit_bias');
     await refused(
       '/v1/chat/completions',

@@ -34,6 +34,8 @@ import {
   Penalties,
   sampleToken,
   tokenLogprob,
+  TOP_LOGPROBS_MAX,
+  topLogprobs,
   type SamplingOptions,
 } from './sampling.ts';
 
@@ -84,6 +86,8 @@ export interface SequenceRequest {
    * draw, so later draws line up with a single-process run of the same seed.
    */
   firstToken?: number;
+  /** How many most likely tokens each event lists with their logprobs (0..TOP_LOGPROBS_MAX); default 0. */
+  topLogprobs?: number;
 }
 
 export type FinishReason = 'stop' | 'length';
@@ -95,6 +99,8 @@ export interface TokenEvent {
   finishReason: FinishReason | null;
   /** The distribution the token was drawn from (a copy), when step({ logits: true }). */
   logits?: Float32Array;
+  /** The most likely tokens at this position under the model's own distribution, when asked. */
+  top?: { tokenIds: number[]; logprobs: number[] };
 }
 
 /** One far-attention request of the forward pass: one query row of one sequence at one layer. */
@@ -150,6 +156,7 @@ interface Sequence {
   /** Prompt tokens whose KV came from imported blocks. */
   reusedTokens: number;
   firstToken: number | undefined;
+  topLogprobs: number;
 }
 
 /** Per-step scratch buffers sized for the largest batch (rows) the engine runs. */
@@ -288,6 +295,11 @@ export class Engine {
     }
     const sampling = request.sampling ?? GREEDY;
     checkSampling(sampling);
+    const top = request.topLogprobs ?? 0;
+    if (!Number.isInteger(top) || top < 0 || top > TOP_LOGPROBS_MAX)
+      throw new InvalidArgumentError(`topLogprobs must be an integer in [0, ${TOP_LOGPROBS_MAX}], got ${top}`, {
+        topLogprobs: top,
+      });
     const forced = request.firstToken;
     if (forced !== undefined && (!Number.isInteger(forced) || forced < 0 || forced >= cfg.vocabSize))
       throw new InvalidArgumentError(`firstToken ${forced} is outside the vocabulary [0, ${cfg.vocabSize})`, {
@@ -352,6 +364,7 @@ export class Engine {
       finished: null,
       reusedTokens: (farBlocks + blocks.length) * B,
       firstToken: request.firstToken,
+      topLogprobs: request.topLogprobs ?? 0,
     });
     return id;
   }
@@ -545,6 +558,7 @@ export class Engine {
       seq.finished = 'length';
     const event: TokenEvent = { sequenceId: seq.id, token, logprob, finishReason: seq.finished };
     if (keepLogits) event.logits = logits.slice();
+    if (seq.topLogprobs > 0) event.top = topLogprobs(logits, V, seq.topLogprobs);
     return event;
   }
 

@@ -118,6 +118,33 @@ export function tokenLogprob(logits: Float32Array, vocab: number, token: number)
   return (logits[token] as number) - logSumExp(logits, vocab).lse;
 }
 
+/** The most tokens a position's alternatives may list (OpenAI's top_logprobs bound). */
+export const TOP_LOGPROBS_MAX = 20;
+
+/** The `k` most likely tokens of `logits[0..vocab)`, most likely first (ties: lower id), with logprobs. */
+export function topLogprobs(
+  logits: Float32Array,
+  vocab: number,
+  k: number,
+): { tokenIds: number[]; logprobs: number[] } {
+  const { lse } = logSumExp(logits, vocab);
+  // NOTE: k is at most TOP_LOGPROBS_MAX: an insertion into a short sorted list beats sorting the vocabulary.
+  const best: number[] = [];
+  const before = (a: number, b: number): boolean =>
+    (logits[a] as number) > (logits[b] as number) || ((logits[a] as number) === (logits[b] as number) && a < b);
+  for (let t = 0; t < vocab; t++) {
+    if (best.length === k && !before(t, best[k - 1] as number)) continue;
+    let at = best.length < k ? best.length : k - 1;
+    if (best.length < k) best.push(t);
+    while (at > 0 && before(t, best[at - 1] as number)) {
+      best[at] = best[at - 1] as number;
+      at--;
+    }
+    best[at] = t;
+  }
+  return { tokenIds: best, logprobs: best.map((t) => (logits[t] as number) - lse) };
+}
+
 /** Samples one token from `logits[0..vocab)`; `rng` is the sequence's stream (unused when greedy). */
 export function sampleToken(
   logits: Float32Array,

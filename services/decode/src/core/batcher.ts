@@ -49,6 +49,8 @@ export type SequenceEvent =
       readonly finishReason: 'stop' | 'length' | null;
       /** Set with the last token: the sequence has left the engine. */
       readonly finished?: FinishedSequence;
+      /** The most likely tokens at this position, when the sequence asked for them. */
+      readonly top?: { readonly tokenIds: readonly number[]; readonly logprobs: readonly number[] };
     }
   | { readonly kind: 'error'; readonly error: unknown };
 
@@ -199,12 +201,19 @@ export class DecodeBatcher {
       // A listener may have cancelled or finished another sequence earlier in this loop.
       const listener = this.listeners.get(event.sequenceId);
       if (listener === undefined) continue;
-      const { token, logprob, finishReason } = event;
+      const { token, logprob, finishReason, top } = event;
       if (finishReason === null) {
-        this.deliver(listener, { kind: 'token', token, logprob, finishReason });
+        this.deliver(listener, { kind: 'token', token, logprob, finishReason, ...(top ? { top } : {}) });
       } else {
         const finished = this.leave(event.sequenceId);
-        this.deliver(listener, { kind: 'token', token, logprob, finishReason, finished });
+        this.deliver(listener, {
+          kind: 'token',
+          token,
+          logprob,
+          finishReason,
+          finished,
+          ...(top ? { top } : {}),
+        });
       }
     }
     this.kick();

@@ -4,7 +4,7 @@
 // inside the vocabulary, and stop strings and stop token ids bounded. Every refusal names the proto
 // field at fault; nothing invalid reaches the engine or the store.
 import { InvalidArgumentError } from '@kvmesh/errors';
-import { checkStopStrings, type SamplingOptions } from '@kvmesh/engine';
+import { checkStopStrings, TOP_LOGPROBS_MAX, type SamplingOptions } from '@kvmesh/engine';
 import {
   blockHashFromBytes,
   type BlockHash,
@@ -37,6 +37,8 @@ export interface DecodeInput {
   readonly stopTokenIds: readonly number[] | undefined;
   readonly stop: readonly string[];
   readonly logprobs: boolean;
+  /** Most likely tokens to list at each position (0: none). */
+  readonly topLogprobs: number;
 }
 
 function checkTokenId(name: string, token: number, vocabSize: number): void {
@@ -59,6 +61,7 @@ const NO_SAMPLING: NonNullable<DecodeRequest['sampling']> = {
   presencePenalty: 0,
   frequencyPenalty: 0,
   repetitionPenalty: 0,
+  topLogprobs: 0,
 };
 
 export function parseDecodeRequest(request: DecodeRequest, limits: DecodeLimits): DecodeInput {
@@ -94,6 +97,11 @@ export function parseDecodeRequest(request: DecodeRequest, limits: DecodeLimits)
     );
   wire.stopTokenIds.forEach((t, i) => checkTokenId(`sampling.stop_token_ids[${i}]`, t, limits.vocabSize));
   const stop = field('sampling.stop', () => checkStopStrings(wire.stop));
+  if (wire.topLogprobs > TOP_LOGPROBS_MAX)
+    throw new InvalidArgumentError(
+      `sampling.top_logprobs must be at most ${TOP_LOGPROBS_MAX}, got ${wire.topLogprobs}`,
+      { field: 'sampling.top_logprobs', value: wire.topLogprobs },
+    );
   return {
     requestId,
     namespace,
@@ -106,5 +114,6 @@ export function parseDecodeRequest(request: DecodeRequest, limits: DecodeLimits)
     stopTokenIds: wire.stopTokenIds.length === 0 ? undefined : wire.stopTokenIds,
     stop,
     logprobs: wire.logprobs,
+    topLogprobs: wire.topLogprobs,
   };
 }

@@ -9,6 +9,7 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 
 import { Metadata, status as GrpcStatus, type ServerWritableStream } from '@grpc/grpc-js';
+import { TOP_LOGPROBS_MAX } from '@kvmesh/engine';
 import { InvalidArgumentError, KvmeshError, LimitExceededError } from '@kvmesh/errors';
 import {
   Codec,
@@ -195,6 +196,10 @@ export function parseGenerateRequest(
       ? 1
       : penalty('repetition_penalty', wire?.repetitionPenalty ?? 1, 1e-6, 10);
 
+  const topLogprobs = wire?.topLogprobs ?? 0;
+  if (topLogprobs > TOP_LOGPROBS_MAX)
+    throw invalid('sampling.top_logprobs', `must be at most ${TOP_LOGPROBS_MAX}, got ${topLogprobs}`);
+
   const room = backend.maxContextTokens - promptTokens.length;
   const askedMaxTokens = wire?.maxTokens ?? 0;
   if (askedMaxTokens > options.maxTokensMax)
@@ -238,7 +243,9 @@ export function parseGenerateRequest(
     sampling,
     stop,
     namespace,
-    logprobs: wire?.logprobs ?? false,
+    // NOTE: alternatives come with the chosen token's logprob.
+    logprobs: (wire?.logprobs ?? false) || topLogprobs > 0,
+    topLogprobs,
     ...(stopTokenIds.length === 0 ? {} : { stopTokenIds }),
   };
 }
@@ -298,6 +305,7 @@ function responseOf(chunk: GenerationChunk): GenerateResponse {
     text: chunk.text,
     tokenIds: [...chunk.tokenIds],
     logprobs: chunk.logprobs === undefined ? [] : [...chunk.logprobs],
+    topLogprobs: (chunk.topLogprobs ?? []).map((t) => ({ tokenIds: [...t.tokenIds], logprobs: [...t.logprobs] })),
     finishReason:
       chunk.finishReason === null
         ? FinishReason.FINISH_REASON_UNSPECIFIED

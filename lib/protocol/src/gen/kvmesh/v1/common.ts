@@ -194,6 +194,17 @@ export interface SamplingParams {
   frequencyPenalty: number;
   /** The repetition penalty on prompt and generated tokens (vLLM's), in (0, 10]; 0 or 1 = off. */
   repetitionPenalty: number;
+  /** The most likely tokens to report at each generated position, with their logprobs; at most 20. */
+  topLogprobs: number;
+}
+
+/**
+ * The most likely tokens at one position, most likely first, with their logprobs under the model's
+ * own distribution.
+ */
+export interface TopLogprobs {
+  tokenIds: number[];
+  logprobs: number[];
 }
 
 export interface Usage {
@@ -398,6 +409,7 @@ function createBaseSamplingParams(): SamplingParams {
     presencePenalty: 0,
     frequencyPenalty: 0,
     repetitionPenalty: 0,
+    topLogprobs: 0,
   };
 }
 
@@ -442,6 +454,9 @@ export const SamplingParams: MessageFns<SamplingParams> = {
     }
     if (message.repetitionPenalty !== 0) {
       writer.uint32(93).float(message.repetitionPenalty);
+    }
+    if (message.topLogprobs !== 0) {
+      writer.uint32(96).uint32(message.topLogprobs);
     }
     return writer;
   },
@@ -557,6 +572,14 @@ export const SamplingParams: MessageFns<SamplingParams> = {
             message.repetitionPenalty = reader.float();
             continue;
           }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.topLogprobs = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -610,6 +633,11 @@ export const SamplingParams: MessageFns<SamplingParams> = {
         : isSet(object.repetition_penalty)
           ? globalThis.Number(object.repetition_penalty)
           : 0,
+      topLogprobs: isSet(object.topLogprobs)
+        ? globalThis.Number(object.topLogprobs)
+        : isSet(object.top_logprobs)
+          ? globalThis.Number(object.top_logprobs)
+          : 0,
     };
   },
 
@@ -648,6 +676,9 @@ export const SamplingParams: MessageFns<SamplingParams> = {
     if (message.repetitionPenalty !== 0) {
       obj.repetitionPenalty = floatToJson(message.repetitionPenalty);
     }
+    if (message.topLogprobs !== 0) {
+      obj.topLogprobs = Math.round(message.topLogprobs);
+    }
     return obj;
   },
 
@@ -667,6 +698,126 @@ export const SamplingParams: MessageFns<SamplingParams> = {
     message.presencePenalty = object.presencePenalty ?? 0;
     message.frequencyPenalty = object.frequencyPenalty ?? 0;
     message.repetitionPenalty = object.repetitionPenalty ?? 0;
+    message.topLogprobs = object.topLogprobs ?? 0;
+    return message;
+  },
+};
+
+function createBaseTopLogprobs(): TopLogprobs {
+  return { tokenIds: [], logprobs: [] };
+}
+
+export const TopLogprobs: MessageFns<TopLogprobs> = {
+  encode(message: TopLogprobs, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tokenIds.length !== 0) {
+      writer.uint32(10).fork();
+      for (const v of message.tokenIds) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    if (message.logprobs.length !== 0) {
+      writer.uint32(18).fork();
+      for (const v of message.logprobs) {
+        writer.float(v);
+      }
+      writer.join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TopLogprobs {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error('protobuf decode recursion limit exceeded');
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTopLogprobs();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag === 8) {
+              message.tokenIds.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 10) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.tokenIds.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 2: {
+            if (tag === 21) {
+              message.logprobs.push(reader.float());
+
+              continue;
+            }
+
+            if (tag === 18) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.logprobs.push(reader.float());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TopLogprobs {
+    return {
+      tokenIds: globalThis.Array.isArray(object?.tokenIds)
+        ? object.tokenIds.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.token_ids)
+          ? object.token_ids.map((e: any) => globalThis.Number(e))
+          : [],
+      logprobs: globalThis.Array.isArray(object?.logprobs)
+        ? object.logprobs.map((e: any) => globalThis.Number(e))
+        : [],
+    };
+  },
+
+  toJSON(message: TopLogprobs): unknown {
+    const obj: any = {};
+    if (message.tokenIds?.length) {
+      obj.tokenIds = message.tokenIds.map((e) => Math.round(e));
+    }
+    if (message.logprobs?.length) {
+      obj.logprobs = message.logprobs.map((e) => floatToJson(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TopLogprobs>, I>>(base?: I): TopLogprobs {
+    return TopLogprobs.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TopLogprobs>, I>>(object: I): TopLogprobs {
+    const message = createBaseTopLogprobs();
+    message.tokenIds = object.tokenIds?.map((e) => e) || [];
+    message.logprobs = object.logprobs?.map((e) => e) || [];
     return message;
   },
 };

@@ -28,6 +28,7 @@ import {
   finishReasonFromJSON,
   finishReasonToJSON,
   SamplingParams,
+  TopLogprobs,
   Usage,
 } from './common.js';
 
@@ -69,6 +70,8 @@ export interface GenerateResponse {
   logprobs: number[];
   finishReason: FinishReason;
   usage: Usage | undefined;
+  /** One per token id when sampling.top_logprobs > 0. */
+  topLogprobs: TopLogprobs[];
 }
 
 export interface ListModelsRequest {}
@@ -535,7 +538,7 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
 };
 
 function createBaseGenerateResponse(): GenerateResponse {
-  return { text: '', tokenIds: [], logprobs: [], finishReason: 0, usage: undefined };
+  return { text: '', tokenIds: [], logprobs: [], finishReason: 0, usage: undefined, topLogprobs: [] };
 }
 
 export const GenerateResponse: MessageFns<GenerateResponse> = {
@@ -562,6 +565,9 @@ export const GenerateResponse: MessageFns<GenerateResponse> = {
     }
     if (message.usage !== undefined) {
       Usage.encode(message.usage, writer.uint32(42).fork()).join();
+    }
+    for (const v of message.topLogprobs) {
+      TopLogprobs.encode(v!, writer.uint32(50).fork()).join();
     }
     return writer;
   },
@@ -639,6 +645,14 @@ export const GenerateResponse: MessageFns<GenerateResponse> = {
             message.usage = Usage.decode(reader, reader.uint32());
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.topLogprobs.push(TopLogprobs.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -668,6 +682,11 @@ export const GenerateResponse: MessageFns<GenerateResponse> = {
           ? finishReasonFromJSON(object.finish_reason)
           : 0,
       usage: isSet(object.usage) ? Usage.fromJSON(object.usage) : undefined,
+      topLogprobs: globalThis.Array.isArray(object?.topLogprobs)
+        ? object.topLogprobs.map((e: any) => TopLogprobs.fromJSON(e))
+        : globalThis.Array.isArray(object?.top_logprobs)
+          ? object.top_logprobs.map((e: any) => TopLogprobs.fromJSON(e))
+          : [],
     };
   },
 
@@ -688,6 +707,9 @@ export const GenerateResponse: MessageFns<GenerateResponse> = {
     if (message.usage !== undefined) {
       obj.usage = Usage.toJSON(message.usage);
     }
+    if (message.topLogprobs?.length) {
+      obj.topLogprobs = message.topLogprobs.map((e) => TopLogprobs.toJSON(e));
+    }
     return obj;
   },
 
@@ -702,6 +724,7 @@ export const GenerateResponse: MessageFns<GenerateResponse> = {
     message.finishReason = object.finishReason ?? 0;
     message.usage =
       object.usage !== undefined && object.usage !== null ? Usage.fromPartial(object.usage) : undefined;
+    message.topLogprobs = object.topLogprobs?.map((e) => TopLogprobs.fromPartial(e)) || [];
     return message;
   },
 };

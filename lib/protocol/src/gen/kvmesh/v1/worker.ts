@@ -28,6 +28,7 @@ import {
   finishReasonFromJSON,
   finishReasonToJSON,
   SamplingParams,
+  TopLogprobs,
   Usage,
 } from './common.js';
 
@@ -71,6 +72,8 @@ export interface DecodeResponse {
   finishReason: FinishReason;
   /** Present on the last message. */
   usage: Usage | undefined;
+  /** One per token id when sampling.top_logprobs > 0. */
+  topLogprobs: TopLogprobs[];
 }
 
 export interface WorkerHealthRequest {}
@@ -634,7 +637,7 @@ export const DecodeRequest: MessageFns<DecodeRequest> = {
 };
 
 function createBaseDecodeResponse(): DecodeResponse {
-  return { tokenIds: [], text: '', logprobs: [], finishReason: 0, usage: undefined };
+  return { tokenIds: [], text: '', logprobs: [], finishReason: 0, usage: undefined, topLogprobs: [] };
 }
 
 export const DecodeResponse: MessageFns<DecodeResponse> = {
@@ -661,6 +664,9 @@ export const DecodeResponse: MessageFns<DecodeResponse> = {
     }
     if (message.usage !== undefined) {
       Usage.encode(message.usage, writer.uint32(42).fork()).join();
+    }
+    for (const v of message.topLogprobs) {
+      TopLogprobs.encode(v!, writer.uint32(50).fork()).join();
     }
     return writer;
   },
@@ -738,6 +744,14 @@ export const DecodeResponse: MessageFns<DecodeResponse> = {
             message.usage = Usage.decode(reader, reader.uint32());
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.topLogprobs.push(TopLogprobs.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -767,6 +781,11 @@ export const DecodeResponse: MessageFns<DecodeResponse> = {
           ? finishReasonFromJSON(object.finish_reason)
           : 0,
       usage: isSet(object.usage) ? Usage.fromJSON(object.usage) : undefined,
+      topLogprobs: globalThis.Array.isArray(object?.topLogprobs)
+        ? object.topLogprobs.map((e: any) => TopLogprobs.fromJSON(e))
+        : globalThis.Array.isArray(object?.top_logprobs)
+          ? object.top_logprobs.map((e: any) => TopLogprobs.fromJSON(e))
+          : [],
     };
   },
 
@@ -787,6 +806,9 @@ export const DecodeResponse: MessageFns<DecodeResponse> = {
     if (message.usage !== undefined) {
       obj.usage = Usage.toJSON(message.usage);
     }
+    if (message.topLogprobs?.length) {
+      obj.topLogprobs = message.topLogprobs.map((e) => TopLogprobs.toJSON(e));
+    }
     return obj;
   },
 
@@ -801,6 +823,7 @@ export const DecodeResponse: MessageFns<DecodeResponse> = {
     message.finishReason = object.finishReason ?? 0;
     message.usage =
       object.usage !== undefined && object.usage !== null ? Usage.fromPartial(object.usage) : undefined;
+    message.topLogprobs = object.topLogprobs?.map((e) => TopLogprobs.fromPartial(e)) || [];
     return message;
   },
 };
