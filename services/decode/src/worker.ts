@@ -602,7 +602,9 @@ export async function startDecodeWorker(
           finished = event.finished ?? (delta.stopped ? batcher.finish(sequenceId) : undefined);
           const logprobs = input.logprobs ? [event.logprob] : [];
           const topLogprobs =
-            event.top === undefined ? [] : [{ tokenIds: [...event.top.tokenIds], logprobs: [...event.top.logprobs] }];
+            event.top === undefined
+              ? []
+              : [{ tokenIds: [...event.top.tokenIds], logprobs: [...event.top.logprobs] }];
           if (finished === undefined) {
             link.advanced();
             yield {

@@ -297,9 +297,12 @@ export class Engine {
     checkSampling(sampling);
     const top = request.topLogprobs ?? 0;
     if (!Number.isInteger(top) || top < 0 || top > TOP_LOGPROBS_MAX)
-      throw new InvalidArgumentError(`topLogprobs must be an integer in [0, ${TOP_LOGPROBS_MAX}], got ${top}`, {
-        topLogprobs: top,
-      });
+      throw new InvalidArgumentError(
+        `topLogprobs must be an integer in [0, ${TOP_LOGPROBS_MAX}], got ${top}`,
+        {
+          topLogprobs: top,
+        },
+      );
     const forced = request.firstToken;
     if (forced !== undefined && (!Number.isInteger(forced) || forced < 0 || forced >= cfg.vocabSize))
       throw new InvalidArgumentError(`firstToken ${forced} is outside the vocabulary [0, ${cfg.vocabSize})`, {

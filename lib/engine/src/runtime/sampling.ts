@@ -131,7 +131,8 @@ export function topLogprobs(
   // NOTE: k is at most TOP_LOGPROBS_MAX: an insertion into a short sorted list beats sorting the vocabulary.
   const best: number[] = [];
   const before = (a: number, b: number): boolean =>
-    (logits[a] as number) > (logits[b] as number) || ((logits[a] as number) === (logits[b] as number) && a < b);
+    (logits[a] as number) > (logits[b] as number) ||
+    ((logits[a] as number) === (logits[b] as number) && a < b);
   for (let t = 0; t < vocab; t++) {
     if (best.length === k && !before(t, best[k - 1] as number)) continue;
     let at = best.length < k ? best.length : k - 1;

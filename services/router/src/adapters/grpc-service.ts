@@ -305,7 +305,10 @@ function responseOf(chunk: GenerationChunk): GenerateResponse {
     text: chunk.text,
     tokenIds: [...chunk.tokenIds],
     logprobs: chunk.logprobs === undefined ? [] : [...chunk.logprobs],
-    topLogprobs: (chunk.topLogprobs ?? []).map((t) => ({ tokenIds: [...t.tokenIds], logprobs: [...t.logprobs] })),
+    topLogprobs: (chunk.topLogprobs ?? []).map((t) => ({
+      tokenIds: [...t.tokenIds],
+      logprobs: [...t.logprobs],
+    })),
     finishReason:
       chunk.finishReason === null
         ? FinishReason.FINISH_REASON_UNSPECIFIED
