@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import { Codec, PrefillRequest } from '@kvmesh/protocol';
+import { Codec, PrefillRequest, SamplingParams } from '@kvmesh/protocol';
 
 import {
   CodecMismatchError,
@@ -117,58 +117,17 @@ describe('request - validation names the field', () => {
     rejects(request({ requestId: 'has space' }), 'INVALID_ARGUMENT', /^request_id:/);
     rejects(request({ namespace: 'x'.repeat(300) }), 'INVALID_ARGUMENT', /^namespace:/);
     rejects(request({ namespace: '\ud800' }), 'INVALID_ARGUMENT', /^namespace:/);
+    const greedy = SamplingParams.fromPartial({ topP: 1, maxTokens: 1 });
     rejects(
-      request({
-        sampling: {
-          temperature: -1,
-          topP: 1,
-          topK: 0,
-          maxTokens: 1,
-          stop: [],
-          stopTokenIds: [],
-          logprobs: false,
-          presencePenalty: 0,
-          frequencyPenalty: 0,
-          repetitionPenalty: 0,
-          topLogprobs: 0,
-        },
-      }),
+      request({ sampling: { ...greedy, temperature: -1 } }),
       'INVALID_ARGUMENT',
       /^sampling\.temperature/,
     );
     rejects(
-      request({
-        sampling: {
-          temperature: 1,
-          topP: 1,
-          topK: 0,
-          seed: 1n << 40n,
-          maxTokens: 1,
-          stop: [],
-          stopTokenIds: [],
-          logprobs: false,
-          presencePenalty: 0,
-          frequencyPenalty: 0,
-          repetitionPenalty: 0,
-          topLogprobs: 0,
-        },
-      }),
+      request({ sampling: { ...greedy, temperature: 1, seed: 1n << 40n } }),
       'INVALID_ARGUMENT',
       /^sampling\.seed/,
     );
-    const greedy = {
-      temperature: 0,
-      topP: 1,
-      topK: 0,
-      maxTokens: 1,
-      stop: [],
-      stopTokenIds: [],
-      logprobs: false,
-      presencePenalty: 0,
-      frequencyPenalty: 0,
-      repetitionPenalty: 0,
-      topLogprobs: 0,
-    };
     for (const [name, bad] of [
       ['presence_penalty', { presencePenalty: 2.5 }],
       ['frequency_penalty', { frequencyPenalty: Number.NaN }],

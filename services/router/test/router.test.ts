@@ -622,6 +622,13 @@ describe('router - OpenAI HTTP API over prefill and decode workers and a 2-node 
   });
 });
 
+/** One token per character code: what the scripted backends below tokenize with. */
+const CHAR_TOKENIZER: GenerationBackend['tokenizer'] = {
+  encode: (text) => [...text].map((c) => c.charCodeAt(0)),
+  decode: (ids) => String.fromCharCode(...ids),
+  applyChatTemplate: () => 'chat',
+};
+
 describe('router - HTTP edge limits', () => {
   it('router - n takes one admission slot per choice, and a failing choice ends its siblings', async () => {
     const signals: AbortSignal[] = [];
@@ -629,11 +636,7 @@ describe('router - HTTP edge limits', () => {
       modelName: 'fake',
       maxContextTokens: 64,
       blockTokens: 16,
-      tokenizer: {
-        encode: (text) => [...text].map((c) => c.charCodeAt(0)),
-        decode: (ids) => String.fromCharCode(...ids),
-        applyChatTemplate: () => 'chat',
-      },
+      tokenizer: CHAR_TOKENIZER,
       async *generate(input) {
         signals.push(input.signal);
         yield { text: 'a', tokenIds: [97], finishReason: null };
@@ -683,11 +686,7 @@ describe('router - HTTP edge limits', () => {
     modelName: 'fake',
     maxContextTokens: 64,
     blockTokens: 16,
-    tokenizer: {
-      encode: (text) => [...text].map((c) => c.charCodeAt(0)),
-      decode: (ids) => String.fromCharCode(...ids),
-      applyChatTemplate: () => 'chat',
-    },
+    tokenizer: CHAR_TOKENIZER,
     async *generate() {
       await Promise.resolve();
       yield {

@@ -6,6 +6,7 @@
 import { InvalidArgumentError } from '@kvmesh/errors';
 import { checkStopStrings, TOP_LOGPROBS_MAX, type SamplingOptions } from '@kvmesh/engine';
 import {
+  SamplingParams,
   blockHashFromBytes,
   type BlockHash,
   type DecodeRequest,
@@ -50,19 +51,7 @@ function checkTokenId(name: string, token: number, vocabSize: number): void {
     });
 }
 
-const NO_SAMPLING: NonNullable<DecodeRequest['sampling']> = {
-  temperature: 0,
-  topP: 1,
-  topK: 0,
-  maxTokens: 0,
-  stop: [],
-  stopTokenIds: [],
-  logprobs: false,
-  presencePenalty: 0,
-  frequencyPenalty: 0,
-  repetitionPenalty: 0,
-  topLogprobs: 0,
-};
+const NO_SAMPLING: NonNullable<DecodeRequest['sampling']> = SamplingParams.fromPartial({ topP: 1 });
 
 export function parseDecodeRequest(request: DecodeRequest, limits: DecodeLimits): DecodeInput {
   const { requestId, namespace, promptTokens: prompt } = parseWorkerRequestCommon(request, limits, 'decodes');
