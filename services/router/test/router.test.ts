@@ -72,6 +72,13 @@ describe('router - OpenAI HTTP API over prefill and decode workers and a 2-node 
       body: typeof body === 'string' ? body : JSON.stringify(body),
     });
 
+  /** The JSON events of an SSE response (the [DONE] line left out). */
+  const sseEvents = async <T>(res: Response): Promise<T[]> =>
+    (await res.text())
+      .split('\n\n')
+      .filter((e) => e.startsWith('data: {'))
+      .map((e) => JSON.parse(e.slice(6)) as T);
+
   /** The tokens and their logprobs a fresh in-process engine generates greedily from `prompt`. */
   const referenceTokens = (
     prompt: string,
@@ -415,12 +422,9 @@ describe('router - OpenAI HTTP API over prefill and decode workers and a 2-node 
       stream: true,
       stream_options: { include_usage: true },
     });
-    const events = (await streamed.text())
-      .split('\n\n')
-      .filter((e) => e.startsWith('data: {'))
-      .map(
-        (e) => JSON.parse(e.slice(6)) as { choices: { logprobs: { content: unknown[] } }[]; usage?: Usage },
-      );
+    const events = await sseEvents<{ choices: { logprobs: { content: unknown[] } }[]; usage?: Usage }>(
+      streamed,
+    );
     const perChunk = events.flatMap((e) => e.choices.map((c) => c.logprobs.content.length));
     assert.equal(
       perChunk.reduce((a, b) => a + b, 0),
@@ -536,16 +540,10 @@ describe('router - OpenAI HTTP API over prefill and decode workers and a 2-node 
       stream: true,
       stream_options: { include_usage: true },
     });
-    const events = (await streamed.text())
-      .split('\n\n')
-      .filter((e) => e.startsWith('data: {'))
-      .map(
-        (e) =>
-          JSON.parse(e.slice(6)) as {
-            choices: { index: number; delta: { role?: string }; finish_reason: string | null }[];
-            usage?: Usage | null;
-          },
-      );
+    const events = await sseEvents<{
+      choices: { index: number; delta: { role?: string }; finish_reason: string | null }[];
+      usage?: Usage | null;
+    }>(streamed);
     for (const index of [0, 1]) {
       const mine = events.flatMap((e) => e.choices.filter((c) => c.index === index));
       assert.equal(mine[0]?.delta.role, 'assistant', `choice ${index} opens with the role`);
