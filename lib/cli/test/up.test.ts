@@ -121,6 +121,25 @@ describe('cli - kvmesh up', { timeout: 120_000 }, () => {
       }
       assert.ok(chunks >= 2, `streamed ${chunks} chunks`);
       assert.ok(finish === 'stop' || finish === 'length', `finish_reason ${finish}`);
+      // n, logprobs and top_logprobs as the official client types them.
+      const scored = await openai.chat.completions.create({
+        model: models.data[0]?.id as string,
+        messages: [{ role: 'user', content: 'Two answers, scored' }],
+        max_tokens: 4,
+        n: 2,
+        seed: 3,
+        logprobs: true,
+        top_logprobs: 2,
+      });
+      assert.deepEqual(
+        scored.choices.map((c) => c.index),
+        [0, 1],
+      );
+      for (const choice of scored.choices) {
+        const content = choice.logprobs?.content ?? [];
+        assert.ok(content.length >= 1);
+        for (const entry of content) assert.equal(entry.top_logprobs.length, 2);
+      }
 
       // Prefill → store → decode across processes equals one process (the router prefills prompts
       // with at least 512 uncached tokens).
