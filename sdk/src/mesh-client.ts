@@ -102,6 +102,8 @@ export interface MeshGenerateRequest {
   readonly frequencyPenalty?: number;
   /** Repetition penalty on prompt and generated tokens, in (0, 10]; default 1 (off). */
   readonly repetitionPenalty?: number;
+  /** Token id → bias in [-100, 100] added to its logit before sampling (OpenAI's logit_bias). */
+  readonly logitBias?: Readonly<Record<number, number>>;
   /** Tenant namespace; default '' (shared). */
   readonly namespace?: string;
   /** Must be the codec the deployment computes KV in; default: that one. */
@@ -249,6 +251,7 @@ export function toGenerateRequest(request: MeshGenerateRequest): GenerateRequest
       // NOTE: on the wire 0 means off, like 1.
       repetitionPenalty: finite('repetitionPenalty', request.repetitionPenalty),
       topLogprobs: uint32('topLogprobs', request.topLogprobs),
+      logitBias: { ...request.logitBias },
     },
     namespace: request.namespace ?? '',
     codec,

@@ -6,9 +6,9 @@ import { InvalidArgumentError } from '@kvmesh/errors';
 import { Xoshiro128 } from '../src/model/random.ts';
 import {
   GREEDY,
-  Penalties,
+  LogitAdjustments,
   checkSampling,
-  hasPenalties,
+  adjustsLogits,
   sampleToken,
   topLogprobs,
 } from '../src/runtime/sampling.ts';
@@ -94,10 +94,10 @@ describe('engine - sampling', () => {
   });
 
   it('engine - penalties: repetition over prompt and output, presence and frequency over output', () => {
-    assert.equal(hasPenalties(GREEDY), false);
-    assert.equal(hasPenalties({ ...GREEDY, presencePenalty: 0, repetitionPenalty: 1 }), false);
-    assert.equal(hasPenalties({ ...GREEDY, frequencyPenalty: -0.5 }), true);
-    const penalties = new Penalties(
+    assert.equal(adjustsLogits(GREEDY), false);
+    assert.equal(adjustsLogits({ ...GREEDY, presencePenalty: 0, repetitionPenalty: 1 }), false);
+    assert.equal(adjustsLogits({ ...GREEDY, frequencyPenalty: -0.5 }), true);
+    const penalties = new LogitAdjustments(
       { ...GREEDY, presencePenalty: 0.5, frequencyPenalty: 0.25, repetitionPenalty: 2 },
       [0, 0],
     );
@@ -108,10 +108,30 @@ describe('engine - sampling', () => {
     // 2 and 4: never seen. 3: generated twice, positive: 3 / 2 - 0.5 - 2 × 0.25.
     assert.deepEqual([...out], [1, -2.75, 0.5, 0.5, 4]);
     // Without a repetition penalty the prompt is not even kept.
-    const outputOnly = new Penalties({ ...GREEDY, presencePenalty: 1 }, [2]);
+    const outputOnly = new LogitAdjustments({ ...GREEDY, presencePenalty: 1 }, [2]);
     outputOnly.add(4);
     const logits2 = Float32Array.from([2, -1, 0.5, 3, 4]);
     outputOnly.apply(logits2);
     assert.deepEqual([...logits2], [2, -1, 0.5, 3, 3]);
+    // A logit bias is added before the penalties; an id past the logits is left alone.
+    const biased = new LogitAdjustments(
+      {
+        ...GREEDY,
+        frequencyPenalty: 1,
+        logitBias: new Map([
+          [1, 2.5],
+          [4, -100],
+          [9, 1],
+        ]),
+      },
+      [],
+    );
+    assert.equal(adjustsLogits({ ...GREEDY, logitBias: new Map([[1, 2.5]]) }), true);
+    biased.add(1);
+    const logits3 = Float32Array.from([2, -1, 0.5, 3, 4]);
+    biased.apply(logits3);
+    assert.deepEqual([...logits3], [2, 0.5, 0.5, 3, -96]);
+    assert.throws(() => checkSampling({ ...GREEDY, logitBias: new Map([[1, 101]]) }), /logitBias of token 1/);
+    assert.throws(() => checkSampling({ ...GREEDY, logitBias: new Map([[-1, 1]]) }), /not a token id/);
   });
 });

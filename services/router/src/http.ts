@@ -9,7 +9,7 @@ import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
-import type { ChatMessage, ModelTokenizer } from '@kvmesh/engine';
+import { LOGIT_BIAS_ENTRIES_MAX, type ChatMessage, type ModelTokenizer } from '@kvmesh/engine';
 import { KvmeshError, type ErrorKind } from '@kvmesh/errors';
 import { METRICS_CONTENT_TYPE, type Counter, type Logger, type MetricsRegistry } from '@kvmesh/runtime';
 
@@ -23,6 +23,8 @@ export interface SamplingInput {
   readonly frequencyPenalty?: number;
   /** In (0, 10]; absent: 1. */
   readonly repetitionPenalty?: number;
+  /** Token id → bias in [-100, 100], added to the logits before sampling; absent: none. */
+  readonly logitBias?: ReadonlyMap<number, number>;
 }
 
 export interface GenerationInput {
@@ -230,7 +232,6 @@ interface ParsedRequest {
  * the client asked for.
  */
 const UNSUPPORTED_PARAMS: readonly (readonly [string, (value: unknown) => boolean])[] = [
-  ['logit_bias', (v) => typeof v === 'object' && v !== null && Object.keys(v).length === 0],
   ['best_of', (v) => v === 1],
   ['echo', (v) => v === false],
   ['suffix', (v) => v === ''],
@@ -283,7 +284,42 @@ function optionalInteger(body: Body, name: string, min: number, max: number, fal
   return value;
 }
 
-function parseCommon(body: Body, options: HttpServerOptions, chat: boolean): ParsedRequest {
+/** OpenAI's logit_bias: token ids (as object keys) to biases in [-100, 100]; absent or {}: none. */
+function parseLogitBias(body: Body, vocabSize: number | undefined): Map<number, number> | undefined {
+  const value = body.logit_bias;
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== 'object' || Array.isArray(value))
+    throw invalid('logit_bias must be an object of token ids to numbers', 'logit_bias');
+  const entries = Object.entries(value as Body);
+  if (entries.length > LOGIT_BIAS_ENTRIES_MAX)
+    throw invalid(
+      `logit_bias lists ${entries.length} tokens, at most ${LOGIT_BIAS_ENTRIES_MAX}`,
+      'logit_bias',
+    );
+  const bias = new Map<number, number>();
+  for (const [key, v] of entries) {
+    const token = Number(key);
+    if (!/^\d+$/.test(key) || !Number.isSafeInteger(token) || (vocabSize !== undefined && token >= vocabSize))
+      throw invalid(
+        `logit_bias key '${key}' is not a token id` + (vocabSize === undefined ? '' : ` below ${vocabSize}`),
+        'logit_bias',
+      );
+    if (typeof v !== 'number' || !Number.isFinite(v) || v < -100 || v > 100)
+      throw invalid(
+        `logit_bias of token ${key} must be a number in [-100, 100], got ${JSON.stringify(v)}`,
+        'logit_bias',
+      );
+    bias.set(token, v);
+  }
+  return bias.size === 0 ? undefined : bias;
+}
+
+function parseCommon(
+  body: Body,
+  options: HttpServerOptions,
+  chat: boolean,
+  vocabSize?: number,
+): ParsedRequest {
   refuseUnsupported(body);
   const maxTokensParam = chat ? 'max_completion_tokens' : 'max_tokens';
   const stream = body.stream ?? false;
@@ -297,6 +333,7 @@ function parseCommon(body: Body, options: HttpServerOptions, chat: boolean): Par
   }
   const n = optionalInteger(body, 'n', 1, CHOICES_MAX, 1);
   const asked = parseLogprobs(body, chat);
+  const logitBias = parseLogitBias(body, vocabSize);
   const maxTokens =
     body[maxTokensParam] !== undefined && body[maxTokensParam] !== null
       ? optionalInteger(body, maxTokensParam, 1, options.maxTokensMax, options.maxTokensDefault)
@@ -331,6 +368,7 @@ function parseCommon(body: Body, options: HttpServerOptions, chat: boolean): Par
       presencePenalty: optionalNumber(body, 'presence_penalty', -2, 2, 0),
       frequencyPenalty: optionalNumber(body, 'frequency_penalty', -2, 2, 0),
       repetitionPenalty: optionalNumber(body, 'repetition_penalty', 1e-6, 10, 1),
+      ...(logitBias === undefined ? {} : { logitBias }),
     },
     stop,
     logprobs: asked.logprobs,
@@ -584,7 +622,7 @@ export async function startHttpServer(
   ): Promise<void> => {
     const body = parseJson(await readBody(req));
     checkModel(body);
-    const parsed = parseCommon(body, options, chat);
+    const parsed = parseCommon(body, options, chat, backend.vocabSize);
     const promptTokens = tokenizePrompt(body, chat);
     if (promptTokens.length + parsed.maxTokens > backend.maxContextTokens)
       throw invalid(

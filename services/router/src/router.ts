@@ -539,6 +539,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
           frequencyPenalty: input.sampling.frequencyPenalty ?? 0,
           repetitionPenalty: input.sampling.repetitionPenalty ?? 1,
           topLogprobs: input.topLogprobs ?? 0,
+          logitBias: Object.fromEntries(input.sampling.logitBias ?? []),
         };
         let blockHashes: Buffer[];
         let firstTokenId: number | undefined;

@@ -717,11 +717,26 @@ describe('router grpc - edge over a scripted backend', () => {
       );
       assert.equal(withTop.code, GrpcStatus.OK);
       assert.deepEqual([inputs.at(-1)?.topLogprobs, inputs.at(-1)?.logprobs], [3, true]);
+      const biased = await generate(
+        client,
+        request({ sampling: { ...request().sampling!, logitBias: { 5: -100, 7: 2.5 } } }),
+        new Metadata(),
+      );
+      assert.equal(biased.code, GrpcStatus.OK);
+      assert.deepEqual(
+        [...(inputs.at(-1)?.sampling.logitBias ?? [])],
+        [
+          [5, -100],
+          [7, 2.5],
+        ],
+      );
       for (const bad of [
-        { presencePenalty: 2.5 },
+        { presencePenalty: 2.5 } as Partial<SamplingParams>,
         { frequencyPenalty: -3 },
         { repetitionPenalty: 11 },
         { topLogprobs: 21 },
+        { logitBias: { 5: 101 } },
+        { logitBias: { 1000: 1 } },
       ]) {
         const refused = await generate(
           client,
@@ -769,7 +784,7 @@ describe('router grpc - edge over a scripted backend', () => {
       const samples = parseMetrics(text);
       const key = (status: string): string =>
         `kvmesh_router_requests_total{endpoint="/kvmesh.v1.Router/Generate",status="${status}"}`;
-      assert.equal(samples.get(key('OK')), 5);
+      assert.equal(samples.get(key('OK')), 6);
       assert.equal(samples.get(key('UNAVAILABLE')), 1);
       assert.equal(samples.get(key('RESOURCE_EXHAUSTED')), 1);
       assert.equal(samples.get(key('CANCELLED')), 1);

@@ -493,6 +493,41 @@ describe('router - OpenAI HTTP API over prefill and decode workers and a 2-node 
       );
       assert.notDeepEqual(expected.ids, referenceTokens(prompt, 10).ids, 'the penalties change the output');
     }
+    // A +100 bias makes greedy take that token every time, prefilled or not; -100 bans the one it took.
+    for (const prompt of [short, long]) {
+      const forced = 77;
+      const res = await post('/v1/completions', {
+        model: model.name,
+        prompt,
+        max_tokens: 5,
+        temperature: 0,
+        logit_bias: { [forced]: 100 },
+        logprobs: 0,
+      });
+      const body = (await res.json()) as { choices: { logprobs: { tokens: string[] } }[] };
+      assert.deepEqual(
+        body.choices[0]?.logprobs.tokens,
+        Array(5).fill(model.tokenizer.decode([forced])),
+        prompt,
+      );
+      const plain = referenceTokens(prompt, 1).ids[0] as number;
+      const banned = (await (
+        await post('/v1/completions', {
+          model: model.name,
+          prompt,
+          max_tokens: 1,
+          temperature: 0,
+          logit_bias: { [plain]: -100 },
+          logprobs: 0,
+        })
+      ).json()) as { choices: { logprobs: { tokens: string[] } }[] };
+      assert.notEqual(banned.choices[0]?.logprobs.tokens[0], model.tokenizer.decode([plain]));
+    }
+    for (const bad of [{ '-1': 5 }, { '99999': 5 }, { '3': 101 }, { x: 1 }]) {
+      const res = await post('/v1/completions', { model: model.name, prompt: short, logit_bias: bad });
+      assert.equal(res.status, 400, JSON.stringify(bad));
+      assert.equal(((await res.json()) as ErrorBody).error.param, 'logit_bias');
+    }
     const outOfRange = await post('/v1/completions', {
       model: model.name,
       prompt: short,
@@ -567,7 +602,6 @@ describe('router - OpenAI HTTP API over prefill and decode workers and a 2-node 
     };
     const messages = [{ role: 'user', content: 'hi' }];
     await refused('/v1/completions', { prompt: 'hi', echo: true }, 'echo');
-    await refused('/v1/chat/completions', { messages, logit_bias: { '5': 100 } }, 'logit_bias');
     await refused(
       '/v1/chat/completions',
       { messages, response_format: { type: 'json_object' } },

@@ -30,8 +30,8 @@ import { RateMeter } from './rate-meter.ts';
 import {
   checkSampling,
   GREEDY,
-  hasPenalties,
-  Penalties,
+  adjustsLogits,
+  LogitAdjustments,
   sampleToken,
   tokenLogprob,
   TOP_LOGPROBS_MAX,
@@ -146,8 +146,8 @@ interface Sequence {
   removed: boolean;
   tail: TailBlock;
   sampling: SamplingOptions;
-  /** Set when the sampling asks for repetition penalties. */
-  penalties: Penalties | undefined;
+  /** Set when the sampling asks for a logit bias or penalties. */
+  adjustments: LogitAdjustments | undefined;
   rng: Xoshiro128;
   maxTokens: number;
   stop: Set<number>;
@@ -295,6 +295,14 @@ export class Engine {
     }
     const sampling = request.sampling ?? GREEDY;
     checkSampling(sampling);
+    for (const token of sampling.logitBias?.keys() ?? [])
+      if (token >= cfg.vocabSize)
+        throw new InvalidArgumentError(
+          `logitBias token ${token} is outside the vocabulary [0, ${cfg.vocabSize})`,
+          {
+            token,
+          },
+        );
     const top = request.topLogprobs ?? 0;
     if (!Number.isInteger(top) || top < 0 || top > TOP_LOGPROBS_MAX)
       throw new InvalidArgumentError(
@@ -359,7 +367,7 @@ export class Engine {
       removed: false,
       tail: new TailBlock(this.dims),
       sampling,
-      penalties: hasPenalties(sampling) ? new Penalties(sampling, prompt) : undefined,
+      adjustments: adjustsLogits(sampling) ? new LogitAdjustments(sampling, prompt) : undefined,
       rng: new Xoshiro128(sampling.seed ?? this.seedStream.nextUint32()),
       maxTokens: request.maxTokens,
       stop: new Set(request.stopTokenIds ?? cfg.eosTokenIds),
@@ -543,17 +551,17 @@ export class Engine {
       // NOTE: non-greedy sampling draws exactly one number per token; skip the one this token took.
       if (seq.sampling.temperature > 0) seq.rng.nextUnit();
       sampled = { token: seq.firstToken, logprob: tokenLogprob(logits, V, seq.firstToken) };
-    } else if (seq.penalties !== undefined) {
-      // Chosen from the penalized logits; its logprob stays that of the model's own distribution.
-      const penalized = logits.slice(0, V);
-      seq.penalties.apply(penalized);
-      const token = sampleToken(penalized, V, seq.sampling, seq.rng).token;
+    } else if (seq.adjustments !== undefined) {
+      // Chosen from the adjusted logits; its logprob stays that of the model's own distribution.
+      const adjusted = logits.slice(0, V);
+      seq.adjustments.apply(adjusted);
+      const token = sampleToken(adjusted, V, seq.sampling, seq.rng).token;
       sampled = { token, logprob: tokenLogprob(logits, V, token) };
     } else {
       sampled = sampleToken(logits, V, seq.sampling, seq.rng);
     }
     const { token, logprob } = sampled;
-    seq.penalties?.add(token);
+    seq.adjustments?.add(token);
     seq.tokens.push(token);
     seq.generated++;
     if (seq.stop.has(token)) seq.finished = 'stop';

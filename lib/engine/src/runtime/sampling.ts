@@ -1,4 +1,4 @@
-// Token sampling from one position's logits: repetition penalties, greedy, temperature, top-k, top-p
+// Token sampling from one position's logits: a logit bias and repetition penalties, greedy, temperature, top-k, top-p
 // (nucleus), a seeded stream per sequence, plus the log-probability of the chosen token under the
 // unmodified distribution (what OpenAI's `logprobs` reports). Pure: the RNG is passed in, nothing is
 // global.
@@ -24,7 +24,12 @@ export interface SamplingOptions {
    * so far (the CTRL / Hugging Face rule, vLLM's `repetition_penalty`); 1 = off.
    */
   repetitionPenalty?: number;
+  /** Added to the logits of the listed token ids before sampling (OpenAI's logit_bias), each in [-100, 100]. */
+  logitBias?: ReadonlyMap<number, number>;
 }
+
+/** Token ids one logit bias may list (OpenAI allows 300). */
+export const LOGIT_BIAS_ENTRIES_MAX = 1024;
 
 export const GREEDY: SamplingOptions = { temperature: 0, topK: 0, topP: 1 };
 
@@ -50,22 +55,38 @@ export function checkSampling(options: SamplingOptions): void {
     throw new InvalidArgumentError(`repetitionPenalty must be in (0, 10], got ${repetition}`, {
       repetitionPenalty: repetition,
     });
+  const bias = options.logitBias ?? new Map<number, number>();
+  if (bias.size > LOGIT_BIAS_ENTRIES_MAX)
+    throw new InvalidArgumentError(`logitBias lists ${bias.size} tokens, at most ${LOGIT_BIAS_ENTRIES_MAX}`, {
+      entries: bias.size,
+    });
+  for (const [token, value] of bias) {
+    if (!Number.isInteger(token) || token < 0)
+      throw new InvalidArgumentError(`logitBias token ${token} is not a token id`, { token });
+    if (!Number.isFinite(value) || value < -100 || value > 100)
+      throw new InvalidArgumentError(`logitBias of token ${token} must be in [-100, 100], got ${value}`, {
+        token,
+        value,
+      });
+  }
 }
 
-/** Whether `options` asks for any repetition penalty. */
-export function hasPenalties(options: SamplingOptions): boolean {
+/** Whether `options` asks for any change to the logits before sampling (a bias or a penalty). */
+export function adjustsLogits(options: SamplingOptions): boolean {
   return (
     (options.presencePenalty ?? 0) !== 0 ||
     (options.frequencyPenalty ?? 0) !== 0 ||
-    (options.repetitionPenalty ?? 1) !== 1
+    (options.repetitionPenalty ?? 1) !== 1 ||
+    (options.logitBias?.size ?? 0) > 0
   );
 }
 
 /**
- * One sequence's penalty state: how often each token was generated and which tokens the prompt
- * holds. Bounded by the sequence: at most one entry per distinct token of the prompt and output.
+ * One sequence's changes to its logits before sampling: its logit bias, and for the penalties how
+ * often each token was generated and which tokens the prompt holds. Bounded by the sequence: at
+ * most one entry per distinct token of the prompt and output.
  */
-export class Penalties {
+export class LogitAdjustments {
   private readonly generated = new Map<number, number>();
   private readonly prompt: ReadonlySet<number>;
 
@@ -81,8 +102,11 @@ export class Penalties {
     this.generated.set(token, (this.generated.get(token) ?? 0) + 1);
   }
 
-  /** Applies the penalties to `logits` in place. */
+  /** Applies the bias, then the penalties, to `logits` in place. */
   apply(logits: Float32Array): void {
+    for (const [token, bias] of this.options.logitBias ?? []) {
+      if (token < logits.length) logits[token] = (logits[token] as number) + bias;
+    }
     const presence = this.options.presencePenalty ?? 0;
     const frequency = this.options.frequencyPenalty ?? 0;
     const repetition = this.options.repetitionPenalty ?? 1;

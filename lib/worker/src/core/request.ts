@@ -3,7 +3,7 @@
 // range. Every refusal names the proto field at fault; role-specific fields are checked by each
 // service after these.
 import { InvalidArgumentError } from '@kvmesh/errors';
-import type { SamplingOptions } from '@kvmesh/engine';
+import { LOGIT_BIAS_ENTRIES_MAX, type SamplingOptions } from '@kvmesh/engine';
 import type { CodecName } from '@kvmesh/kernels';
 import {
   Codec,
@@ -42,6 +42,7 @@ export interface WireSampling {
   readonly presencePenalty?: number;
   readonly frequencyPenalty?: number;
   readonly repetitionPenalty?: number;
+  readonly logitBias?: { readonly [token: number]: number };
 }
 
 export interface WorkerInputCommon {
@@ -104,11 +105,21 @@ export function parseSampling(sampling: WireSampling | undefined): SamplingOptio
   // NOTE: proto3 sends an unset repetition_penalty as 0, which means "off" like 1.
   const repetition = sampling.repetitionPenalty ?? 0;
   const repetitionPenalty = repetition === 0 ? 1 : penalty('repetition_penalty', repetition, 1e-6, 10);
+  const logitBias = new Map(
+    Object.entries(sampling.logitBias ?? {}).map(([token, bias]) => [Number(token), bias]),
+  );
+  if (logitBias.size > LOGIT_BIAS_ENTRIES_MAX)
+    throw new InvalidArgumentError(
+      `sampling.logit_bias lists ${logitBias.size} tokens, at most ${LOGIT_BIAS_ENTRIES_MAX}`,
+      { field: 'sampling.logit_bias', entries: logitBias.size },
+    );
+  for (const [token, bias] of logitBias) penalty(`logit_bias[${token}]`, bias, -100, 100);
   return {
     temperature,
     topK,
     topP,
     ...(seed === undefined ? {} : { seed: Number(seed) }),
+    ...(logitBias.size === 0 ? {} : { logitBias }),
     ...(presencePenalty === 0 ? {} : { presencePenalty }),
     ...(frequencyPenalty === 0 ? {} : { frequencyPenalty }),
     ...(repetitionPenalty === 1 ? {} : { repetitionPenalty }),

@@ -9,7 +9,7 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 
 import { Metadata, status as GrpcStatus, type ServerWritableStream } from '@grpc/grpc-js';
-import { TOP_LOGPROBS_MAX } from '@kvmesh/engine';
+import { LOGIT_BIAS_ENTRIES_MAX, TOP_LOGPROBS_MAX } from '@kvmesh/engine';
 import { InvalidArgumentError, KvmeshError, LimitExceededError } from '@kvmesh/errors';
 import {
   Codec,
@@ -196,6 +196,19 @@ export function parseGenerateRequest(
       ? 1
       : penalty('repetition_penalty', wire?.repetitionPenalty ?? 1, 1e-6, 10);
 
+  const logitBias = new Map(
+    Object.entries(wire?.logitBias ?? {}).map(([token, bias]) => [Number(token), bias]),
+  );
+  if (logitBias.size > LOGIT_BIAS_ENTRIES_MAX)
+    throw invalid('sampling.logit_bias', `lists ${logitBias.size} tokens, at most ${LOGIT_BIAS_ENTRIES_MAX}`);
+  for (const [token, bias] of logitBias) {
+    if (backend.vocabSize !== undefined && token >= backend.vocabSize)
+      throw invalid(
+        'sampling.logit_bias',
+        `token ${token} is outside the vocabulary [0, ${backend.vocabSize})`,
+      );
+    penalty(`logit_bias[${token}]`, bias, -100, 100);
+  }
   const topLogprobs = wire?.topLogprobs ?? 0;
   if (topLogprobs > TOP_LOGPROBS_MAX)
     throw invalid('sampling.top_logprobs', `must be at most ${TOP_LOGPROBS_MAX}, got ${topLogprobs}`);
@@ -235,6 +248,7 @@ export function parseGenerateRequest(
     presencePenalty,
     frequencyPenalty,
     repetitionPenalty,
+    ...(logitBias.size === 0 ? {} : { logitBias }),
   };
   return {
     requestId,

@@ -196,6 +196,16 @@ export interface SamplingParams {
   repetitionPenalty: number;
   /** The most likely tokens to report at each generated position, with their logprobs; at most 20. */
   topLogprobs: number;
+  /**
+   * Added to the logits of these token ids before sampling (OpenAI's logit_bias), each in
+   * [-100, 100]; at most 1024 entries.
+   */
+  logitBias: { [key: number]: number };
+}
+
+export interface SamplingParams_LogitBiasEntry {
+  key: number;
+  value: number;
 }
 
 /**
@@ -410,6 +420,7 @@ function createBaseSamplingParams(): SamplingParams {
     frequencyPenalty: 0,
     repetitionPenalty: 0,
     topLogprobs: 0,
+    logitBias: {},
   };
 }
 
@@ -458,6 +469,9 @@ export const SamplingParams: MessageFns<SamplingParams> = {
     if (message.topLogprobs !== 0) {
       writer.uint32(96).uint32(message.topLogprobs);
     }
+    globalThis.Object.entries(message.logitBias).forEach(([key, value]: [string, number]) => {
+      SamplingParams_LogitBiasEntry.encode({ key: key as any, value }, writer.uint32(106).fork()).join();
+    });
     return writer;
   },
 
@@ -580,6 +594,17 @@ export const SamplingParams: MessageFns<SamplingParams> = {
             message.topLogprobs = reader.uint32();
             continue;
           }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            const entry13 = SamplingParams_LogitBiasEntry.decode(reader, reader.uint32());
+            if (entry13.value !== undefined) {
+              message.logitBias[entry13.key] = entry13.value;
+            }
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -638,6 +663,33 @@ export const SamplingParams: MessageFns<SamplingParams> = {
         : isSet(object.top_logprobs)
           ? globalThis.Number(object.top_logprobs)
           : 0,
+      logitBias: isObject(object.logitBias)
+        ? (globalThis.Object.entries(object.logitBias) as [string, any][]).reduce(
+            (acc: { [key: number]: number }, [key, value]: [string, any]) => {
+              globalThis.Object.defineProperty(acc, globalThis.Number(key), {
+                value: globalThis.Number(value),
+                enumerable: true,
+                configurable: true,
+                writable: true,
+              });
+              return acc;
+            },
+            {},
+          )
+        : isObject(object.logit_bias)
+          ? (globalThis.Object.entries(object.logit_bias) as [string, any][]).reduce(
+              (acc: { [key: number]: number }, [key, value]: [string, any]) => {
+                globalThis.Object.defineProperty(acc, globalThis.Number(key), {
+                  value: globalThis.Number(value),
+                  enumerable: true,
+                  configurable: true,
+                  writable: true,
+                });
+                return acc;
+              },
+              {},
+            )
+          : {},
     };
   },
 
@@ -679,6 +731,15 @@ export const SamplingParams: MessageFns<SamplingParams> = {
     if (message.topLogprobs !== 0) {
       obj.topLogprobs = Math.round(message.topLogprobs);
     }
+    if (message.logitBias) {
+      const entries = globalThis.Object.entries(message.logitBias) as [string, number][];
+      if (entries.length > 0) {
+        obj.logitBias = {};
+        entries.forEach(([k, v]) => {
+          obj.logitBias[k] = floatToJson(v);
+        });
+      }
+    }
     return obj;
   },
 
@@ -699,6 +760,104 @@ export const SamplingParams: MessageFns<SamplingParams> = {
     message.frequencyPenalty = object.frequencyPenalty ?? 0;
     message.repetitionPenalty = object.repetitionPenalty ?? 0;
     message.topLogprobs = object.topLogprobs ?? 0;
+    message.logitBias = (globalThis.Object.entries(object.logitBias ?? {}) as [string, number][]).reduce(
+      (acc: { [key: number]: number }, [key, value]: [string, number]) => {
+        if (value !== undefined) {
+          acc[globalThis.Number(key)] = globalThis.Number(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseSamplingParams_LogitBiasEntry(): SamplingParams_LogitBiasEntry {
+  return { key: 0, value: 0 };
+}
+
+export const SamplingParams_LogitBiasEntry: MessageFns<SamplingParams_LogitBiasEntry> = {
+  encode(message: SamplingParams_LogitBiasEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== 0) {
+      writer.uint32(8).uint32(message.key);
+    }
+    if (message.value !== 0) {
+      writer.uint32(21).float(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SamplingParams_LogitBiasEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error('protobuf decode recursion limit exceeded');
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSamplingParams_LogitBiasEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.key = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 21) {
+              break;
+            }
+
+            message.value = reader.float();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SamplingParams_LogitBiasEntry {
+    return {
+      key: isSet(object.key) ? globalThis.Number(object.key) : 0,
+      value: isSet(object.value) ? globalThis.Number(object.value) : 0,
+    };
+  },
+
+  toJSON(message: SamplingParams_LogitBiasEntry): unknown {
+    const obj: any = {};
+    if (message.key !== 0) {
+      obj.key = Math.round(message.key);
+    }
+    if (message.value !== 0) {
+      obj.value = floatToJson(message.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SamplingParams_LogitBiasEntry>, I>>(
+    base?: I,
+  ): SamplingParams_LogitBiasEntry {
+    return SamplingParams_LogitBiasEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SamplingParams_LogitBiasEntry>, I>>(
+    object: I,
+  ): SamplingParams_LogitBiasEntry {
+    const message = createBaseSamplingParams_LogitBiasEntry();
+    message.key = object.key ?? 0;
+    message.value = object.value ?? 0;
     return message;
   },
 };
@@ -967,6 +1126,10 @@ type KeysOfUnion<T> = T extends T ? keyof T : never;
 type Exact<P, I extends P> = P extends Builtin
   ? P
   : P & { [K in keyof P]: Exact<P[K], I[K]> } & { [K in Exclude<keyof I, KeysOfUnion<P>>]: never };
+
+function isObject(value: any): boolean {
+  return typeof value === 'object' && value !== null;
+}
 
 function isSet(value: any): boolean {
   return value !== null && value !== undefined;
