@@ -199,6 +199,17 @@ function finite(name: string, value: number | undefined): number {
   return value;
 }
 
+/** A logit bias as the wire carries it: uint32 token ids to finite numbers (their range is the router's to check). */
+function logitBiasOf(bias: Readonly<Record<number, number>> | undefined): Record<number, number> {
+  const out: Record<number, number> = {};
+  for (const [key, value] of Object.entries(bias ?? {}))
+    out[uint32('logitBias token id', /^\d+$/.test(key) ? Number(key) : Number.NaN)] = finite(
+      `logitBias[${key}]`,
+      value,
+    );
+  return out;
+}
+
 /** The wire request for `request`; throws InvalidArgumentError for what the wire cannot carry. */
 export function toGenerateRequest(request: MeshGenerateRequest): GenerateRequest {
   const given = [request.prompt, request.messages, request.promptTokenIds].filter((v) => v !== undefined);
@@ -251,7 +262,7 @@ export function toGenerateRequest(request: MeshGenerateRequest): GenerateRequest
       // NOTE: on the wire 0 means off, like 1.
       repetitionPenalty: finite('repetitionPenalty', request.repetitionPenalty),
       topLogprobs: uint32('topLogprobs', request.topLogprobs),
-      logitBias: { ...request.logitBias },
+      logitBias: logitBiasOf(request.logitBias),
     },
     namespace: request.namespace ?? '',
     codec,

@@ -204,6 +204,8 @@ describe('sdk mesh client - against a scripted router', () => {
     assert.throws(() => client.generate({ prompt: 'a', promptTokenIds: [1] }), InvalidArgumentError);
     assert.throws(() => client.generate({}), InvalidArgumentError);
     assert.throws(() => client.generate({ prompt: 'a', maxTokens: -1 }), InvalidArgumentError);
+    assert.throws(() => client.generate({ prompt: 'a', logitBias: { [-1]: 5 } }), InvalidArgumentError);
+    assert.throws(() => client.generate({ prompt: 'a', logitBias: { 3: Number.NaN } }), InvalidArgumentError);
     assert.throws(() => client.generate({ promptTokenIds: [1, 2.5] }), InvalidArgumentError);
     assert.throws(() => client.generate({ prompt: 'a', temperature: NaN }), InvalidArgumentError);
     assert.throws(

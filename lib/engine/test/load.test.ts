@@ -31,6 +31,14 @@ function copyModel(name: string): string {
 }
 
 describe('engine - model loading', () => {
+  it('engine - decode keeps spaces as they are unless asked to clean them up', () => {
+    const { tokenizer } = loadModel(modelDir);
+    const ids = tokenizer.encode('wait , what ?', { addSpecialTokens: false });
+    assert.equal(tokenizer.decode(ids), 'wait , what ?');
+    assert.equal(tokenizer.decode(ids, { cleanUpSpaces: false }), 'wait , what ?');
+    assert.equal(tokenizer.decode(ids, { cleanUpSpaces: true }), 'wait, what?');
+  });
+
   it('engine - loads config, fused weights, tokenizer and chat template of a generated model', () => {
     const model = loadModel(modelDir);
     const { config, weights } = model;

@@ -59,6 +59,8 @@ test('segment cache - added tokens by id (longest match first), the pieces betwe
     cache.encode('no markers'),
     [...'no markers'].map((c) => c.codePointAt(0)),
   );
+  // A piece with more ids than a call's arguments may hold (no spread into push).
+  assert.equal(cache.encode(`<s>${'y'.repeat(300_000)}</s>`).length, 300_002);
 });
 
 test('segment cache - stays within its entries and characters, least recently used out first', () => {
@@ -101,6 +103,12 @@ test('segment cache - refuses tokenizer shapes whose pieces do not encode indepe
   for (const flag of ['lstrip', 'rstrip', 'single_word', 'normalized'])
     assert.equal(segmentCacheSafe({ added_tokens: [{ ...token, [flag]: true }] }), null, flag);
   assert.equal(segmentCacheSafe({ added_tokens: [{ ...token, content: '' }] }), null);
+  // An absent `normalized` means "not special" to the tokenizers library.
+  const { normalized: _, ...bare } = token;
+  assert.equal(segmentCacheSafe({ added_tokens: [{ ...bare, special: false }] }), null);
+  assert.deepEqual(segmentCacheSafe({ added_tokens: [{ ...bare, special: true }] }), [
+    { id: 5, content: '<|x|>' },
+  ]);
   assert.equal(
     segmentCacheSafe({
       added_tokens: [token],

@@ -9,7 +9,13 @@ import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
-import { LOGIT_BIAS_ENTRIES_MAX, type ChatMessage, type ModelTokenizer } from '@kvmesh/engine';
+import {
+  LOGIT_BIAS_ENTRIES_MAX,
+  SAMPLING_ADJUSTMENT_RANGES,
+  adjustmentRangeProblem,
+  type ChatMessage,
+  type ModelTokenizer,
+} from '@kvmesh/engine';
 import { KvmeshError, type ErrorKind } from '@kvmesh/errors';
 import { METRICS_CONTENT_TYPE, type Counter, type Logger, type MetricsRegistry } from '@kvmesh/runtime';
 
@@ -284,6 +290,16 @@ function optionalInteger(body: Body, name: string, min: number, max: number, fal
   return value;
 }
 
+/** A sampling adjustment's value, in its range (SAMPLING_ADJUSTMENT_RANGES), or `fallback` when absent. */
+function adjustmentOf(
+  body: Body,
+  name: 'presence_penalty' | 'frequency_penalty' | 'repetition_penalty',
+  fallback: number,
+): number {
+  const [min, max] = SAMPLING_ADJUSTMENT_RANGES[name];
+  return optionalNumber(body, name, min, max, fallback);
+}
+
 /** OpenAI's logit_bias: token ids (as object keys) to biases in [-100, 100]; absent or {}: none. */
 function parseLogitBias(body: Body, vocabSize: number | undefined): Map<number, number> | undefined {
   const value = body.logit_bias;
@@ -304,11 +320,9 @@ function parseLogitBias(body: Body, vocabSize: number | undefined): Map<number, 
         `logit_bias key '${key}' is not a token id` + (vocabSize === undefined ? '' : ` below ${vocabSize}`),
         'logit_bias',
       );
-    if (typeof v !== 'number' || !Number.isFinite(v) || v < -100 || v > 100)
-      throw invalid(
-        `logit_bias of token ${key} must be a number in [-100, 100], got ${JSON.stringify(v)}`,
-        'logit_bias',
-      );
+    if (typeof v !== 'number') throw invalid(`logit_bias of token ${key} must be a number`, 'logit_bias');
+    const problem = adjustmentRangeProblem('logit_bias', v);
+    if (problem !== null) throw invalid(`logit_bias of token ${key} ${problem}`, 'logit_bias');
     bias.set(token, v);
   }
   return bias.size === 0 ? undefined : bias;
@@ -365,9 +379,9 @@ function parseCommon(
       topP,
       topK,
       seed,
-      presencePenalty: optionalNumber(body, 'presence_penalty', -2, 2, 0),
-      frequencyPenalty: optionalNumber(body, 'frequency_penalty', -2, 2, 0),
-      repetitionPenalty: optionalNumber(body, 'repetition_penalty', 1e-6, 10, 1),
+      presencePenalty: adjustmentOf(body, 'presence_penalty', 0),
+      frequencyPenalty: adjustmentOf(body, 'frequency_penalty', 0),
+      repetitionPenalty: adjustmentOf(body, 'repetition_penalty', 1),
       ...(logitBias === undefined ? {} : { logitBias }),
     },
     stop,
@@ -467,7 +481,8 @@ class LogprobsBuilder {
   ) {}
 
   private entry(id: number, logprob: number): TokenLogprob {
-    const token = this.tokenizer.decode([id]);
+    // NOTE: a token's own text, spaces as they are: the tokenizer's clean-up would turn " ," into ",".
+    const token = this.tokenizer.decode([id], { cleanUpSpaces: false });
     return { token, logprob, bytes: [...Buffer.from(token, 'utf8')] };
   }
 
@@ -632,6 +647,11 @@ export async function startHttpServer(
         'context_length_exceeded',
       );
     // NOTE: each choice is a sequence of its own on the workers, so it takes an admission slot.
+    if (parsed.n > admission.limit)
+      throw invalid(
+        `n ${parsed.n} is more than the ${admission.limit} sequences this server runs at once`,
+        'n',
+      );
     let acquired = 0;
     while (acquired < parsed.n && admission.tryAcquire()) acquired++;
     if (acquired < parsed.n) {

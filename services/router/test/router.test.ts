@@ -30,7 +30,7 @@ import {
 } from '@kvmesh/test-harness';
 
 import { routerConfig } from '../src/config.ts';
-import { startHttpServer, type GenerationBackend } from '../src/http.ts';
+import { createAdmission, startHttpServer, type GenerationBackend } from '../src/http.ts';
 import { startRouter, type Router } from '../src/router.ts';
 
 const B = 16;
@@ -678,7 +678,9 @@ describe('router - HTTP edge limits', () => {
       },
       health: () => ({ ok: true }),
     };
+    const admission = createAdmission(3);
     const server = await startHttpServer(failing, {
+      admission,
       host: '127.0.0.1',
       port: 0,
       requestBytesMax: 1024,
@@ -692,9 +694,18 @@ describe('router - HTTP edge limits', () => {
       const url = `http://127.0.0.1:${server.port}/v1/completions`;
       const ask = (body: Record<string, unknown>): Promise<Response> =>
         fetch(url, { method: 'POST', body: JSON.stringify({ model: 'fake', prompt: 'hi', ...body }) });
-      const refused = await ask({ n: 4 });
-      assert.equal(refused.status, 429, 'four choices do not fit three slots');
-      assert.match(((await refused.json()) as ErrorBody).error.message, /asks 4/);
+      const never = await ask({ n: 4 });
+      assert.equal(never.status, 400, 'four choices never fit three slots');
+      assert.equal(((await never.json()) as ErrorBody).error.param, 'n');
+      // One slot held by a stream: three more choices do not fit now.
+      const held = await ask({ stream: true });
+      assert.equal(held.status, 200);
+      const refused = await ask({ n: 3 });
+      assert.equal(refused.status, 429);
+      assert.match(((await refused.json()) as ErrorBody).error.message, /asks 3/);
+      await held.body?.cancel();
+      await waitFor(() => admission.inFlight === 0, { message: 'the held stream gave its slot back' });
+      signals.length = 0;
       const failed = await ask({ n: 3 });
       assert.equal(failed.status, 500);
       assert.equal(signals.length, 3);

@@ -47,8 +47,11 @@ export interface ChatMessage {
 
 export interface ModelTokenizer {
   encode(text: string, options?: { addSpecialTokens?: boolean }): number[];
-  /** Text of `ids`; special tokens (BOS, EOS, chat markers) are dropped with skipSpecialTokens. */
-  decode(ids: readonly number[], options?: { skipSpecialTokens?: boolean }): string;
+  /**
+   * Text of `ids`; special tokens (BOS, EOS, chat markers) are dropped with skipSpecialTokens, and
+   * cleanUpSpaces overrides the tokenizer's own clean_up_tokenization_spaces (" ," → ",").
+   */
+  decode(ids: readonly number[], options?: { skipSpecialTokens?: boolean; cleanUpSpaces?: boolean }): string;
   /** Renders the chat template; encode the result with addSpecialTokens: false. */
   applyChatTemplate(messages: readonly ChatMessage[], addGenerationPrompt?: boolean): string;
   readonly bosTokenId: number | null;
@@ -239,7 +242,12 @@ function loadTokenizer(dir: string, config: ModelConfig): ModelTokenizer {
     decode: (ids, options = {}) =>
       ids.length === 0
         ? ''
-        : tokenizer.decode([...ids], { skip_special_tokens: options.skipSpecialTokens ?? false }),
+        : tokenizer.decode([...ids], {
+            skip_special_tokens: options.skipSpecialTokens ?? false,
+            ...(options.cleanUpSpaces === undefined
+              ? {}
+              : { clean_up_tokenization_spaces: options.cleanUpSpaces }),
+          }),
     applyChatTemplate: (messages, addGenerationPrompt = true) => {
       if (!template)
         throw new ModelFileError(`${join(dir, 'tokenizer_config.json')}: no chat_template`, {

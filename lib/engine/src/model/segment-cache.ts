@@ -30,6 +30,7 @@ interface TokenizerJsonShape {
     readonly rstrip?: unknown;
     readonly single_word?: unknown;
     readonly normalized?: unknown;
+    readonly special?: unknown;
   }[];
   readonly normalizer?: unknown;
   readonly pre_tokenizer?: unknown;
@@ -47,8 +48,9 @@ export function segmentCacheSafe(tokenizerJson: unknown): AddedToken[] | null {
   const tokens: AddedToken[] = [];
   for (const t of added) {
     if (typeof t.id !== 'number' || typeof t.content !== 'string' || t.content === '') return null;
-    if (t.lstrip === true || t.rstrip === true || t.single_word === true || t.normalized === true)
-      return null;
+    // NOTE: the tokenizers library takes an absent `normalized` as "not special".
+    const normalized = t.normalized ?? t.special !== true;
+    if (t.lstrip === true || t.rstrip === true || t.single_word === true || normalized === true) return null;
     tokens.push({ id: t.id, content: t.content });
   }
   const shape = JSON.stringify([json.normalizer ?? null, json.pre_tokenizer ?? null]);
@@ -58,9 +60,27 @@ export function segmentCacheSafe(tokenizerJson: unknown): AddedToken[] | null {
 
 const escapeRegex = (text: string): string => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
+/**
+ * A copy of `text` that shares no memory with the string it was sliced from. NOTE: V8 keeps a long
+ * slice as a view of its parent, so a held piece would keep its whole prompt alive and charsMax
+ * would not bound memory.
+ */
+const flatCopy = (text: string): string => Buffer.from(text, 'utf16le').toString('utf16le');
+
+const append = (ids: number[], more: readonly number[]): void => {
+  // NOTE: not push(...more): spreading a very long piece's ids overflows the call stack.
+  for (const id of more) ids.push(id);
+};
+
+interface HeldPiece {
+  /** The piece as held (a flat copy): re-inserted under it, never under a caller's slice. */
+  readonly key: string;
+  readonly ids: readonly number[];
+}
+
 export class SegmentCache {
   /** Least recently used first (Map insertion order, refreshed by delete + set). */
-  private readonly entries = new Map<string, readonly number[]>();
+  private readonly entries = new Map<string, HeldPiece>();
   private chars = 0;
   private readonly splitter: RegExp | null;
   private readonly idOf: Map<string, number>;
@@ -97,12 +117,12 @@ export class SegmentCache {
     if (this.splitter !== null) {
       this.splitter.lastIndex = 0;
       for (let match = this.splitter.exec(text); match !== null; match = this.splitter.exec(text)) {
-        if (match.index > from) ids.push(...this.piece(text.slice(from, match.index)));
+        if (match.index > from) append(ids, this.piece(text.slice(from, match.index)));
         ids.push(this.idOf.get(match[0]) as number);
         from = match.index + match[0].length;
       }
     }
-    if (from < text.length) ids.push(...this.piece(text.slice(from)));
+    if (from < text.length) append(ids, this.piece(text.slice(from)));
     return ids;
   }
 
@@ -111,13 +131,14 @@ export class SegmentCache {
     if (held !== undefined) {
       this.hits++;
       this.entries.delete(piece);
-      this.entries.set(piece, held);
-      return held;
+      this.entries.set(held.key, held);
+      return held.ids;
     }
     this.misses++;
     const ids = this.encodePiece(piece);
     if (piece.length > this.limits.charsMax / 8 || this.limits.entriesMax === 0) return ids;
-    this.entries.set(piece, ids);
+    const key = flatCopy(piece);
+    this.entries.set(key, { key, ids });
     this.chars += piece.length;
     for (const [oldest] of this.entries) {
       if (this.entries.size <= this.limits.entriesMax && this.chars <= this.limits.charsMax) break;

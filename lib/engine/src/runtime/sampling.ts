@@ -31,6 +31,27 @@ export interface SamplingOptions {
 /** Token ids one logit bias may list (OpenAI allows 300). */
 export const LOGIT_BIAS_ENTRIES_MAX = 1024;
 
+/** The ranges the front doors and workers accept for the sampling adjustments they are sent. */
+export const SAMPLING_ADJUSTMENT_RANGES = {
+  presence_penalty: [-2, 2],
+  frequency_penalty: [-2, 2],
+  repetition_penalty: [0.01, 10],
+  logit_bias: [-100, 100],
+} as const;
+
+/**
+ * Why `value` is outside the range of `name`, or null when it is in it. NOTE: the bounds are
+ * compared as float32, the type these fields travel in, so a bound sent over the wire still passes.
+ */
+export function adjustmentRangeProblem(
+  name: keyof typeof SAMPLING_ADJUSTMENT_RANGES,
+  value: number,
+): string | null {
+  const [min, max] = SAMPLING_ADJUSTMENT_RANGES[name];
+  if (Number.isFinite(value) && value >= Math.fround(min) && value <= Math.fround(max)) return null;
+  return `must be in [${min}, ${max}], got ${value}`;
+}
+
 export const GREEDY: SamplingOptions = { temperature: 0, topK: 0, topP: 1 };
 
 export function checkSampling(options: SamplingOptions): void {
@@ -45,16 +66,15 @@ export function checkSampling(options: SamplingOptions): void {
   if (seed !== undefined && (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32)) {
     throw new InvalidArgumentError(`seed must be an integer in [0, 2^32), got ${seed}`, { seed });
   }
-  for (const name of ['presencePenalty', 'frequencyPenalty'] as const) {
-    const value = options[name] ?? 0;
-    if (!Number.isFinite(value) || value < -2 || value > 2)
-      throw new InvalidArgumentError(`${name} must be in [-2, 2], got ${value}`, { [name]: value });
+  const ranges = [
+    ['presencePenalty', 'presence_penalty', options.presencePenalty ?? 0],
+    ['frequencyPenalty', 'frequency_penalty', options.frequencyPenalty ?? 0],
+    ['repetitionPenalty', 'repetition_penalty', options.repetitionPenalty ?? 1],
+  ] as const;
+  for (const [name, range, value] of ranges) {
+    const problem = adjustmentRangeProblem(range, value);
+    if (problem !== null) throw new InvalidArgumentError(`${name} ${problem}`, { [name]: value });
   }
-  const repetition = options.repetitionPenalty ?? 1;
-  if (!Number.isFinite(repetition) || repetition <= 0 || repetition > 10)
-    throw new InvalidArgumentError(`repetitionPenalty must be in (0, 10], got ${repetition}`, {
-      repetitionPenalty: repetition,
-    });
   const bias = options.logitBias ?? new Map<number, number>();
   if (bias.size > LOGIT_BIAS_ENTRIES_MAX)
     throw new InvalidArgumentError(`logitBias lists ${bias.size} tokens, at most ${LOGIT_BIAS_ENTRIES_MAX}`, {
@@ -63,11 +83,9 @@ export function checkSampling(options: SamplingOptions): void {
   for (const [token, value] of bias) {
     if (!Number.isInteger(token) || token < 0)
       throw new InvalidArgumentError(`logitBias token ${token} is not a token id`, { token });
-    if (!Number.isFinite(value) || value < -100 || value > 100)
-      throw new InvalidArgumentError(`logitBias of token ${token} must be in [-100, 100], got ${value}`, {
-        token,
-        value,
-      });
+    const problem = adjustmentRangeProblem('logit_bias', value);
+    if (problem !== null)
+      throw new InvalidArgumentError(`logitBias of token ${token} ${problem}`, { token, value });
   }
 }
 

@@ -3,7 +3,8 @@
 // range. Every refusal names the proto field at fault; role-specific fields are checked by each
 // service after these.
 import { InvalidArgumentError } from '@kvmesh/errors';
-import { LOGIT_BIAS_ENTRIES_MAX, type SamplingOptions } from '@kvmesh/engine';
+import type { SAMPLING_ADJUSTMENT_RANGES } from '@kvmesh/engine';
+import { LOGIT_BIAS_ENTRIES_MAX, adjustmentRangeProblem, type SamplingOptions } from '@kvmesh/engine';
 import type { CodecName } from '@kvmesh/kernels';
 import {
   Codec,
@@ -66,7 +67,7 @@ export function field<T>(name: string, parse: () => T): T {
 const LONE_SURROGATE = /\p{Cs}/u;
 
 /** Checks sampling ranges; an absent message means greedy over the whole vocabulary. */
-export function parseSampling(sampling: WireSampling | undefined): SamplingOptions {
+export function parseSampling(sampling: WireSampling | undefined, vocabSize?: number): SamplingOptions {
   if (sampling === undefined) return { temperature: 0, topK: 0, topP: 1 };
   const { temperature, topK } = sampling;
   // NOTE: proto3 sends an unset top_p as 0; 0 would keep nothing, so it means "all" like 1.
@@ -92,19 +93,21 @@ export function parseSampling(sampling: WireSampling | undefined): SamplingOptio
       field: 'sampling.seed',
       value: seed.toString(),
     });
-  const penalty = (name: string, value: number, min: number, max: number): number => {
-    if (!Number.isFinite(value) || value < min || value > max)
-      throw new InvalidArgumentError(`sampling.${name} must be in [${min}, ${max}], got ${value}`, {
-        field: `sampling.${name}`,
-        value,
-      });
+  const adjustment = (
+    name: keyof typeof SAMPLING_ADJUSTMENT_RANGES,
+    value: number,
+    label: string = name,
+  ): number => {
+    const problem = adjustmentRangeProblem(name, value);
+    if (problem !== null)
+      throw new InvalidArgumentError(`sampling.${label} ${problem}`, { field: `sampling.${name}`, value });
     return value;
   };
-  const presencePenalty = penalty('presence_penalty', sampling.presencePenalty ?? 0, -2, 2);
-  const frequencyPenalty = penalty('frequency_penalty', sampling.frequencyPenalty ?? 0, -2, 2);
+  const presencePenalty = adjustment('presence_penalty', sampling.presencePenalty ?? 0);
+  const frequencyPenalty = adjustment('frequency_penalty', sampling.frequencyPenalty ?? 0);
   // NOTE: proto3 sends an unset repetition_penalty as 0, which means "off" like 1.
   const repetition = sampling.repetitionPenalty ?? 0;
-  const repetitionPenalty = repetition === 0 ? 1 : penalty('repetition_penalty', repetition, 1e-6, 10);
+  const repetitionPenalty = repetition === 0 ? 1 : adjustment('repetition_penalty', repetition);
   const logitBias = new Map(
     Object.entries(sampling.logitBias ?? {}).map(([token, bias]) => [Number(token), bias]),
   );
@@ -113,7 +116,14 @@ export function parseSampling(sampling: WireSampling | undefined): SamplingOptio
       `sampling.logit_bias lists ${logitBias.size} tokens, at most ${LOGIT_BIAS_ENTRIES_MAX}`,
       { field: 'sampling.logit_bias', entries: logitBias.size },
     );
-  for (const [token, bias] of logitBias) penalty(`logit_bias[${token}]`, bias, -100, 100);
+  for (const [token, bias] of logitBias) {
+    if (vocabSize !== undefined && token >= vocabSize)
+      throw new InvalidArgumentError(
+        `sampling.logit_bias lists token ${token}, outside the vocabulary [0, ${vocabSize})`,
+        { field: 'sampling.logit_bias', token, vocabSize },
+      );
+    adjustment('logit_bias', bias, `logit_bias[${token}]`);
+  }
   return {
     temperature,
     topK,

@@ -72,7 +72,7 @@ export function parseDecodeRequest(request: DecodeRequest, limits: DecodeLimits)
     checkTokenId('first_token_id', request.firstTokenId, limits.vocabSize);
 
   const wire = request.sampling ?? NO_SAMPLING;
-  const sampling = parseSampling(wire);
+  const sampling = parseSampling(wire, limits.vocabSize);
   const maxTokens = wire.maxTokens === 0 ? limits.maxTokensDefault : wire.maxTokens;
   if (!Number.isInteger(maxTokens) || maxTokens < 1)
     throw new InvalidArgumentError(`sampling.max_tokens must be a positive integer, got ${maxTokens}`, {

@@ -31,5 +31,10 @@ export function parsePrefillRequest(request: PrefillRequest, limits: PrefillLimi
         { field: 'prompt_token_ids', index: i, token, vocabSize: limits.vocabSize },
       );
   }
-  return { requestId, namespace, promptTokens: prompt, sampling: parseSampling(request.sampling) };
+  return {
+    requestId,
+    namespace,
+    promptTokens: prompt,
+    sampling: parseSampling(request.sampling, limits.vocabSize),
+  };
 }

@@ -9,7 +9,8 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 
 import { Metadata, status as GrpcStatus, type ServerWritableStream } from '@grpc/grpc-js';
-import { LOGIT_BIAS_ENTRIES_MAX, TOP_LOGPROBS_MAX } from '@kvmesh/engine';
+import type { SAMPLING_ADJUSTMENT_RANGES } from '@kvmesh/engine';
+import { LOGIT_BIAS_ENTRIES_MAX, TOP_LOGPROBS_MAX, adjustmentRangeProblem } from '@kvmesh/engine';
 import { InvalidArgumentError, KvmeshError, LimitExceededError } from '@kvmesh/errors';
 import {
   Codec,
@@ -183,19 +184,20 @@ export function parseGenerateRequest(
     );
   checkTokenIds('sampling.stop_token_ids', stopTokenIds, backend.vocabSize);
 
-  const penalty = (name: string, value: number, min: number, max: number): number => {
-    if (!Number.isFinite(value) || value < min || value > max)
-      throw invalid(`sampling.${name}`, `must be in [${min}, ${max}], got ${value}`);
+  const adjustment = (
+    name: keyof typeof SAMPLING_ADJUSTMENT_RANGES,
+    value: number,
+    label: string = name,
+  ): number => {
+    const problem = adjustmentRangeProblem(name, value);
+    if (problem !== null) throw invalid(`sampling.${label}`, problem);
     return value;
   };
-  const presencePenalty = penalty('presence_penalty', wire?.presencePenalty ?? 0, -2, 2);
-  const frequencyPenalty = penalty('frequency_penalty', wire?.frequencyPenalty ?? 0, -2, 2);
+  const presencePenalty = adjustment('presence_penalty', wire?.presencePenalty ?? 0);
+  const frequencyPenalty = adjustment('frequency_penalty', wire?.frequencyPenalty ?? 0);
   // NOTE: proto3 sends an unset repetition_penalty as 0, which means "off" like 1.
-  const repetitionPenalty =
-    (wire?.repetitionPenalty ?? 0) === 0
-      ? 1
-      : penalty('repetition_penalty', wire?.repetitionPenalty ?? 1, 1e-6, 10);
-
+  const repetition = wire?.repetitionPenalty ?? 0;
+  const repetitionPenalty = repetition === 0 ? 1 : adjustment('repetition_penalty', repetition);
   const logitBias = new Map(
     Object.entries(wire?.logitBias ?? {}).map(([token, bias]) => [Number(token), bias]),
   );
@@ -207,7 +209,7 @@ export function parseGenerateRequest(
         'sampling.logit_bias',
         `token ${token} is outside the vocabulary [0, ${backend.vocabSize})`,
       );
-    penalty(`logit_bias[${token}]`, bias, -100, 100);
+    adjustment('logit_bias', bias, `logit_bias[${token}]`);
   }
   const topLogprobs = wire?.topLogprobs ?? 0;
   if (topLogprobs > TOP_LOGPROBS_MAX)
