@@ -100,7 +100,7 @@ export interface MeshGenerateRequest {
   readonly presencePenalty?: number;
   /** OpenAI's frequency penalty on generated tokens, in [-2, 2]; default 0 (off). */
   readonly frequencyPenalty?: number;
-  /** Repetition penalty on prompt and generated tokens, in (0, 10]; default 1 (off). */
+  /** Repetition penalty on prompt and generated tokens, in [0.01, 10]; default 1 (off). */
   readonly repetitionPenalty?: number;
   /** Token id → bias in [-100, 100] added to its logit before sampling (OpenAI's logit_bias). */
   readonly logitBias?: Readonly<Record<number, number>>;

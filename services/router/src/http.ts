@@ -27,7 +27,7 @@ export interface SamplingInput {
   /** OpenAI's, in [-2, 2]; absent: 0. */
   readonly presencePenalty?: number;
   readonly frequencyPenalty?: number;
-  /** In (0, 10]; absent: 1. */
+  /** In [0.01, 10]; absent: 1. */
   readonly repetitionPenalty?: number;
   /** Token id → bias in [-100, 100], added to the logits before sampling; absent: none. */
   readonly logitBias?: ReadonlyMap<number, number>;

@@ -192,7 +192,7 @@ export interface SamplingParams {
   /** OpenAI's presence and frequency penalties on the tokens generated so far, in [-2, 2]; 0 = off. */
   presencePenalty: number;
   frequencyPenalty: number;
-  /** The repetition penalty on prompt and generated tokens (vLLM's), in (0, 10]; 0 or 1 = off. */
+  /** The repetition penalty on prompt and generated tokens (vLLM's), in [0.01, 10]; 0 or 1 = off. */
   repetitionPenalty: number;
   /** The most likely tokens to report at each generated position, with their logprobs; at most 20. */
   topLogprobs: number;
