@@ -694,7 +694,7 @@ describe('router grpc - edge over a scripted backend', () => {
       );
       assert.equal(nearlyFull.code, GrpcStatus.OK);
       assert.equal(inputs.at(-1)?.maxTokens, 3);
-      // Penalties reach the backend; an unset (0) repetition penalty is off (1); out of range is refused.
+      // Penalties reach the backend; an unset (0) repetition penalty is off (left out); out of range is refused.
       const penalized = await generate(
         client,
         request({ sampling: { ...request().sampling!, presencePenalty: 0.5, frequencyPenalty: -0.25 } }),
@@ -707,7 +707,7 @@ describe('router grpc - edge over a scripted backend', () => {
           inputs.at(-1)?.sampling.frequencyPenalty,
           inputs.at(-1)?.sampling.repetitionPenalty,
         ],
-        [0.5, -0.25, 1],
+        [0.5, -0.25, undefined],
       );
       // Top logprobs reach the backend and imply the chosen tokens' logprobs.
       const withTop = await generate(

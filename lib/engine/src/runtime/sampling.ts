@@ -89,6 +89,69 @@ export function checkSampling(options: SamplingOptions): void {
   }
 }
 
+/** The sampling adjustments as a request carries them (proto SamplingParams' fields). */
+export interface RequestedAdjustments {
+  readonly presencePenalty?: number;
+  readonly frequencyPenalty?: number;
+  /** 0 (proto3's unset) means off, like 1. */
+  readonly repetitionPenalty?: number;
+  readonly logitBias?: { readonly [token: number]: number };
+}
+
+/**
+ * The adjustments of a request, checked (ranges, at most LOGIT_BIAS_ENTRIES_MAX biased ids, each
+ * below `vocabSize` when given), with those left at their neutral value dropped. Throws an
+ * InvalidArgumentError naming the field as `sampling.<field>`.
+ */
+export function parseRequestedAdjustments(
+  requested: RequestedAdjustments,
+  vocabSize?: number,
+): Pick<SamplingOptions, 'presencePenalty' | 'frequencyPenalty' | 'repetitionPenalty' | 'logitBias'> {
+  const checked = (
+    name: keyof typeof SAMPLING_ADJUSTMENT_RANGES,
+    value: number,
+    label: string = name,
+  ): number => {
+    const problem = adjustmentRangeProblem(name, value);
+    if (problem !== null)
+      throw new InvalidArgumentError(`sampling.${label} ${problem}`, { field: `sampling.${name}`, value });
+    return value;
+  };
+  const presencePenalty = checked('presence_penalty', requested.presencePenalty ?? 0);
+  const frequencyPenalty = checked('frequency_penalty', requested.frequencyPenalty ?? 0);
+  const repetition = requested.repetitionPenalty ?? 0;
+  const repetitionPenalty = repetition === 0 ? 1 : checked('repetition_penalty', repetition);
+  const logitBias = new Map(
+    Object.entries(requested.logitBias ?? {}).map(([token, bias]) => [Number(token), bias]),
+  );
+  if (logitBias.size > LOGIT_BIAS_ENTRIES_MAX)
+    throw new InvalidArgumentError(
+      `sampling.logit_bias lists ${logitBias.size} tokens, at most ${LOGIT_BIAS_ENTRIES_MAX}`,
+      {
+        field: 'sampling.logit_bias',
+        entries: logitBias.size,
+      },
+    );
+  for (const [token, bias] of logitBias) {
+    if (vocabSize !== undefined && token >= vocabSize)
+      throw new InvalidArgumentError(
+        `sampling.logit_bias lists token ${token}, outside the vocabulary [0, ${vocabSize})`,
+        {
+          field: 'sampling.logit_bias',
+          token,
+          vocabSize,
+        },
+      );
+    checked('logit_bias', bias, `logit_bias[${token}]`);
+  }
+  return {
+    ...(presencePenalty === 0 ? {} : { presencePenalty }),
+    ...(frequencyPenalty === 0 ? {} : { frequencyPenalty }),
+    ...(repetitionPenalty === 1 ? {} : { repetitionPenalty }),
+    ...(logitBias.size === 0 ? {} : { logitBias }),
+  };
+}
+
 /** Whether `options` asks for any change to the logits before sampling (a bias or a penalty). */
 export function adjustsLogits(options: SamplingOptions): boolean {
   return (

@@ -3,8 +3,7 @@
 // range. Every refusal names the proto field at fault; role-specific fields are checked by each
 // service after these.
 import { InvalidArgumentError } from '@kvmesh/errors';
-import type { SAMPLING_ADJUSTMENT_RANGES } from '@kvmesh/engine';
-import { LOGIT_BIAS_ENTRIES_MAX, adjustmentRangeProblem, type SamplingOptions } from '@kvmesh/engine';
+import { parseRequestedAdjustments, type SamplingOptions } from '@kvmesh/engine';
 import type { CodecName } from '@kvmesh/kernels';
 import {
   Codec,
@@ -93,46 +92,12 @@ export function parseSampling(sampling: WireSampling | undefined, vocabSize?: nu
       field: 'sampling.seed',
       value: seed.toString(),
     });
-  const adjustment = (
-    name: keyof typeof SAMPLING_ADJUSTMENT_RANGES,
-    value: number,
-    label: string = name,
-  ): number => {
-    const problem = adjustmentRangeProblem(name, value);
-    if (problem !== null)
-      throw new InvalidArgumentError(`sampling.${label} ${problem}`, { field: `sampling.${name}`, value });
-    return value;
-  };
-  const presencePenalty = adjustment('presence_penalty', sampling.presencePenalty ?? 0);
-  const frequencyPenalty = adjustment('frequency_penalty', sampling.frequencyPenalty ?? 0);
-  // NOTE: proto3 sends an unset repetition_penalty as 0, which means "off" like 1.
-  const repetition = sampling.repetitionPenalty ?? 0;
-  const repetitionPenalty = repetition === 0 ? 1 : adjustment('repetition_penalty', repetition);
-  const logitBias = new Map(
-    Object.entries(sampling.logitBias ?? {}).map(([token, bias]) => [Number(token), bias]),
-  );
-  if (logitBias.size > LOGIT_BIAS_ENTRIES_MAX)
-    throw new InvalidArgumentError(
-      `sampling.logit_bias lists ${logitBias.size} tokens, at most ${LOGIT_BIAS_ENTRIES_MAX}`,
-      { field: 'sampling.logit_bias', entries: logitBias.size },
-    );
-  for (const [token, bias] of logitBias) {
-    if (vocabSize !== undefined && token >= vocabSize)
-      throw new InvalidArgumentError(
-        `sampling.logit_bias lists token ${token}, outside the vocabulary [0, ${vocabSize})`,
-        { field: 'sampling.logit_bias', token, vocabSize },
-      );
-    adjustment('logit_bias', bias, `logit_bias[${token}]`);
-  }
   return {
     temperature,
     topK,
     topP,
     ...(seed === undefined ? {} : { seed: Number(seed) }),
-    ...(logitBias.size === 0 ? {} : { logitBias }),
-    ...(presencePenalty === 0 ? {} : { presencePenalty }),
-    ...(frequencyPenalty === 0 ? {} : { frequencyPenalty }),
-    ...(repetitionPenalty === 1 ? {} : { repetitionPenalty }),
+    ...parseRequestedAdjustments(sampling, vocabSize),
   };
 }
 

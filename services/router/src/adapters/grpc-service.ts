@@ -9,8 +9,7 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 
 import { Metadata, status as GrpcStatus, type ServerWritableStream } from '@grpc/grpc-js';
-import type { SAMPLING_ADJUSTMENT_RANGES } from '@kvmesh/engine';
-import { LOGIT_BIAS_ENTRIES_MAX, TOP_LOGPROBS_MAX, adjustmentRangeProblem } from '@kvmesh/engine';
+import { TOP_LOGPROBS_MAX, parseRequestedAdjustments } from '@kvmesh/engine';
 import { InvalidArgumentError, KvmeshError, LimitExceededError } from '@kvmesh/errors';
 import {
   Codec,
@@ -184,33 +183,7 @@ export function parseGenerateRequest(
     );
   checkTokenIds('sampling.stop_token_ids', stopTokenIds, backend.vocabSize);
 
-  const adjustment = (
-    name: keyof typeof SAMPLING_ADJUSTMENT_RANGES,
-    value: number,
-    label: string = name,
-  ): number => {
-    const problem = adjustmentRangeProblem(name, value);
-    if (problem !== null) throw invalid(`sampling.${label}`, problem);
-    return value;
-  };
-  const presencePenalty = adjustment('presence_penalty', wire?.presencePenalty ?? 0);
-  const frequencyPenalty = adjustment('frequency_penalty', wire?.frequencyPenalty ?? 0);
-  // NOTE: proto3 sends an unset repetition_penalty as 0, which means "off" like 1.
-  const repetition = wire?.repetitionPenalty ?? 0;
-  const repetitionPenalty = repetition === 0 ? 1 : adjustment('repetition_penalty', repetition);
-  const logitBias = new Map(
-    Object.entries(wire?.logitBias ?? {}).map(([token, bias]) => [Number(token), bias]),
-  );
-  if (logitBias.size > LOGIT_BIAS_ENTRIES_MAX)
-    throw invalid('sampling.logit_bias', `lists ${logitBias.size} tokens, at most ${LOGIT_BIAS_ENTRIES_MAX}`);
-  for (const [token, bias] of logitBias) {
-    if (backend.vocabSize !== undefined && token >= backend.vocabSize)
-      throw invalid(
-        'sampling.logit_bias',
-        `token ${token} is outside the vocabulary [0, ${backend.vocabSize})`,
-      );
-    adjustment('logit_bias', bias, `logit_bias[${token}]`);
-  }
+  const adjustments = parseRequestedAdjustments(wire ?? {}, backend.vocabSize);
   const topLogprobs = wire?.topLogprobs ?? 0;
   if (topLogprobs > TOP_LOGPROBS_MAX)
     throw invalid('sampling.top_logprobs', `must be at most ${TOP_LOGPROBS_MAX}, got ${topLogprobs}`);
@@ -247,10 +220,7 @@ export function parseGenerateRequest(
     topP,
     topK,
     seed: seed === undefined ? undefined : Number(seed),
-    presencePenalty,
-    frequencyPenalty,
-    repetitionPenalty,
-    ...(logitBias.size === 0 ? {} : { logitBias }),
+    ...adjustments,
   };
   return {
     requestId,
