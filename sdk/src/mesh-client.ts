@@ -92,6 +92,8 @@ export interface MeshGenerateRequest {
   readonly stop?: readonly string[];
   /** Replace the model's end-of-sequence tokens. */
   readonly stopTokenIds?: readonly number[];
+  /** Do not stop at the model's end-of-sequence tokens (with stopTokenIds empty: only maxTokens and stop strings end it). */
+  readonly ignoreEos?: boolean;
   /** Report each token's log-probability. */
   readonly logprobs?: boolean;
   /** Also list the most likely tokens at each position with their logprobs (0-20; implies logprobs). */
@@ -256,6 +258,7 @@ export function toGenerateRequest(request: MeshGenerateRequest): GenerateRequest
       maxTokens: uint32('maxTokens', request.maxTokens),
       stop: [...(request.stop ?? [])],
       stopTokenIds: uint32s('stopTokenIds', request.stopTokenIds),
+      ignoreEos: request.ignoreEos ?? false,
       logprobs: request.logprobs ?? false,
       presencePenalty: finite('presencePenalty', request.presencePenalty),
       frequencyPenalty: finite('frequencyPenalty', request.frequencyPenalty),

@@ -477,6 +477,16 @@ describe('request - validation names the proto field', () => {
     refuses(request({ sampling: sampling({ topP: 2 }) }), /^sampling\.top_p/);
     refuses(request({ sampling: sampling({ seed: 1n << 32n }) }), /^sampling\.seed/);
     refuses(request({ sampling: sampling({ topLogprobs: 21 }) }), /^sampling\.top_logprobs/);
+    // ignore_eos: no stop token at all, unless some are listed (they replace EOS either way).
+    assert.deepEqual(
+      parseDecodeRequest(request({ sampling: sampling({ ignoreEos: true }) }), limits).stopTokenIds,
+      [],
+    );
+    assert.deepEqual(
+      parseDecodeRequest(request({ sampling: sampling({ ignoreEos: true, stopTokenIds: [4] }) }), limits)
+        .stopTokenIds,
+      [4],
+    );
     refuses(request({ sampling: sampling({ presencePenalty: -2.5 }) }), /^sampling\.presence_penalty/);
     refuses(
       request({ sampling: sampling({ stopTokenIds: Array(65).fill(1) }) }),

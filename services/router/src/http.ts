@@ -49,6 +49,8 @@ export interface GenerationInput {
   readonly topLogprobs?: number;
   /** Tokens that end the generation instead of the model's EOS tokens; empty or absent: EOS. */
   readonly stopTokenIds?: readonly number[];
+  /** With stopTokenIds empty: no token ends the generation (only max_tokens and stop strings). */
+  readonly ignoreEos?: boolean;
 }
 
 export interface GenerationUsage {
@@ -82,6 +84,8 @@ export interface GenerationBackend {
   readonly modelFingerprint?: Uint8Array;
   /** Token ids must be below it; absent: the workers check. */
   readonly vocabSize?: number;
+  /** The model's end-of-sequence tokens, which HTTP stop_token_ids add to (as vLLM's do). */
+  readonly eosTokenIds?: readonly number[];
   readonly tokenizer: Pick<ModelTokenizer, 'encode' | 'decode' | 'applyChatTemplate'>;
   generate(input: GenerationInput): AsyncIterable<GenerationChunk>;
   health(): { readonly ok: boolean; readonly reason?: string };
@@ -147,6 +151,8 @@ export interface HttpServer {
 
 /** Stop strings per request (OpenAI allows 4). */
 export const STOP_STRINGS_MAX = 4;
+/** Most stop token ids one request may list (the decode worker's own bound). */
+export const STOP_TOKEN_IDS_MAX = 64;
 export const CHAT_MESSAGES_MAX = 1024;
 /** Choices one request may ask for (`n`); each is a sequence of its own on the workers. */
 export const CHOICES_MAX = 16;
@@ -230,6 +236,10 @@ interface ParsedRequest {
   readonly topLogprobs: number;
   /** Choices to generate for the prompt (OpenAI's `n`). */
   readonly n: number;
+  /** vLLM's stop_token_ids: tokens that end the generation, besides the model's EOS tokens. */
+  readonly stopTokenIds: readonly number[];
+  /** vLLM's ignore_eos: the model's EOS tokens do not end the generation. */
+  readonly ignoreEos: boolean;
 }
 
 /**
@@ -287,6 +297,29 @@ function optionalInteger(body: Body, name: string, min: number, max: number, fal
   const value = optionalNumber(body, name, min, max, fallback);
   if (!Number.isInteger(value))
     throw invalid(`${name} must be an integer in [${min}, ${max}], got ${value}`, name);
+  return value;
+}
+
+/** vLLM's stop_token_ids: at most STOP_TOKEN_IDS_MAX token ids of the vocabulary; absent: none. */
+function parseStopTokenIds(body: Body, vocabSize: number | undefined): number[] {
+  const value = body.stop_token_ids;
+  if (value === undefined || value === null) return [];
+  if (
+    !Array.isArray(value) ||
+    value.length > STOP_TOKEN_IDS_MAX ||
+    !value.every((t) => Number.isSafeInteger(t) && t >= 0 && (vocabSize === undefined || t < vocabSize))
+  )
+    throw invalid(
+      `stop_token_ids must be at most ${STOP_TOKEN_IDS_MAX} token ids` +
+        (vocabSize === undefined ? '' : ` below ${vocabSize}`),
+      'stop_token_ids',
+    );
+  return value as number[];
+}
+
+function parseIgnoreEos(body: Body): boolean {
+  const value = body.ignore_eos ?? false;
+  if (typeof value !== 'boolean') throw invalid('ignore_eos must be a boolean', 'ignore_eos');
   return value;
 }
 
@@ -388,6 +421,8 @@ function parseCommon(
     logprobs: asked.logprobs,
     topLogprobs: asked.top,
     n,
+    stopTokenIds: parseStopTokenIds(body, vocabSize),
+    ignoreEos: parseIgnoreEos(body),
   };
 }
 
@@ -731,6 +766,12 @@ export async function startHttpServer(
             seed: parsed.sampling.seed === undefined ? undefined : (parsed.sampling.seed + index) % 2 ** 32,
           },
           stop: parsed.stop,
+          // NOTE: the wire's stop_token_ids replace the model's EOS tokens; HTTP's add to them.
+          stopTokenIds:
+            parsed.stopTokenIds.length === 0 || parsed.ignoreEos
+              ? parsed.stopTokenIds
+              : [...parsed.stopTokenIds, ...(backend.eosTokenIds ?? [])],
+          ignoreEos: parsed.ignoreEos,
           signal: abort.signal,
           logprobs: parsed.logprobs,
           topLogprobs: parsed.topLogprobs,

@@ -534,6 +534,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
           maxTokens: input.maxTokens,
           stop: [...input.stop],
           stopTokenIds: [...(input.stopTokenIds ?? [])],
+          ignoreEos: input.ignoreEos ?? false,
           logprobs: input.logprobs ?? false,
           presencePenalty: input.sampling.presencePenalty ?? 0,
           frequencyPenalty: input.sampling.frequencyPenalty ?? 0,
@@ -713,6 +714,7 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
       blockTokens: B,
       modelFingerprint: modelFingerprintToBytes(model.fingerprint),
       vocabSize: model.config.vocabSize,
+      eosTokenIds: model.config.eosTokenIds,
       tokenizer: model.tokenizer,
       generate: measuredGenerate,
       health: () => {

@@ -717,6 +717,13 @@ describe('router grpc - edge over a scripted backend', () => {
       );
       assert.equal(withTop.code, GrpcStatus.OK);
       assert.deepEqual([inputs.at(-1)?.topLogprobs, inputs.at(-1)?.logprobs], [3, true]);
+      const pastEos = await generate(
+        client,
+        request({ sampling: { ...request().sampling!, ignoreEos: true } }),
+        new Metadata(),
+      );
+      assert.equal(pastEos.code, GrpcStatus.OK);
+      assert.equal(inputs.at(-1)?.ignoreEos, true);
       const biased = await generate(
         client,
         request({ sampling: { ...request().sampling!, logitBias: { 5: -100, 7: 2.5 } } }),
@@ -784,7 +791,7 @@ describe('router grpc - edge over a scripted backend', () => {
       const samples = parseMetrics(text);
       const key = (status: string): string =>
         `kvmesh_router_requests_total{endpoint="/kvmesh.v1.Router/Generate",status="${status}"}`;
-      assert.equal(samples.get(key('OK')), 6);
+      assert.equal(samples.get(key('OK')), 7);
       assert.equal(samples.get(key('UNAVAILABLE')), 1);
       assert.equal(samples.get(key('RESOURCE_EXHAUSTED')), 1);
       assert.equal(samples.get(key('CANCELLED')), 1);

@@ -592,6 +592,41 @@ describe('router - OpenAI HTTP API over prefill and decode workers and a 2-node 
     assert.equal(((await tooMany.json()) as ErrorBody).error.param, 'n');
   });
 
+  it('router - stop_token_ids add to the model’s EOS; ignore_eos runs to max_tokens', async () => {
+    const prompt = 'Where does this generation stop';
+    type Body = { choices: { finish_reason: string; logprobs: { tokens: string[] } }[]; usage: Usage };
+    const complete = async (extra: Record<string, unknown>): Promise<Body> => {
+      const res = await post('/v1/completions', {
+        model: model.name,
+        prompt,
+        max_tokens: 5,
+        temperature: 0,
+        logprobs: 0,
+        ...extra,
+      });
+      assert.equal(res.status, 200, JSON.stringify(extra));
+      return (await res.json()) as Body;
+    };
+    const eos = model.config.eosTokenIds[0] as number;
+    // EOS made certain by a bias: it ends the generation at once, unless ignore_eos.
+    const atEos = await complete({ logit_bias: { [eos]: 100 } });
+    assert.deepEqual([atEos.usage.completion_tokens, atEos.choices[0]?.finish_reason], [1, 'stop']);
+    const pastEos = await complete({ logit_bias: { [eos]: 100 }, ignore_eos: true });
+    assert.deepEqual([pastEos.usage.completion_tokens, pastEos.choices[0]?.finish_reason], [5, 'length']);
+    // A stop token id ends it at that token, and EOS still would (it is added, not replaced).
+    const third = referenceTokens(prompt, 5).ids[2] as number;
+    const early = await complete({ stop_token_ids: [third] });
+    assert.equal(early.choices[0]?.finish_reason, 'stop');
+    assert.equal(early.choices[0]?.logprobs.tokens.at(-1), model.tokenizer.decode([third]));
+    const both = await complete({ stop_token_ids: [third], logit_bias: { [eos]: 100 } });
+    assert.equal(both.usage.completion_tokens, 1);
+    for (const bad of [{ stop_token_ids: [-1] }, { stop_token_ids: [1 << 20] }, { ignore_eos: 'yes' }]) {
+      const res = await post('/v1/completions', { model: model.name, prompt, ...bad });
+      assert.equal(res.status, 400, JSON.stringify(bad));
+      assert.equal(((await res.json()) as ErrorBody).error.param, Object.keys(bad)[0]);
+    }
+  });
+
   it('router - parameters it does not implement are refused unless at their defaults', async () => {
     const refused = async (path: string, body: Record<string, unknown>, param: string): Promise<void> => {
       const res = await post(path, { model: model.name, max_tokens: 2, ...body });

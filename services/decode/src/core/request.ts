@@ -100,7 +100,8 @@ export function parseDecodeRequest(request: DecodeRequest, limits: DecodeLimits)
     sampling,
     maxTokens,
     // NOTE: proto3 cannot tell "none" from "unset"; an empty list keeps the model's EOS tokens.
-    stopTokenIds: wire.stopTokenIds.length === 0 ? undefined : wire.stopTokenIds,
+    // An empty list with ignore_eos is "no stop token at all" (only max_tokens and stop strings).
+    stopTokenIds: wire.stopTokenIds.length > 0 ? wire.stopTokenIds : wire.ignoreEos ? [] : undefined,
     stop,
     logprobs: wire.logprobs,
     topLogprobs: wire.topLogprobs,

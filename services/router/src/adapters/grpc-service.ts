@@ -40,6 +40,7 @@ import {
 import {
   CHAT_MESSAGES_MAX,
   STOP_STRINGS_MAX,
+  STOP_TOKEN_IDS_MAX,
   chatPromptTokens,
   chatRoleOf,
   requestsCounter,
@@ -52,8 +53,6 @@ import {
 
 /** The service name the standard health service reports on (besides the whole server, ''). */
 export const ROUTER_SERVICE_NAME = 'kvmesh.v1.Router';
-/** Most stop token ids one request may list (the decode worker's own bound). */
-export const STOP_TOKEN_IDS_MAX = 64;
 const TEMPERATURE_MAX = 2;
 const TOP_K_MAX = 1 << 20;
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
@@ -233,6 +232,7 @@ export function parseGenerateRequest(
     logprobs: (wire?.logprobs ?? false) || topLogprobs > 0,
     topLogprobs,
     ...(stopTokenIds.length === 0 ? {} : { stopTokenIds }),
+    ...(wire?.ignoreEos === true ? { ignoreEos: true } : {}),
   };
 }
 

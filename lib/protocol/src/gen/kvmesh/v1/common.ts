@@ -201,6 +201,11 @@ export interface SamplingParams {
    * [-100, 100]; at most 1024 entries.
    */
   logitBias: { [key: number]: number };
+  /**
+   * Do not stop at the model's end-of-sequence tokens (vLLM's ignore_eos): with stop_token_ids
+   * empty, only max_tokens and the stop strings end the generation.
+   */
+  ignoreEos: boolean;
 }
 
 export interface SamplingParams_LogitBiasEntry {
@@ -421,6 +426,7 @@ function createBaseSamplingParams(): SamplingParams {
     repetitionPenalty: 0,
     topLogprobs: 0,
     logitBias: {},
+    ignoreEos: false,
   };
 }
 
@@ -472,6 +478,9 @@ export const SamplingParams: MessageFns<SamplingParams> = {
     globalThis.Object.entries(message.logitBias).forEach(([key, value]: [string, number]) => {
       SamplingParams_LogitBiasEntry.encode({ key: key as any, value }, writer.uint32(106).fork()).join();
     });
+    if (message.ignoreEos !== false) {
+      writer.uint32(112).bool(message.ignoreEos);
+    }
     return writer;
   },
 
@@ -605,6 +614,14 @@ export const SamplingParams: MessageFns<SamplingParams> = {
             }
             continue;
           }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.ignoreEos = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -690,6 +707,11 @@ export const SamplingParams: MessageFns<SamplingParams> = {
               {},
             )
           : {},
+      ignoreEos: isSet(object.ignoreEos)
+        ? globalThis.Boolean(object.ignoreEos)
+        : isSet(object.ignore_eos)
+          ? globalThis.Boolean(object.ignore_eos)
+          : false,
     };
   },
 
@@ -740,6 +762,9 @@ export const SamplingParams: MessageFns<SamplingParams> = {
         });
       }
     }
+    if (message.ignoreEos !== false) {
+      obj.ignoreEos = message.ignoreEos;
+    }
     return obj;
   },
 
@@ -769,6 +794,7 @@ export const SamplingParams: MessageFns<SamplingParams> = {
       },
       {},
     );
+    message.ignoreEos = object.ignoreEos ?? false;
     return message;
   },
 };
