@@ -601,10 +601,7 @@ export async function startDecodeWorker(
           const delta = text.push(event.token);
           finished = event.finished ?? (delta.stopped ? batcher.finish(sequenceId) : undefined);
           const logprobs = input.logprobs ? [event.logprob] : [];
-          const topLogprobs =
-            event.top === undefined
-              ? []
-              : [{ tokenIds: [...event.top.tokenIds], logprobs: [...event.top.logprobs] }];
+          const topLogprobs = event.top === undefined ? [] : [event.top];
           if (finished === undefined) {
             link.advanced();
             yield {

@@ -12,6 +12,7 @@ import type { AddressInfo } from 'node:net';
 import {
   LOGIT_BIAS_ENTRIES_MAX,
   SAMPLING_ADJUSTMENT_RANGES,
+  TOP_LOGPROBS_MAX,
   adjustmentRangeProblem,
   type ChatMessage,
   type ModelTokenizer,
@@ -270,14 +271,14 @@ function refuseUnsupported(body: Body): void {
 
 /**
  * What the request asks of logprobs: the chosen tokens' (`logprobs`) and how many most likely tokens
- * to list at each position (`top`). Chat: `logprobs` true, `top_logprobs` 0-20. Completions:
+ * to list at each position (`top`). Chat: `logprobs` true, `top_logprobs` 0-TOP_LOGPROBS_MAX. Completions:
  * `logprobs` 0-5, the alternatives per token (null or absent: none).
  */
 function parseLogprobs(body: Body, chat: boolean): { logprobs: boolean; top: number } {
   if (chat) {
     const value = body.logprobs ?? false;
     if (typeof value !== 'boolean') throw invalid('logprobs must be a boolean', 'logprobs');
-    const top = optionalInteger(body, 'top_logprobs', 0, 20, 0);
+    const top = optionalInteger(body, 'top_logprobs', 0, TOP_LOGPROBS_MAX, 0);
     if (top > 0 && !value) throw invalid('top_logprobs needs logprobs: true', 'top_logprobs');
     return { logprobs: value, top };
   }
@@ -495,16 +496,16 @@ async function* mergeStreams<T>(
 interface TokenLogprob {
   token: string;
   logprob: number;
-  bytes: number[];
 }
 
 /**
  * OpenAI `logprobs` objects from generation chunks: chat's `{content: [{token, logprob, bytes,
  * top_logprobs}]}` and completions' `{tokens, token_logprobs, top_logprobs, text_offset}`, where
  * text_offset counts characters of the token texts from the start of the completion and each
- * top_logprobs entry maps the most likely tokens and the chosen one to their logprobs. `add` returns
- * one chunk's part (for a stream), `all` everything added so far. A token's text is its own decode,
- * which for a token holding part of a UTF-8 character is a replacement character.
+ * top_logprobs entry maps the most likely tokens and the chosen one to their logprobs. `add` records
+ * a chunk's tokens and says where they start, `slice(from)` renders those from there on (a stream
+ * chunk's part, or from 0 the whole). A token's text is its own decode, which for a token holding
+ * part of a UTF-8 character is a replacement character.
  */
 class LogprobsBuilder {
   private readonly entries: (TokenLogprob & { top: TokenLogprob[]; offset: number })[] = [];
@@ -517,11 +518,11 @@ class LogprobsBuilder {
 
   private entry(id: number, logprob: number): TokenLogprob {
     // NOTE: a token's own text, spaces as they are: the tokenizer's clean-up would turn " ," into ",".
-    const token = this.tokenizer.decode([id], { cleanUpSpaces: false });
-    return { token, logprob, bytes: [...Buffer.from(token, 'utf8')] };
+    return { token: this.tokenizer.decode([id], { cleanUpSpaces: false }), logprob };
   }
 
-  add(chunk: GenerationChunk): unknown {
+  /** Records the chunk's tokens; returns the index of its first one. */
+  add(chunk: GenerationChunk): number {
     const first = this.entries.length;
     chunk.tokenIds.forEach((id, i) => {
       // NOTE: NaN (null in JSON) if a worker left a logprob out.
@@ -533,23 +534,20 @@ class LogprobsBuilder {
       this.entries.push({ ...chosen, top, offset: this.offset });
       this.offset += chosen.token.length;
     });
-    return this.slice(first);
+    return first;
   }
 
-  all(): unknown {
-    return this.slice(0);
-  }
-
-  private slice(from: number): unknown {
+  /** The OpenAI object for the tokens recorded from `from` on. */
+  slice(from: number): unknown {
     const entries = this.entries.slice(from);
+    const withBytes = ({ token, logprob }: TokenLogprob) => ({
+      token,
+      logprob,
+      bytes: [...Buffer.from(token, 'utf8')],
+    });
     if (this.chat)
       return {
-        content: entries.map(({ token, logprob, bytes, top }) => ({
-          token,
-          logprob,
-          bytes,
-          top_logprobs: top,
-        })),
+        content: entries.map((e) => ({ ...withBytes(e), top_logprobs: e.top.map(withBytes) })),
       };
     return {
       tokens: entries.map((e) => e.token),
@@ -730,7 +728,8 @@ export async function startHttpServer(
       const { index, first } = choice;
       const { text, finishReason } = chunk;
       choice.first = false;
-      const lp = choice.logprobs?.add(chunk) ?? null;
+      const builder = choice.logprobs;
+      const lp = builder === undefined ? null : builder.slice(builder.add(chunk));
       return chat
         ? {
             index,
@@ -830,7 +829,7 @@ export async function startHttpServer(
         created: base.created,
         model: backend.modelName,
         choices: choices.map((c) => {
-          const logprobs = c.logprobs?.all() ?? null;
+          const logprobs = c.logprobs?.slice(0) ?? null;
           return chat
             ? {
                 index: c.index,

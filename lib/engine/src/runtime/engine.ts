@@ -294,15 +294,7 @@ export class Engine {
       });
     }
     const sampling = request.sampling ?? GREEDY;
-    checkSampling(sampling);
-    for (const token of sampling.logitBias?.keys() ?? [])
-      if (token >= cfg.vocabSize)
-        throw new InvalidArgumentError(
-          `logitBias token ${token} is outside the vocabulary [0, ${cfg.vocabSize})`,
-          {
-            token,
-          },
-        );
+    checkSampling(sampling, cfg.vocabSize);
     const top = request.topLogprobs ?? 0;
     if (!Number.isInteger(top) || top < 0 || top > TOP_LOGPROBS_MAX)
       throw new InvalidArgumentError(

@@ -54,7 +54,8 @@ export function adjustmentRangeProblem(
 
 export const GREEDY: SamplingOptions = { temperature: 0, topK: 0, topP: 1 };
 
-export function checkSampling(options: SamplingOptions): void {
+/** Checks every option's range; biased token ids must also be below `vocabSize` when given. */
+export function checkSampling(options: SamplingOptions, vocabSize?: number): void {
   const { temperature, topK, topP, seed } = options;
   if (!Number.isFinite(temperature) || temperature < 0 || temperature > 100) {
     throw new InvalidArgumentError(`temperature must be in [0, 100], got ${temperature}`, { temperature });
@@ -66,26 +67,63 @@ export function checkSampling(options: SamplingOptions): void {
   if (seed !== undefined && (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32)) {
     throw new InvalidArgumentError(`seed must be an integer in [0, 2^32), got ${seed}`, { seed });
   }
-  const ranges = [
-    ['presencePenalty', 'presence_penalty', options.presencePenalty ?? 0],
-    ['frequencyPenalty', 'frequency_penalty', options.frequencyPenalty ?? 0],
-    ['repetitionPenalty', 'repetition_penalty', options.repetitionPenalty ?? 1],
+  checkAdjustments(options, OPTION_NAMES, vocabSize);
+}
+
+type AdjustmentField = keyof typeof SAMPLING_ADJUSTMENT_RANGES;
+
+/** How errors name each adjustment: as a SamplingOptions field, or as a request's wire field. */
+const OPTION_NAMES: Readonly<Record<AdjustmentField, string>> = {
+  presence_penalty: 'presencePenalty',
+  frequency_penalty: 'frequencyPenalty',
+  repetition_penalty: 'repetitionPenalty',
+  logit_bias: 'logitBias',
+};
+const WIRE_NAMES: Readonly<Record<AdjustmentField, string>> = {
+  presence_penalty: 'sampling.presence_penalty',
+  frequency_penalty: 'sampling.frequency_penalty',
+  repetition_penalty: 'sampling.repetition_penalty',
+  logit_bias: 'sampling.logit_bias',
+};
+
+/**
+ * Checks the bias and penalties of `options`: each in its range, at most LOGIT_BIAS_ENTRIES_MAX
+ * biased ids, each a token id (below `vocabSize` when given); errors name fields by `names`.
+ */
+function checkAdjustments(
+  options: SamplingOptions,
+  names: Readonly<Record<AdjustmentField, string>>,
+  vocabSize?: number,
+): void {
+  const values = [
+    ['presence_penalty', options.presencePenalty ?? 0],
+    ['frequency_penalty', options.frequencyPenalty ?? 0],
+    ['repetition_penalty', options.repetitionPenalty ?? 1],
   ] as const;
-  for (const [name, range, value] of ranges) {
-    const problem = adjustmentRangeProblem(range, value);
-    if (problem !== null) throw new InvalidArgumentError(`${name} ${problem}`, { [name]: value });
+  for (const [field, value] of values) {
+    const problem = adjustmentRangeProblem(field, value);
+    if (problem !== null)
+      throw new InvalidArgumentError(`${names[field]} ${problem}`, { field: names[field], value });
   }
   const bias = options.logitBias ?? new Map<number, number>();
+  const name = names.logit_bias;
   if (bias.size > LOGIT_BIAS_ENTRIES_MAX)
-    throw new InvalidArgumentError(`logitBias lists ${bias.size} tokens, at most ${LOGIT_BIAS_ENTRIES_MAX}`, {
+    throw new InvalidArgumentError(`${name} lists ${bias.size} tokens, at most ${LOGIT_BIAS_ENTRIES_MAX}`, {
+      field: name,
       entries: bias.size,
     });
   for (const [token, value] of bias) {
     if (!Number.isInteger(token) || token < 0)
-      throw new InvalidArgumentError(`logitBias token ${token} is not a token id`, { token });
+      throw new InvalidArgumentError(`${name} token ${token} is not a token id`, { field: name, token });
+    if (vocabSize !== undefined && token >= vocabSize)
+      throw new InvalidArgumentError(`${name} token ${token} is outside the vocabulary [0, ${vocabSize})`, {
+        field: name,
+        token,
+        vocabSize,
+      });
     const problem = adjustmentRangeProblem('logit_bias', value);
     if (problem !== null)
-      throw new InvalidArgumentError(`logitBias of token ${token} ${problem}`, { token, value });
+      throw new InvalidArgumentError(`${name} of token ${token} ${problem}`, { field: name, token, value });
   }
 }
 
@@ -99,57 +137,27 @@ export interface RequestedAdjustments {
 }
 
 /**
- * The adjustments of a request, checked (ranges, at most LOGIT_BIAS_ENTRIES_MAX biased ids, each
- * below `vocabSize` when given), with those left at their neutral value dropped. Throws an
- * InvalidArgumentError naming the field as `sampling.<field>`.
+ * The adjustments of a request, checked as checkSampling does (below `vocabSize` when given), with
+ * those left at their neutral value dropped. Throws an InvalidArgumentError naming the wire field
+ * (`sampling.<field>`).
  */
 export function parseRequestedAdjustments(
   requested: RequestedAdjustments,
   vocabSize?: number,
 ): Pick<SamplingOptions, 'presencePenalty' | 'frequencyPenalty' | 'repetitionPenalty' | 'logitBias'> {
-  const checked = (
-    name: keyof typeof SAMPLING_ADJUSTMENT_RANGES,
-    value: number,
-    label: string = name,
-  ): number => {
-    const problem = adjustmentRangeProblem(name, value);
-    if (problem !== null)
-      throw new InvalidArgumentError(`sampling.${label} ${problem}`, { field: `sampling.${name}`, value });
-    return value;
-  };
-  const presencePenalty = checked('presence_penalty', requested.presencePenalty ?? 0);
-  const frequencyPenalty = checked('frequency_penalty', requested.frequencyPenalty ?? 0);
-  const repetition = requested.repetitionPenalty ?? 0;
-  const repetitionPenalty = repetition === 0 ? 1 : checked('repetition_penalty', repetition);
+  const { presencePenalty = 0, frequencyPenalty = 0 } = requested;
+  const repetitionPenalty = requested.repetitionPenalty ?? 0;
   const logitBias = new Map(
     Object.entries(requested.logitBias ?? {}).map(([token, bias]) => [Number(token), bias]),
   );
-  if (logitBias.size > LOGIT_BIAS_ENTRIES_MAX)
-    throw new InvalidArgumentError(
-      `sampling.logit_bias lists ${logitBias.size} tokens, at most ${LOGIT_BIAS_ENTRIES_MAX}`,
-      {
-        field: 'sampling.logit_bias',
-        entries: logitBias.size,
-      },
-    );
-  for (const [token, bias] of logitBias) {
-    if (vocabSize !== undefined && token >= vocabSize)
-      throw new InvalidArgumentError(
-        `sampling.logit_bias lists token ${token}, outside the vocabulary [0, ${vocabSize})`,
-        {
-          field: 'sampling.logit_bias',
-          token,
-          vocabSize,
-        },
-      );
-    checked('logit_bias', bias, `logit_bias[${token}]`);
-  }
-  return {
+  const adjustments = {
     ...(presencePenalty === 0 ? {} : { presencePenalty }),
     ...(frequencyPenalty === 0 ? {} : { frequencyPenalty }),
-    ...(repetitionPenalty === 1 ? {} : { repetitionPenalty }),
+    ...(repetitionPenalty === 0 || repetitionPenalty === 1 ? {} : { repetitionPenalty }),
     ...(logitBias.size === 0 ? {} : { logitBias }),
   };
+  checkAdjustments(adjustments as SamplingOptions, WIRE_NAMES, vocabSize);
+  return adjustments;
 }
 
 /** Whether `options` asks for any change to the logits before sampling (a bias or a penalty). */

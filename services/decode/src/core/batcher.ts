@@ -50,7 +50,7 @@ export type SequenceEvent =
       /** Set with the last token: the sequence has left the engine. */
       readonly finished?: FinishedSequence;
       /** The most likely tokens at this position, when the sequence asked for them. */
-      readonly top?: { readonly tokenIds: readonly number[]; readonly logprobs: readonly number[] };
+      readonly top?: TokenEvent['top'];
     }
   | { readonly kind: 'error'; readonly error: unknown };
 
@@ -202,19 +202,9 @@ export class DecodeBatcher {
       const listener = this.listeners.get(event.sequenceId);
       if (listener === undefined) continue;
       const { token, logprob, finishReason, top } = event;
-      if (finishReason === null) {
-        this.deliver(listener, { kind: 'token', token, logprob, finishReason, ...(top ? { top } : {}) });
-      } else {
-        const finished = this.leave(event.sequenceId);
-        this.deliver(listener, {
-          kind: 'token',
-          token,
-          logprob,
-          finishReason,
-          finished,
-          ...(top ? { top } : {}),
-        });
-      }
+      const delivered = { kind: 'token', token, logprob, finishReason, ...(top ? { top } : {}) } as const;
+      if (finishReason === null) this.deliver(listener, delivered);
+      else this.deliver(listener, { ...delivered, finished: this.leave(event.sequenceId) });
     }
     this.kick();
   }
