@@ -22,6 +22,8 @@ export interface MeshOptions {
   decode: number;
   blockTokens: number;
   codec: string;
+  /** Data-channel port of kvstore node 0 (node i: + i); undefined: free ports. */
+  kvstoreDataPort?: number;
   logFile: string;
 }
 
@@ -70,6 +72,9 @@ export async function startMesh(options: MeshOptions): Promise<RunningMesh> {
       String(options.blockTokens),
       '--codec',
       options.codec,
+      ...(options.kvstoreDataPort === undefined
+        ? []
+        : ['--kvstore-data-port', String(options.kvstoreDataPort)]),
     ],
     {
       cwd: REPO_ROOT,

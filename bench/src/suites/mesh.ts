@@ -22,7 +22,9 @@
 // Options: --model tiny|small|DIR, --policies P,P, --system-prompts N, --system-tokens N,
 // --conversations N, --turns N, --user-tokens N, --rate R, --think-ms MS, --max-tokens N, --seed N,
 // --block-tokens N, --codec C, --kvstore N, --prefill N, --decode N, --request-timeout-ms MS,
-// --repeats N.
+// --repeats N, --store-link-mbit R (root: each kvstore node's data channel shaped to a full-duplex
+// link of R Mbit/s, ../mesh/link.ts; the bytes it carried are reported per policy),
+// --kvstore-data-port N (node 0's data port while shaped, default 47100).
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
@@ -35,12 +37,15 @@ import type { BenchContext, BenchSuite } from '../main.ts';
 import { streamChat, type ChatSample } from '../mesh/client.ts';
 import { ensureModel } from '../models.ts';
 import { startMesh, type MeshOptions } from '../mesh/launcher.ts';
+import { shapeStoreLink } from '../mesh/link.ts';
 import { generateWorkload, turnPrompt, type Workload, type WorkloadParams } from '../mesh/workload.ts';
 import { numberOption, round, stringOption } from '../options.ts';
 
 const OUT_DIR = new URL('../../out/', import.meta.url).pathname;
 const POLICIES = ['kv-aware', 'round-robin', 'least-loaded'] as const;
 const ERROR_SAMPLES_MAX = 5;
+// Data-channel port of kvstore node 0 when the store link is shaped (node i: + i).
+const KVSTORE_DATA_PORT = 47100;
 
 interface TurnRecord {
   conversation: number;
@@ -194,6 +199,8 @@ interface PolicyRun {
   wallSeconds: number;
   loadAverage1m: number;
   router: Record<string, unknown>;
+  /** Bytes through the emulated store links during the run (--store-link-mbit), from start to the last reply. */
+  storeLinkBytes: number | undefined;
 }
 
 const round3 = (value: number): number => round(value, 3);
@@ -275,6 +282,12 @@ export const suite: BenchSuite = {
       blockTokens: intOption(args, 'block-tokens', 64),
       codec: stringOption(args, 'codec') ?? 'f32',
     };
+    // An emulated network to the store (../mesh/link.ts): each kvstore node's data channel gets a
+    // full-duplex link of this many Mbit/s; 0 leaves loopback as it is.
+    const storeLinkMbit = numberOption(args, 'store-link-mbit', 0);
+    if (!(storeLinkMbit >= 0)) throw new Error(`--store-link-mbit needs a rate ≥ 0, got ${storeLinkMbit}`);
+    const kvstoreDataPort =
+      storeLinkMbit > 0 ? intOption(args, 'kvstore-data-port', KVSTORE_DATA_PORT) : undefined;
     const requestTimeoutMs = numberOption(args, 'request-timeout-ms', 120_000);
     const repeats = intOption(args, 'repeats', 3);
     if (repeats < 1) throw new Error(`--repeats needs at least 1, got ${repeats}`);
@@ -303,6 +316,7 @@ export const suite: BenchSuite = {
         modelDir: model.dir,
         policy,
         ...mesh,
+        ...(kvstoreDataPort === undefined ? {} : { kvstoreDataPort }),
         logFile: join(OUT_DIR, 'mesh', `${policy}.log`),
       };
       // Others may share this machine: the load before the mesh starts says how quiet it was.
@@ -310,8 +324,16 @@ export const suite: BenchSuite = {
       log(
         `round ${round}, ${policy}: starting the mesh (log ${meshOptions.logFile}), load average ${loadAverage1m}`,
       );
-      const running = await startMesh(meshOptions);
+      const link =
+        kvstoreDataPort === undefined
+          ? undefined
+          : shapeStoreLink(
+              Array.from({ length: mesh.kvstore }, (_, i) => kvstoreDataPort + i),
+              storeLinkMbit,
+            );
+      let running: Awaited<ReturnType<typeof startMesh>> | undefined;
       try {
+        running = await startMesh(meshOptions);
         const models = (await (await fetch(`${running.baseUrl}/models`)).json()) as {
           data: { id: string }[];
         };
@@ -325,11 +347,14 @@ export const suite: BenchSuite = {
           requestTimeoutMs,
           log,
         );
-        const run = { records, wallSeconds, loadAverage1m, router: await routerCounters(running.baseUrl) };
+        const router = await routerCounters(running.baseUrl);
+        const storeLinkBytes = link?.bytes();
+        const run = { records, wallSeconds, loadAverage1m, router, storeLinkBytes };
         log(`round ${round}, ${policy}: ${JSON.stringify(policySummary(records, wallSeconds))}`);
         return run;
       } finally {
-        await running.stop();
+        await running?.stop();
+        link?.remove();
       }
     };
 
@@ -353,6 +378,9 @@ export const suite: BenchSuite = {
           loadAverage1m: r.loadAverage1m,
         })),
         router: sumCounters(policyRuns.map((r) => r.router)),
+        ...(storeLinkMbit > 0
+          ? { storeLinkBytes: policyRuns.reduce((sum, r) => sum + (r.storeLinkBytes ?? 0), 0) }
+          : {}),
       };
       // Every request's timing, for telling where a tail came from (not part of the JSON line).
       writeFileSync(
@@ -384,7 +412,7 @@ export const suite: BenchSuite = {
       ratio,
       workload: params,
       repeats,
-      mesh,
+      mesh: { ...mesh, storeLinkMbit },
       machine: { cores: availableParallelism(), cpu: cpus()[0]?.model ?? 'unknown' },
     };
   },

@@ -37,6 +37,7 @@ options:
   --tier-dir DIR       SSD tier directory (default: a temporary one, removed at exit)
   --no-tiering         no tiering service: kvstore nodes drop what they evict
   --threads N          compute threads per worker (default: this host's cores split among the workers)
+  --kvstore-data-port N  data-channel port of kvstore node 0; node i listens on N + i (default: free ports)
 `;
 
 export interface UpOptions {
@@ -56,6 +57,8 @@ export interface UpOptions {
   tierDir?: string;
   /** Compute threads per prefill and decode worker; undefined: the cores split among them. */
   threads?: number;
+  /** Data-channel port of kvstore node 0 (node i listens on it + i); undefined: free ports. */
+  kvstoreDataPort?: number;
 }
 
 class UsageError extends Error {}
@@ -152,12 +155,20 @@ export function parseUpArgs(args: readonly string[]): UpOptions {
       case '--threads':
         options.threads = intOption(flag, value(), 1, 1024);
         break;
+      case '--kvstore-data-port':
+        options.kvstoreDataPort = intOption(flag, value(), 1, 65535);
+        break;
       default:
         throw new UsageError(`unknown argument '${flag}'`);
     }
   }
   if (options.tiering && parseBytes(options.farBytes) === 0 && parseBytes(options.ssdBytes) === 0) {
     throw new UsageError('--far-bytes and --ssd-bytes are both 0: use --no-tiering');
+  }
+  if (options.kvstoreDataPort !== undefined && options.kvstoreDataPort + options.kvstore - 1 > 65535) {
+    throw new UsageError(
+      `--kvstore-data-port ${options.kvstoreDataPort} leaves no port for kvstore node ${options.kvstore - 1}`,
+    );
   }
   if (options.replicas !== undefined && options.replicas > options.kvstore) {
     throw new UsageError(`--replicas ${options.replicas} needs at least that many kvstore nodes`);
@@ -382,7 +393,14 @@ export async function runUp(args: readonly string[]): Promise<number> {
           `kvstore-${i}`,
           cmd,
           kvArgs,
-          { ...common, KVMESH_NODE_ID: `kvstore-${i}`, KVMESH_TIERING_ADDRESS: tieringAddress },
+          {
+            ...common,
+            KVMESH_NODE_ID: `kvstore-${i}`,
+            KVMESH_TIERING_ADDRESS: tieringAddress,
+            ...(options.kvstoreDataPort === undefined
+              ? {}
+              : { KVMESH_DATA_PORT: String(options.kvstoreDataPort + i) }),
+          },
           parseReadyLine,
           children,
         ),

@@ -84,4 +84,17 @@ describe('cli - kvmesh up options', () => {
     );
     assert.throws(() => parseUpArgs(['--threads']), /--threads must be an integer/);
   });
+
+  it('up - --kvstore-data-port fixes the data ports of the kvstore nodes, one per node', () => {
+    assert.equal(parseUpArgs([]).kvstoreDataPort, undefined);
+    assert.equal(parseUpArgs(['--kvstore-data-port', '47100']).kvstoreDataPort, 47100);
+    assert.throws(
+      () => parseUpArgs(['--kvstore-data-port', '0']),
+      /--kvstore-data-port must be an integer in \[1, 65535\], got '0'/,
+    );
+    assert.throws(
+      () => parseUpArgs(['--kvstore', '3', '--kvstore-data-port', '65534']),
+      /--kvstore-data-port 65534 leaves no port for kvstore node 2/,
+    );
+  });
 });

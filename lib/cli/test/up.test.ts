@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { execFile, execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -14,6 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 
 import { generateModel, NO_PROGRESS } from '@kvmesh/engine';
+import { freePort } from '@kvmesh/runtime';
 import OpenAI from 'openai';
 
 const execFileAsync = promisify(execFile);
@@ -210,7 +212,22 @@ describe('cli - kvmesh up', { timeout: 120_000 }, () => {
   });
 
   it('up - a launcher killed with SIGKILL leaves no process behind', async () => {
-    const { launcher, exited } = await startUp(['--kvstore', '1', '--no-tiering']);
+    const dataPort = await freePort();
+    const { launcher, exited } = await startUp([
+      '--kvstore',
+      '1',
+      '--no-tiering',
+      '--kvstore-data-port',
+      String(dataPort),
+    ]);
+    // --kvstore-data-port: the kvstore node's data channel listens where it was told.
+    await new Promise<void>((resolve, reject) => {
+      const socket = connect({ host: '127.0.0.1', port: dataPort }, () => {
+        socket.destroy();
+        resolve();
+      });
+      socket.once('error', reject);
+    });
     const children = childrenOf(launcher.pid);
     assert.ok(children.length >= 5, `nats + kvstore + prefill + decode + router, got ${children.length}`);
     launcher.kill('SIGKILL');
