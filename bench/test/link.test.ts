@@ -2,17 +2,15 @@
 // counted, and removing the link leaves loopback unshaped. Needs root and tc with htb (skipped
 // otherwise, and while something else shapes loopback); asserts bytes, never times.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { once } from 'node:events';
 import { connect, createServer, type AddressInfo } from 'node:net';
 import { describe, it } from 'node:test';
 
-import { shapeStoreLink } from '../src/mesh/link.ts';
+import { loopbackRootQdisc, shapeStoreLink } from '../src/mesh/link.ts';
 
 function loopbackRoot(): string | undefined {
   try {
-    const out = execFileSync('tc', ['qdisc', 'show', 'dev', 'lo'], { encoding: 'utf8' });
-    return /^qdisc (\S+) \S+ root/m.exec(out)?.[1] ?? 'noqueue';
+    return loopbackRootQdisc();
   } catch {
     return undefined;
   }

@@ -24,18 +24,19 @@ export interface StoreLink {
   remove(): void;
 }
 
-function tc(args: readonly string[]): string {
+/** Runs tc with `command`'s words as its arguments (none of them holds a space). */
+function tc(command: string): string {
   try {
-    return execFileSync('tc', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    return execFileSync('tc', command.split(' '), { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
   } catch (err) {
     const stderr = (err as { stderr?: string }).stderr?.trim() ?? '';
-    throw new Error(`tc ${args.join(' ')} failed: ${stderr || (err as Error).message}`);
+    throw new Error(`tc ${command} failed: ${stderr || (err as Error).message}`);
   }
 }
 
-/** The root qdisc of the device, as tc names it (e.g. 'noqueue', 'htb'). */
-function rootQdisc(): string {
-  const line = tc(['qdisc', 'show', 'dev', DEVICE])
+/** The root qdisc of the loopback device, as tc names it (e.g. 'noqueue', 'htb'). */
+export function loopbackRootQdisc(): string {
+  const line = tc(`qdisc show dev ${DEVICE}`)
     .split('\n')
     .find((l) => / root /.test(l));
   return /^qdisc (\S+)/.exec(line ?? '')?.[1] ?? 'noqueue';
@@ -45,7 +46,7 @@ function rootQdisc(): string {
 function classBytes(ids: ReadonlySet<number>): number {
   let total = 0;
   let current: number | undefined;
-  for (const line of tc(['-s', 'class', 'show', 'dev', DEVICE]).split('\n')) {
+  for (const line of tc(`-s class show dev ${DEVICE}`).split('\n')) {
     const head = /^class htb 1:(\d+) /.exec(line);
     if (head !== null) current = Number(head[1]);
     const sent = /^\s*Sent (\d+) bytes/.exec(line);
@@ -59,7 +60,7 @@ export function shapeStoreLink(ports: readonly number[], mbit: number): StoreLin
   if (!(mbit > 0)) throw new Error(`the store link needs a rate above 0 Mbit/s, got ${mbit}`);
   if (process.getuid?.() !== 0)
     throw new Error('shaping the store link needs root (tc on the loopback device)');
-  const existing = rootQdisc();
+  const existing = loopbackRootQdisc();
   if (existing !== 'noqueue')
     throw new Error(
       `${DEVICE} already has a root qdisc '${existing}'; remove it first (tc qdisc del dev ${DEVICE} root)`,
@@ -69,8 +70,10 @@ export function shapeStoreLink(ports: readonly number[], mbit: number): StoreLin
     if (!installed) return;
     installed = false;
     process.off('exit', remove);
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
     try {
-      tc(['qdisc', 'del', 'dev', DEVICE, 'root']);
+      tc(`qdisc del dev ${DEVICE} root`);
     } catch {
       // NOTE: already gone (removed by hand): nothing is shaped either way.
     }
@@ -85,47 +88,15 @@ export function shapeStoreLink(ports: readonly number[], mbit: number): StoreLin
   const shaped = new Set<number>();
   try {
     // r2q keeps HTB's quantum (rate ÷ r2q) within its range for both the fast and the slow classes.
-    tc(['qdisc', 'add', 'dev', DEVICE, 'root', 'handle', '1:', 'htb', 'default', '1', 'r2q', '1000']);
-    tc(['class', 'add', 'dev', DEVICE, 'parent', '1:', 'classid', '1:1', 'htb', 'rate', UNSHAPED_RATE]);
+    tc(`qdisc add dev ${DEVICE} root handle 1: htb default 1 r2q 1000`);
+    tc(`class add dev ${DEVICE} parent 1: classid 1:1 htb rate ${UNSHAPED_RATE}`);
     let id = FIRST_CLASS;
     for (const port of ports) {
       for (const side of ['sport', 'dport']) {
-        const classId = `1:${id}`;
-        tc([
-          'class',
-          'add',
-          'dev',
-          DEVICE,
-          'parent',
-          '1:',
-          'classid',
-          classId,
-          'htb',
-          'rate',
-          `${mbit}mbit`,
-          'burst',
-          BURST,
-        ]);
-        tc([
-          'filter',
-          'add',
-          'dev',
-          DEVICE,
-          'parent',
-          '1:',
-          'protocol',
-          'ip',
-          'prio',
-          '1',
-          'u32',
-          'match',
-          'ip',
-          side,
-          String(port),
-          '0xffff',
-          'flowid',
-          classId,
-        ]);
+        tc(`class add dev ${DEVICE} parent 1: classid 1:${id} htb rate ${mbit}mbit burst ${BURST}`);
+        tc(
+          `filter add dev ${DEVICE} parent 1: protocol ip prio 1 u32 match ip ${side} ${port} 0xffff flowid 1:${id}`,
+        );
         shaped.add(id++);
       }
     }
@@ -133,13 +104,5 @@ export function shapeStoreLink(ports: readonly number[], mbit: number): StoreLin
     remove();
     throw err;
   }
-  return {
-    mbit,
-    bytes: () => (installed ? classBytes(shaped) : 0),
-    remove: () => {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-      remove();
-    },
-  };
+  return { mbit, bytes: () => (installed ? classBytes(shaped) : 0), remove };
 }

@@ -36,7 +36,7 @@ import { loadKernels } from '@kvmesh/kernels';
 import type { BenchContext, BenchSuite } from '../main.ts';
 import { streamChat, type ChatSample } from '../mesh/client.ts';
 import { ensureModel } from '../models.ts';
-import { startMesh, type MeshOptions } from '../mesh/launcher.ts';
+import { startMesh, type MeshOptions, type RunningMesh } from '../mesh/launcher.ts';
 import { shapeStoreLink } from '../mesh/link.ts';
 import { generateWorkload, turnPrompt, type Workload, type WorkloadParams } from '../mesh/workload.ts';
 import { numberOption, round, stringOption } from '../options.ts';
@@ -331,7 +331,7 @@ export const suite: BenchSuite = {
               Array.from({ length: mesh.kvstore }, (_, i) => kvstoreDataPort + i),
               storeLinkMbit,
             );
-      let running: Awaited<ReturnType<typeof startMesh>> | undefined;
+      let running: RunningMesh | undefined;
       try {
         running = await startMesh(meshOptions);
         const models = (await (await fetch(`${running.baseUrl}/models`)).json()) as {
