@@ -2,26 +2,9 @@
 // last stdout line. Quality figures that do not depend on timing (compression ratios, attention
 // error) are asserted against the foundation issue's targets; throughput numbers are not.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { fileURLToPath } from 'node:url';
 
-import { NO_PROGRESS, generateModel } from '@kvmesh/engine';
-
-const main = fileURLToPath(new URL('../src/main.ts', import.meta.url));
-
-function bench(...args: string[]): Record<string, unknown> {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', main, ...args, '--json'], {
-    encoding: 'utf8',
-    timeout: 240_000,
-  });
-  assert.equal(r.status, 0, r.stderr);
-  const last = r.stdout.trim().split('\n').pop() as string;
-  return JSON.parse(last) as Record<string, unknown>;
-}
+import { assertMeshPolicies, bench, meshSmokeArgs, withTinyModel } from './helpers.ts';
 
 interface CodecFigures {
   ratioVsF32: number;
@@ -86,18 +69,6 @@ describe('bench - suites', () => {
   });
 });
 
-/** Runs `body` on a tiny model generated into a fresh temporary directory, removed afterwards. */
-function withTinyModel(name: string, body: (modelDir: string) => void): void {
-  const dir = mkdtempSync(join(tmpdir(), `kvmesh-bench-${name}-`));
-  try {
-    const modelDir = join(dir, 'tiny');
-    generateModel({ outDir: modelDir, preset: 'tiny', seed: 5, progress: NO_PROGRESS });
-    body(modelDir);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
-
 describe('bench - engine suite', () => {
   it('bench - engine prints its contract on a tiny model, with llama.cpp parity', () => {
     withTinyModel('engine', (modelDir) => {
@@ -161,66 +132,16 @@ describe('bench - tokenize suite', () => {
   });
 });
 
-interface MeshPolicyFigures {
-  ttftP50Ms: number;
-  ttftP90Ms: number;
-  itlP50Ms: number;
-  outputTokps: number;
-  cachedTokenFraction: number;
-  requests: number;
-  errors: number;
-  rounds: unknown[];
-}
-
 describe('bench - mesh suite', () => {
   it('bench - mesh prints its contract for both policies on a tiny shared-prefix chat workload', () => {
     withTinyModel('mesh', (modelDir) => {
-      // 2 system prompts × 64 tokens shared by 4 conversations × 2 turns; 16-token blocks so that
-      // the shared system prompt and the first turn's history are whole blocks.
-      const out = bench(
-        'mesh',
-        '--model',
-        modelDir,
-        '--system-prompts',
-        '2',
-        '--system-tokens',
-        '64',
-        '--conversations',
-        '4',
-        '--turns',
-        '2',
-        '--user-tokens',
-        '16',
-        '--max-tokens',
-        '8',
-        '--rate',
-        '4',
-        '--think-ms',
-        '20',
-        '--block-tokens',
-        '16',
-        '--repeats',
-        '1',
-      );
+      const out = bench('mesh', ...meshSmokeArgs(modelDir), '--store-link', 'loopback');
       assert.equal(out.suite, 'mesh');
       assert.equal(out.repeats, 1);
       assert.equal(out.model, 'tiny');
-      const policies = out.policies as Record<string, MeshPolicyFigures>;
-      assert.deepEqual(Object.keys(policies).sort(), ['kv-aware', 'round-robin']);
-      for (const [policy, figures] of Object.entries(policies)) {
-        for (const key of ['ttftP50Ms', 'ttftP90Ms', 'itlP50Ms', 'outputTokps'] as const)
-          assert.ok(Number.isFinite(figures[key]) && figures[key] > 0, `${policy} ${key} ${figures[key]}`);
-        assert.equal(figures.requests, 8, policy);
-        assert.equal(figures.rounds.length, 1, policy);
-        assert.equal(figures.errors, 0, `${policy}: ${JSON.stringify(figures)}`);
-        assert.ok(
-          figures.cachedTokenFraction > 0 && figures.cachedTokenFraction <= 1,
-          `${policy} cachedTokenFraction ${figures.cachedTokenFraction}`,
-        );
-      }
-      const ratio = out.ratio as Record<string, number>;
-      for (const key of ['ttftP90', 'outputTokps'])
-        assert.ok(Number.isFinite(ratio[key]) && (ratio[key] as number) > 0, `ratio ${key}`);
+      assert.equal((out.storeLink as { regime: string }).regime, 'loopback');
+      assert.equal(out.loopback, undefined, 'loopback is the headline; no second regime beside it');
+      assertMeshPolicies(out.policies, out.ratio);
     });
   });
 });

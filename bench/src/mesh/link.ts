@@ -42,6 +42,18 @@ export function loopbackRootQdisc(): string {
   return /^qdisc (\S+)/.exec(line ?? '')?.[1] ?? 'noqueue';
 }
 
+/** Why this process cannot shape the store link now (no root, no tc, loopback shaped already); undefined if it can. */
+export function storeLinkUnavailable(): string | undefined {
+  if (process.getuid?.() !== 0) return 'needs root';
+  let root: string;
+  try {
+    root = loopbackRootQdisc();
+  } catch {
+    return 'needs tc';
+  }
+  return root === 'noqueue' ? undefined : `${DEVICE} is already shaped (root qdisc ${root})`;
+}
+
 /** Sum of the bytes sent by the classes `ids` (HTB class minors) of the device. */
 function classBytes(ids: ReadonlySet<number>): number {
   let total = 0;
@@ -58,12 +70,10 @@ function classBytes(ids: ReadonlySet<number>): number {
 /** Shapes the data channels on `ports` (one per kvstore node) to `mbit` Mbit/s each way. */
 export function shapeStoreLink(ports: readonly number[], mbit: number): StoreLink {
   if (!(mbit > 0)) throw new Error(`the store link needs a rate above 0 Mbit/s, got ${mbit}`);
-  if (process.getuid?.() !== 0)
-    throw new Error('shaping the store link needs root (tc on the loopback device)');
-  const existing = loopbackRootQdisc();
-  if (existing !== 'noqueue')
+  const unavailable = storeLinkUnavailable();
+  if (unavailable !== undefined)
     throw new Error(
-      `${DEVICE} already has a root qdisc '${existing}'; remove it first (tc qdisc del dev ${DEVICE} root)`,
+      `cannot shape the store link: ${unavailable} (tc on ${DEVICE}; a qdisc left by an earlier run: tc qdisc del dev ${DEVICE} root)`,
     );
   let installed = true;
   const remove = (): void => {

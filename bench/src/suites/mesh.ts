@@ -19,25 +19,46 @@
 // together (384 by default); `rounds` lists each run's P90 and the load average before it.
 // Latency percentiles and tokens/s count successful requests; the router figures (plans, decode
 // workers chosen) are its /metrics counters and include the launcher's one warm-up request.
+//
+// Where the store sits. On one machine a fetch from the store crosses loopback, nearly free next to
+// computing the tokens on a CPU (fetch ÷ compute per token ~0.05-0.1 here), while in a cluster it
+// crosses a NIC and the compute is a GPU's. Where the link can be shaped (root, tc, loopback not
+// shaped yet: ../mesh/link.ts), the bench runs the policies twice: first on bare loopback, then with
+// each kvstore node's data channel behind a full-duplex link whose rate is calibrated from the
+// loopback rounds, so that fetching a token's KV takes --fetch-compute (default 1) times as long
+// as the workers measured computing one (their heartbeats, through the router's /metrics; see
+// ../mesh/rates.ts for where an 8B model on an H100 behind 25 GbE stands). The JSON's `policies`
+// and `ratio` are the network regime's, with `storeLink` saying how it was calibrated and what the
+// workers measured, and `loopback` holding the bare-loopback figures beside it. Without the means
+// to shape, only loopback runs and `storeLink.network` says why.
 // Options: --model tiny|small|DIR, --policies P,P, --system-prompts N, --system-tokens N,
 // --conversations N, --turns N, --user-tokens N, --rate R, --think-ms MS, --max-tokens N, --seed N,
 // --block-tokens N, --codec C, --kvstore N, --prefill N, --decode N, --request-timeout-ms MS,
-// --repeats N, --store-link-mbit R (root: each kvstore node's data channel shaped to a full-duplex
-// link of R Mbit/s, ../mesh/link.ts; the bytes it carried are reported per policy),
-// --kvstore-data-port N (node 0's data port while shaped, default 47100).
+// --repeats N, --store-link loopback|calibrated (loopback only; or fail if the link cannot be
+// shaped), --fetch-compute X, --store-link-mbit R (the network regime only, at R Mbit/s per
+// kvstore node), --kvstore-data-port N (node 0's data port while shaped, default 47100).
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
+import { payloadBytesFor } from '@kvmesh/block';
 import { loadModel, type ModelTokenizer } from '@kvmesh/engine';
-import { loadKernels } from '@kvmesh/kernels';
+import { loadKernels, type CodecName } from '@kvmesh/kernels';
 
 import type { BenchContext, BenchSuite } from '../main.ts';
 import { streamChat, type ChatSample } from '../mesh/client.ts';
 import { ensureModel } from '../models.ts';
 import { startMesh, type MeshOptions, type RunningMesh } from '../mesh/launcher.ts';
-import { shapeStoreLink } from '../mesh/link.ts';
+import { shapeStoreLink, storeLinkUnavailable } from '../mesh/link.ts';
+import {
+  calibratedLinkMbit,
+  COMPUTE_RATE,
+  FETCH_RATE,
+  medianRate,
+  sampleWorkerRates,
+  type RateSample,
+} from '../mesh/rates.ts';
 import { generateWorkload, turnPrompt, type Workload, type WorkloadParams } from '../mesh/workload.ts';
 import { numberOption, round, stringOption } from '../options.ts';
 
@@ -72,10 +93,71 @@ function parsePolicies(args: readonly string[]): string[] {
   return policies;
 }
 
-/** The model's tokenizer and context length; the weights are loaded with them but not kept. */
-function loadTokenizer(dir: string): { tokenizer: ModelTokenizer; contextTokensMax: number } {
-  const loaded = loadModel(dir, loadKernels());
-  return { tokenizer: loaded.tokenizer, contextTokensMax: loaded.config.maxContextTokens };
+/** The model's tokenizer, context length and KV payload bytes a token in the mesh's codec and block size. */
+function loadTokenizer(
+  dir: string,
+  mesh: { codec: string; blockTokens: number },
+): { tokenizer: ModelTokenizer; contextTokensMax: number; kvBytesPerToken: number } {
+  const kernels = loadKernels();
+  const { tokenizer, config } = loadModel(dir, kernels);
+  const dims = {
+    layers: config.layers,
+    kvHeads: config.kvHeads,
+    blockTokens: mesh.blockTokens,
+    headDim: config.headDim,
+    groupSize: Math.min(32, mesh.blockTokens, config.headDim),
+  };
+  return {
+    tokenizer,
+    contextTokensMax: config.maxContextTokens,
+    kvBytesPerToken: payloadBytesFor(kernels, mesh.codec as CodecName, dims) / mesh.blockTokens,
+  };
+}
+
+/**
+ * Where the kvstore nodes sit, from --store-link and --store-link-mbit: on bare loopback; behind a
+ * link calibrated from the loopback rounds (both regimes run, loopback first; the default where
+ * the link can be shaped); or behind a link of a fixed rate (that regime only).
+ */
+type StoreLinkPlan =
+  | { mode: 'loopback'; why: string }
+  | { mode: 'calibrated'; fetchComputeRatio: number }
+  | { mode: 'fixed'; mbit: number };
+
+function storeLinkPlan(args: readonly string[]): StoreLinkPlan {
+  const fixed = args.includes('--store-link-mbit');
+  const mode = stringOption(args, 'store-link') ?? (fixed ? 'fixed' : 'auto');
+  if (fixed && mode !== 'fixed')
+    throw new Error(`--store-link-mbit sets the link's rate itself: leave out --store-link ${mode}`);
+  const unavailable = storeLinkUnavailable();
+  switch (mode) {
+    case 'fixed':
+      if (unavailable !== undefined) throw new Error(`--store-link-mbit: the store link ${unavailable}`);
+      return { mode, mbit: numberOption(args, 'store-link-mbit', 0) };
+    case 'loopback':
+      return { mode, why: 'left out (--store-link loopback)' };
+    case 'auto':
+    case 'calibrated': {
+      if (unavailable !== undefined) {
+        if (mode === 'calibrated') throw new Error(`--store-link calibrated: the store link ${unavailable}`);
+        return { mode: 'loopback', why: `not run: the store link ${unavailable}` };
+      }
+      return { mode: 'calibrated', fetchComputeRatio: numberOption(args, 'fetch-compute', 1) };
+    }
+    default:
+      throw new Error(`--store-link takes loopback or calibrated, got '${mode}'`);
+  }
+}
+
+function describePlan(plan: StoreLinkPlan): string {
+  switch (plan.mode) {
+    case 'loopback':
+      return `loopback only; the network regime ${plan.why.replace(/^not run: /, 'is not run: ')}`;
+    case 'calibrated':
+      return `loopback, then a link calibrated to fetch ÷ compute = ${plan.fetchComputeRatio}`;
+    case 'fixed':
+      return `${plan.mbit} Mbit/s per kvstore node`;
+  }
 }
 
 /** Nearest-rank percentile: the smallest sample with at least p % of the samples at or below it. */
@@ -114,6 +196,9 @@ function latencySummary(records: readonly TurnRecord[]): LatencySummary {
   };
 }
 
+/** The router's Prometheus endpoint, from the OpenAI base URL. */
+const metricsUrlOf = (baseUrl: string): string => `${baseUrl.replace(/\/v1$/, '')}/metrics`;
+
 /** Counters of one Prometheus metric by one label's value (summed over the other labels). */
 function countersByLabel(text: string, metric: string, label: string): Record<string, number> {
   const out: Record<string, number> = {};
@@ -130,7 +215,7 @@ function countersByLabel(text: string, metric: string, label: string): Record<st
 /** The router's own view of the run (plans, workers chosen per pool), for telling where time went. */
 async function routerCounters(baseUrl: string): Promise<Record<string, unknown>> {
   try {
-    const text = await (await fetch(`${baseUrl.replace(/\/v1$/, '')}/metrics`)).text();
+    const text = await (await fetch(metricsUrlOf(baseUrl))).text();
     const ofPool = (pool: string, metric: string, label: string): Record<string, number> =>
       countersByLabel(
         text
@@ -199,8 +284,74 @@ interface PolicyRun {
   wallSeconds: number;
   loadAverage1m: number;
   router: Record<string, unknown>;
-  /** Bytes through the emulated store links during the run (--store-link-mbit), from start to the last reply. */
+  /** Bytes through the emulated store links during the run, from the mesh's start to the last reply. */
   storeLinkBytes: number | undefined;
+  /** The workers' measured rates, read from the router every second during the replay. */
+  rateSamples: RateSample[];
+}
+
+/** Where the kvstore nodes sit during a set of rounds: on bare loopback, or behind the shaped link. */
+type Regime = 'loopback' | 'network';
+
+interface WorkerRates {
+  /** Medians over every worker and every second of the regime's replays (ms). */
+  computeMsPerToken?: number;
+  fetchMsPerToken?: number;
+  fetchComputeRatio?: number;
+}
+
+interface RegimeResult {
+  results: Record<string, PolicyResult>;
+  ratio: { ttftP90: number | null; outputTokps: number | null };
+  workerRates: WorkerRates;
+}
+
+function workerRatesOf(samples: readonly RateSample[]): WorkerRates {
+  const compute = medianRate(samples, COMPUTE_RATE);
+  const fetch = medianRate(samples, FETCH_RATE);
+  return {
+    ...(compute === undefined ? {} : { computeMsPerToken: round(compute) }),
+    ...(fetch === undefined ? {} : { fetchMsPerToken: round(fetch) }),
+    ...(compute === undefined || fetch === undefined ? {} : { fetchComputeRatio: round(fetch / compute, 3) }),
+  };
+}
+
+/** round-robin's P90 TTFT over kv-aware's, and kv-aware's output tokens/s over round-robin's. */
+function ratioOf(results: Readonly<Record<string, PolicyResult>>): RegimeResult['ratio'] {
+  const kvAware = results['kv-aware'];
+  const roundRobin = results['round-robin'];
+  return kvAware === undefined || roundRobin === undefined
+    ? { ttftP90: null, outputTokps: null }
+    : {
+        ttftP90: round(roundRobin.ttftP90Ms / kvAware.ttftP90Ms, 3),
+        outputTokps: round(kvAware.outputTokps / roundRobin.outputTokps, 3),
+      };
+}
+
+/** A regime beside the headline one: its contract figures, per-round P90s and the ratio. */
+function compactRegime(regime: RegimeResult): Record<string, unknown> {
+  const policies: Record<string, unknown> = {};
+  for (const [policy, r] of Object.entries(regime.results)) {
+    const { ttftP50Ms, ttftP90Ms, itlP50Ms, outputTokps, cachedTokenFraction, errors, rounds } = r;
+    policies[policy] = { ttftP50Ms, ttftP90Ms, itlP50Ms, outputTokps, cachedTokenFraction, errors, rounds };
+  }
+  return { policies, ratio: regime.ratio, workerRates: regime.workerRates };
+}
+
+/** Every request's timing, for telling where a tail came from (not part of the JSON line). */
+function writeSamples(file: string, records: readonly TurnRecord[]): void {
+  writeFileSync(
+    file,
+    records
+      .map((r) => {
+        const { interTokenMs, text, ...sample } = r.sample;
+        return JSON.stringify({
+          ...r,
+          sample: { ...sample, tokens: interTokenMs.length + 1, chars: text.length },
+        });
+      })
+      .join('\n') + '\n',
+  );
 }
 
 const round3 = (value: number): number => round(value, 3);
@@ -282,18 +433,15 @@ export const suite: BenchSuite = {
       blockTokens: intOption(args, 'block-tokens', 64),
       codec: stringOption(args, 'codec') ?? 'f32',
     };
-    // An emulated network to the store (../mesh/link.ts): each kvstore node's data channel gets a
-    // full-duplex link of this many Mbit/s; 0 leaves loopback as it is.
-    const storeLinkMbit = numberOption(args, 'store-link-mbit', 0);
-    if (!(storeLinkMbit >= 0)) throw new Error(`--store-link-mbit needs a rate ≥ 0, got ${storeLinkMbit}`);
+    const link = storeLinkPlan(args);
     const kvstoreDataPort =
-      storeLinkMbit > 0 ? intOption(args, 'kvstore-data-port', KVSTORE_DATA_PORT) : undefined;
+      link.mode === 'loopback' ? undefined : intOption(args, 'kvstore-data-port', KVSTORE_DATA_PORT);
     const requestTimeoutMs = numberOption(args, 'request-timeout-ms', 120_000);
     const repeats = intOption(args, 'repeats', 3);
     if (repeats < 1) throw new Error(`--repeats needs at least 1, got ${repeats}`);
     const model = ensureModel(log, stringOption(args, 'model') ?? 'tiny');
 
-    const { tokenizer, contextTokensMax } = loadTokenizer(model.dir);
+    const { tokenizer, contextTokensMax, kvBytesPerToken } = loadTokenizer(model.dir, mesh);
     const workload = generateWorkload(params, tokenizer);
     for (const c of workload.conversations) {
       const first = turnPrompt(workload, c, 0, [], tokenizer, contextTokensMax);
@@ -307,28 +455,33 @@ export const suite: BenchSuite = {
     log(
       `model ${model.name} (context ${contextTokensMax}), ${params.conversations} conversations × ` +
         `${params.turns} turns over ${params.systemPrompts} system prompts of ${params.systemTokens} ` +
-        `tokens; starts span ${lastStartS.toFixed(1)} s`,
+        `tokens; starts span ${lastStartS.toFixed(1)} s; store link: ${describePlan(link)}`,
     );
 
     mkdirSync(join(OUT_DIR, 'mesh'), { recursive: true });
-    const runPolicy = async (policy: string, round: number): Promise<PolicyRun> => {
+    const runPolicy = async (
+      regime: Regime,
+      storeLinkMbit: number | undefined,
+      policy: string,
+      round: number,
+    ): Promise<PolicyRun> => {
       const meshOptions: MeshOptions = {
         modelDir: model.dir,
         policy,
         ...mesh,
-        ...(kvstoreDataPort === undefined ? {} : { kvstoreDataPort }),
-        logFile: join(OUT_DIR, 'mesh', `${policy}.log`),
+        ...(storeLinkMbit === undefined || kvstoreDataPort === undefined ? {} : { kvstoreDataPort }),
+        logFile: join(OUT_DIR, 'mesh', `${regime}-${policy}.log`),
       };
       // Others may share this machine: the load before the mesh starts says how quiet it was.
       const loadAverage1m = round3(loadavg()[0] ?? 0);
       log(
-        `round ${round}, ${policy}: starting the mesh (log ${meshOptions.logFile}), load average ${loadAverage1m}`,
+        `${regime} round ${round}, ${policy}: starting the mesh (log ${meshOptions.logFile}), load average ${loadAverage1m}`,
       );
-      const link =
-        kvstoreDataPort === undefined
+      const shaped =
+        meshOptions.kvstoreDataPort === undefined || storeLinkMbit === undefined
           ? undefined
           : shapeStoreLink(
-              Array.from({ length: mesh.kvstore }, (_, i) => kvstoreDataPort + i),
+              Array.from({ length: mesh.kvstore }, (_, i) => (meshOptions.kvstoreDataPort as number) + i),
               storeLinkMbit,
             );
       let running: RunningMesh | undefined;
@@ -338,7 +491,8 @@ export const suite: BenchSuite = {
           data: { id: string }[];
         };
         const served = models.data[0]?.id ?? model.name;
-        const { records, wallSeconds } = await replay(
+        const sampler = sampleWorkerRates(metricsUrlOf(running.baseUrl));
+        const replayed = await replay(
           workload,
           running.baseUrl,
           served,
@@ -347,72 +501,96 @@ export const suite: BenchSuite = {
           requestTimeoutMs,
           log,
         );
+        const rateSamples = await sampler.stop();
         const router = await routerCounters(running.baseUrl);
-        const storeLinkBytes = link?.bytes();
-        const run = { records, wallSeconds, loadAverage1m, router, storeLinkBytes };
-        log(`round ${round}, ${policy}: ${JSON.stringify(policySummary(records, wallSeconds))}`);
+        const storeLinkBytes = shaped?.bytes();
+        const run = { ...replayed, loadAverage1m, router, storeLinkBytes, rateSamples };
+        log(
+          `${regime} round ${round}, ${policy}: ${JSON.stringify(policySummary(replayed.records, replayed.wallSeconds))}`,
+        );
         return run;
       } finally {
         await running?.stop();
-        link?.remove();
+        shaped?.remove();
       }
     };
 
     // Rounds alternate the policies' order, so a machine that drifts (other tenants, thermal) weighs
     // on each policy alike; each policy's figures are over all of its rounds' requests together.
-    const runs = new Map<string, PolicyRun[]>(policies.map((p) => [p, []]));
-    for (let round = 1; round <= repeats; round++) {
-      const order = round % 2 === 1 ? policies : [...policies].reverse();
-      for (const policy of order) runs.get(policy)?.push(await runPolicy(policy, round));
-    }
-    const results: Record<string, PolicyResult> = {};
-    for (const [policy, policyRuns] of runs) {
-      const records = policyRuns.flatMap((r, i) => r.records.map((record) => ({ ...record, round: i + 1 })));
-      results[policy] = {
-        ...policySummary(
-          records,
-          policyRuns.reduce((sum, r) => sum + r.wallSeconds, 0),
-        ),
-        rounds: policyRuns.map((r) => ({
-          ttftP90Ms: latencySummary(r.records).ttftP90Ms,
-          loadAverage1m: r.loadAverage1m,
-        })),
-        router: sumCounters(policyRuns.map((r) => r.router)),
-        ...(storeLinkMbit > 0
-          ? { storeLinkBytes: policyRuns.reduce((sum, r) => sum + (r.storeLinkBytes ?? 0), 0) }
-          : {}),
-      };
-      // Every request's timing, for telling where a tail came from (not part of the JSON line).
-      writeFileSync(
-        join(OUT_DIR, 'mesh', `${policy}-samples.jsonl`),
-        records
-          .map((r) => {
-            const { interTokenMs, text, ...sample } = r.sample;
-            return JSON.stringify({
-              ...r,
-              sample: { ...sample, tokens: interTokenMs.length + 1, chars: text.length },
-            });
-          })
-          .join('\n') + '\n',
-      );
-    }
+    const runRegime = async (regime: Regime, storeLinkMbit: number | undefined): Promise<RegimeResult> => {
+      const runs = new Map<string, PolicyRun[]>(policies.map((p) => [p, []]));
+      for (let round = 1; round <= repeats; round++) {
+        const order = round % 2 === 1 ? policies : [...policies].reverse();
+        for (const policy of order)
+          runs.get(policy)?.push(await runPolicy(regime, storeLinkMbit, policy, round));
+      }
+      const results: Record<string, PolicyResult> = {};
+      for (const [policy, policyRuns] of runs) {
+        const records = policyRuns.flatMap((r, i) =>
+          r.records.map((record) => ({ ...record, round: i + 1 })),
+        );
+        results[policy] = {
+          ...policySummary(
+            records,
+            policyRuns.reduce((sum, r) => sum + r.wallSeconds, 0),
+          ),
+          rounds: policyRuns.map((r) => ({
+            ttftP90Ms: latencySummary(r.records).ttftP90Ms,
+            loadAverage1m: r.loadAverage1m,
+          })),
+          router: sumCounters(policyRuns.map((r) => r.router)),
+          ...(storeLinkMbit === undefined
+            ? {}
+            : { storeLinkBytes: policyRuns.reduce((sum, r) => sum + (r.storeLinkBytes ?? 0), 0) }),
+        };
+        writeSamples(join(OUT_DIR, 'mesh', `${regime}-${policy}-samples.jsonl`), records);
+      }
+      const samples = [...runs.values()].flat().flatMap((r) => r.rateSamples);
+      return { results, ratio: ratioOf(results), workerRates: workerRatesOf(samples) };
+    };
 
-    const kvAware = results['kv-aware'];
-    const roundRobin = results['round-robin'];
-    const ratio =
-      kvAware === undefined || roundRobin === undefined
-        ? { ttftP90: null, outputTokps: null }
-        : {
-            ttftP90: round(roundRobin.ttftP90Ms / kvAware.ttftP90Ms, 3),
-            outputTokps: round(kvAware.outputTokps / roundRobin.outputTokps, 3),
-          };
+    const regimes: Partial<Record<Regime, RegimeResult>> = {};
+    let storeLink: Record<string, unknown>;
+    if (link.mode === 'fixed') {
+      regimes.network = await runRegime('network', link.mbit);
+      storeLink = { regime: 'network', mbit: link.mbit };
+    } else {
+      regimes.loopback = await runRegime('loopback', undefined);
+      storeLink = { regime: 'loopback', ...(link.mode === 'loopback' ? { network: link.why } : {}) };
+      if (link.mode === 'calibrated') {
+        const computeMsPerToken = regimes.loopback.workerRates.computeMsPerToken;
+        if (computeMsPerToken === undefined)
+          throw new Error('no worker reported a compute rate during the loopback rounds: cannot calibrate');
+        const mbit = round(calibratedLinkMbit(kvBytesPerToken, computeMsPerToken, link.fetchComputeRatio));
+        log(
+          `store link calibrated: ${kvBytesPerToken} KV bytes a token, ${computeMsPerToken.toFixed(4)} ms a ` +
+            `computed token on loopback, fetch ÷ compute ${link.fetchComputeRatio} → ${mbit} Mbit/s`,
+        );
+        regimes.network = await runRegime('network', mbit);
+        storeLink = {
+          regime: 'network',
+          mbit,
+          calibration: {
+            fetchComputeRatio: link.fetchComputeRatio,
+            kvBytesPerToken,
+            computeMsPerToken: round(computeMsPerToken),
+          },
+        };
+      }
+    }
+    // The headline is the store behind a network when it ran; the other regime sits beside it.
+    const headline = (regimes.network ?? regimes.loopback) as RegimeResult;
     return {
       model: model.name,
-      policies: results,
-      ratio,
+      policies: headline.results,
+      ratio: headline.ratio,
+      storeLink: { ...storeLink, workerRates: headline.workerRates },
+      ...(regimes.network !== undefined && regimes.loopback !== undefined
+        ? { loopback: compactRegime(regimes.loopback) }
+        : {}),
       workload: params,
       repeats,
-      mesh: { ...mesh, storeLinkMbit },
+      mesh,
       machine: { cores: availableParallelism(), cpu: cpus()[0]?.model ?? 'unknown' },
     };
   },

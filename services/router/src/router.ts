@@ -208,6 +208,11 @@ function routerMetrics(metrics: MetricsRegistry) {
       help: 'Last kv event seq the block index applied, per publishing node.',
       labelNames: ['node'],
     }),
+    workerRates: metrics.gauge({
+      name: 'kvmesh_router_worker_rate_ms',
+      help: "Rates each live worker measured on its own recent work, from its last heartbeat (ms): 'prefill_ms_per_token' (a computed prompt token), 'fetch_ms_per_token' (a token's KV from the store), 'decode_ms_per_sequence' (a running sequence's share of a decode step). Absent until measured.",
+      labelNames: ['pool', 'worker', 'rate'],
+    }),
   };
 }
 
@@ -266,6 +271,13 @@ function poolRatesOf(members: readonly Member[]): WorkerRates {
   }
   return rates;
 }
+
+/** The measured rates a worker's heartbeat carries, by their metric label (0: not measured yet). */
+const workerRatesOf = (heartbeat: Member['heartbeat']): Record<string, number> => ({
+  prefill_ms_per_token: heartbeat.prefillMsPerToken,
+  fetch_ms_per_token: heartbeat.fetchMsPerToken,
+  decode_ms_per_sequence: heartbeat.decodeMsPerSequence,
+});
 
 /** Adds `delta` to a per-worker count, forgetting workers that reach 0 (bounded by the live workers). */
 function adjustCount(counts: Map<NodeId, number>, nodeId: NodeId, delta: number): void {
@@ -765,6 +777,14 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
         }
         for (const { nodeId, lastSeq } of index.snapshot())
           measured.indexSeq.set({ node: nodeId }, Number(lastSeq));
+        // Only live workers: one that left takes its series with it.
+        measured.workerRates.reset();
+        for (const pool of [PREFILL_ROLE, DECODE_ROLE]) {
+          for (const { nodeId, heartbeat } of tracker.live(pool)) {
+            for (const [rate, value] of Object.entries(workerRatesOf(heartbeat)))
+              if (value > 0) measured.workerRates.set({ pool, worker: nodeId, rate }, value);
+          }
+        }
       }),
     );
     const advertiseHost = config.advertiseHost === '' ? config.host : config.advertiseHost;

@@ -569,6 +569,17 @@ describe('router grpc - Router.Generate and ListModels over prefill and decode w
     );
     // /metrics needs no key, like /health.
     assert.equal((await fetch(`${base}/metrics`)).status, 200);
+    // The worker computed the prompt: its next heartbeat carries its measured rate, and /metrics shows it.
+    const prefillRate =
+      'kvmesh_router_worker_rate_ms{pool="decode",rate="prefill_ms_per_token",worker="decode-0"}';
+    await waitFor(async () => ((await metrics()).get(prefillRate) ?? 0) > 0, {
+      message: "the decode worker's measured prefill rate in /metrics",
+    });
+    const rates = [...(await metrics()).keys()].filter((k) => k.startsWith('kvmesh_router_worker_rate_ms{'));
+    assert.ok(
+      rates.every((k) => /pool="(decode|prefill)",rate="[a-z_]+",worker="\1-0"/.test(k)),
+      `only live workers have rates: ${rates.join(', ')}`,
+    );
   });
 
   it('router grpc - a repeated chat message is tokenized from the piece cache', async () => {
