@@ -36,7 +36,7 @@
 // --block-tokens N, --codec C, --kvstore N, --prefill N, --decode N, --request-timeout-ms MS,
 // --repeats N, --store-link loopback|calibrated (loopback only; or fail if the link cannot be
 // shaped), --fetch-compute X, --store-link-mbit R (the network regime only, at R Mbit/s per
-// kvstore node), --kvstore-data-port N (node 0's data port while shaped, default 47100).
+// kvstore node), --kvstore-data-port N (node 0's data port while shaped, default 61100).
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
@@ -65,8 +65,10 @@ import { numberOption, round, stringOption } from '../options.ts';
 const OUT_DIR = new URL('../../out/', import.meta.url).pathname;
 const POLICIES = ['kv-aware', 'round-robin', 'least-loaded'] as const;
 const ERROR_SAMPLES_MAX = 5;
-// Data-channel port of kvstore node 0 when the store link is shaped (node i: + i).
-const KVSTORE_DATA_PORT = 47100;
+// Data-channel port of kvstore node 0 when the store link is shaped (node i: + i). Above Linux's
+// default range of ephemeral ports (32768-60999), so no other connection on the machine shares the
+// shaped ports while the bench runs.
+const KVSTORE_DATA_PORT = 61100;
 
 interface TurnRecord {
   conversation: number;
