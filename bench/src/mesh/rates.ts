@@ -8,6 +8,7 @@
 // a token from the store costs what recomputing it costs; it is about where an 8B model prefilling
 // on an H100 stands when its store is behind 25 GbE (128 KiB of bf16 KV a token ≈ 42 µs on the wire,
 // against 30-65 µs of compute at 250-550 TFLOP/s effective).
+import { metricSamples } from './metrics.ts';
 
 /** One worker's rate at one moment, as the router's /metrics showed it. */
 export interface RateSample {
@@ -26,20 +27,12 @@ const SAMPLES_MAX = 100_000;
 
 /** The worker rates in a Prometheus text exposition (labels in any order). */
 export function parseWorkerRates(text: string): RateSample[] {
-  const out: RateSample[] = [];
-  const line = new RegExp(`^${RATE_METRIC}\\{([^}]*)\\} (\\S+)$`);
-  for (const row of text.split('\n')) {
-    const match = line.exec(row);
-    if (match === null) continue;
-    const labels = new Map(
-      [...(match[1] as string).matchAll(/(\w+)="([^"]*)"/g)].map((m) => [m[1] as string, m[2] as string]),
-    );
-    const ms = Number(match[2]);
+  return metricSamples(text, RATE_METRIC).flatMap(({ labels, value: ms }) => {
     const [pool, worker, rate] = [labels.get('pool'), labels.get('worker'), labels.get('rate')];
-    if (pool !== undefined && worker !== undefined && rate !== undefined && ms > 0)
-      out.push({ pool, worker, rate, ms });
-  }
-  return out;
+    return pool !== undefined && worker !== undefined && rate !== undefined && ms > 0
+      ? [{ pool, worker, rate, ms }]
+      : [];
+  });
 }
 
 /** Reads the router's worker rates every second and once more when stopped; a failed read is skipped. */

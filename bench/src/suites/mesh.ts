@@ -51,6 +51,7 @@ import { streamChat, type ChatSample } from '../mesh/client.ts';
 import { ensureModel } from '../models.ts';
 import { startMesh, type MeshOptions, type RunningMesh } from '../mesh/launcher.ts';
 import { shapeStoreLink, storeLinkUnavailable } from '../mesh/link.ts';
+import { metricSamples, metricsUrlOf } from '../mesh/metrics.ts';
 import {
   calibratedLinkMbit,
   COMPUTE_RATE,
@@ -198,18 +199,13 @@ function latencySummary(records: readonly TurnRecord[]): LatencySummary {
   };
 }
 
-/** The router's Prometheus endpoint, from the OpenAI base URL. */
-const metricsUrlOf = (baseUrl: string): string => `${baseUrl.replace(/\/v1$/, '')}/metrics`;
-
-/** Counters of one Prometheus metric by one label's value (summed over the other labels). */
-function countersByLabel(text: string, metric: string, label: string): Record<string, number> {
+/** Counters of one metric by one label's value (summed over the other labels), of one pool if given. */
+function countersByLabel(text: string, metric: string, label: string, pool?: string): Record<string, number> {
   const out: Record<string, number> = {};
-  const pattern = new RegExp(`^${metric}\\{([^}]*)\\} (\\S+)$`);
-  for (const line of text.split('\n')) {
-    const match = pattern.exec(line);
-    if (match === null) continue;
-    const value = new RegExp(`${label}="([^"]*)"`).exec(match[1] as string)?.[1];
-    if (value !== undefined) out[value] = (out[value] ?? 0) + Number(match[2]);
+  for (const { labels, value } of metricSamples(text, metric)) {
+    const key = labels.get(label);
+    if (key !== undefined && (pool === undefined || labels.get('pool') === pool))
+      out[key] = (out[key] ?? 0) + value;
   }
   return out;
 }
@@ -218,21 +214,12 @@ function countersByLabel(text: string, metric: string, label: string): Record<st
 async function routerCounters(baseUrl: string): Promise<Record<string, unknown>> {
   try {
     const text = await (await fetch(metricsUrlOf(baseUrl))).text();
-    const ofPool = (pool: string, metric: string, label: string): Record<string, number> =>
-      countersByLabel(
-        text
-          .split('\n')
-          .filter((l) => l.includes(`pool="${pool}"`))
-          .join('\n'),
-        metric,
-        label,
-      );
     const workersOf = (pool: string): Record<string, number> =>
-      ofPool(pool, 'kvmesh_router_routing_decisions_total', 'worker');
+      countersByLabel(text, 'kvmesh_router_routing_decisions_total', 'worker', pool);
     return {
       plans: countersByLabel(text, 'kvmesh_router_plans_total', 'plan'),
       // Prompt tokens by where the chosen decode worker was estimated to get them (local, store, computed).
-      decodeTokens: ofPool('decode', 'kvmesh_router_routed_prompt_tokens_total', 'source'),
+      decodeTokens: countersByLabel(text, 'kvmesh_router_routed_prompt_tokens_total', 'source', 'decode'),
       decodeWorkers: workersOf('decode'),
       prefillWorkers: workersOf('prefill'),
     };

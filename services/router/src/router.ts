@@ -247,12 +247,19 @@ function candidateOf(
   };
 }
 
-/** Where each rate of the cost model is in a worker's heartbeat (0 there: not measured yet). */
-const HEARTBEAT_RATES = {
-  prefillMsPerToken: 'prefillMsPerToken',
-  transferMsPerToken: 'fetchMsPerToken',
-  activeSequenceMs: 'decodeMsPerSequence',
-} as const satisfies Record<keyof WorkerRates, keyof Member['heartbeat']>;
+/**
+ * The rates a worker measures and reports in its heartbeat (0 there: not measured yet): the
+ * heartbeat field, the cost model's name for it and its label in kvmesh_router_worker_rate_ms.
+ */
+const HEARTBEAT_RATES = [
+  { field: 'prefillMsPerToken', cost: 'prefillMsPerToken', label: 'prefill_ms_per_token' },
+  { field: 'fetchMsPerToken', cost: 'transferMsPerToken', label: 'fetch_ms_per_token' },
+  { field: 'decodeMsPerSequence', cost: 'activeSequenceMs', label: 'decode_ms_per_sequence' },
+] as const satisfies readonly {
+  field: keyof Member['heartbeat'];
+  cost: keyof WorkerRates;
+  label: string;
+}[];
 
 /**
  * The mean of each rate over the pool's workers that measured it: what every worker of the pool is
@@ -262,22 +269,12 @@ const HEARTBEAT_RATES = {
  */
 function poolRatesOf(members: readonly Member[]): WorkerRates {
   const rates: { -readonly [K in keyof WorkerRates]: number } = {};
-  for (const [name, field] of Object.entries(HEARTBEAT_RATES) as [
-    keyof WorkerRates,
-    (typeof HEARTBEAT_RATES)[keyof WorkerRates],
-  ][]) {
+  for (const { field, cost } of HEARTBEAT_RATES) {
     const measured = members.map((m) => m.heartbeat[field]).filter((rate) => rate > 0);
-    if (measured.length > 0) rates[name] = measured.reduce((sum, rate) => sum + rate, 0) / measured.length;
+    if (measured.length > 0) rates[cost] = measured.reduce((sum, rate) => sum + rate, 0) / measured.length;
   }
   return rates;
 }
-
-/** The measured rates a worker's heartbeat carries, by their metric label (0: not measured yet). */
-const workerRatesOf = (heartbeat: Member['heartbeat']): Record<string, number> => ({
-  prefill_ms_per_token: heartbeat.prefillMsPerToken,
-  fetch_ms_per_token: heartbeat.fetchMsPerToken,
-  decode_ms_per_sequence: heartbeat.decodeMsPerSequence,
-});
 
 /** Adds `delta` to a per-worker count, forgetting workers that reach 0 (bounded by the live workers). */
 function adjustCount(counts: Map<NodeId, number>, nodeId: NodeId, delta: number): void {
@@ -781,8 +778,9 @@ export async function startRouter(config: RouterConfig, options: StartRouterOpti
         measured.workerRates.reset();
         for (const pool of [PREFILL_ROLE, DECODE_ROLE]) {
           for (const { nodeId, heartbeat } of tracker.live(pool)) {
-            for (const [rate, value] of Object.entries(workerRatesOf(heartbeat)))
-              if (value > 0) measured.workerRates.set({ pool, worker: nodeId, rate }, value);
+            for (const { field, label } of HEARTBEAT_RATES)
+              if (heartbeat[field] > 0)
+                measured.workerRates.set({ pool, worker: nodeId, rate: label }, heartbeat[field]);
           }
         }
       }),

@@ -367,7 +367,7 @@ export class Engine {
       finished: null,
       reusedTokens: (farBlocks + blocks.length) * B,
       firstToken: request.firstToken,
-      topLogprobs: request.topLogprobs ?? 0,
+      topLogprobs: top,
     });
     return id;
   }

@@ -67,32 +67,23 @@ export function checkSampling(options: SamplingOptions, vocabSize?: number): voi
   if (seed !== undefined && (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32)) {
     throw new InvalidArgumentError(`seed must be an integer in [0, 2^32), got ${seed}`, { seed });
   }
-  checkAdjustments(options, OPTION_NAMES, vocabSize);
+  checkAdjustments(options, optionName, vocabSize);
 }
 
 type AdjustmentField = keyof typeof SAMPLING_ADJUSTMENT_RANGES;
 
-/** How errors name each adjustment: as a SamplingOptions field, or as a request's wire field. */
-const OPTION_NAMES: Readonly<Record<AdjustmentField, string>> = {
-  presence_penalty: 'presencePenalty',
-  frequency_penalty: 'frequencyPenalty',
-  repetition_penalty: 'repetitionPenalty',
-  logit_bias: 'logitBias',
-};
-const WIRE_NAMES: Readonly<Record<AdjustmentField, string>> = {
-  presence_penalty: 'sampling.presence_penalty',
-  frequency_penalty: 'sampling.frequency_penalty',
-  repetition_penalty: 'sampling.repetition_penalty',
-  logit_bias: 'sampling.logit_bias',
-};
+/** How errors name an adjustment: as its SamplingOptions field, or as a request's wire field. */
+const optionName = (field: AdjustmentField): string =>
+  field.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
+const wireName = (field: AdjustmentField): string => `sampling.${field}`;
 
 /**
  * Checks the bias and penalties of `options`: each in its range, at most LOGIT_BIAS_ENTRIES_MAX
- * biased ids, each a token id (below `vocabSize` when given); errors name fields by `names`.
+ * biased ids, each a token id (below `vocabSize` when given); errors name fields by `nameOf`.
  */
 function checkAdjustments(
   options: SamplingOptions,
-  names: Readonly<Record<AdjustmentField, string>>,
+  nameOf: (field: AdjustmentField) => string,
   vocabSize?: number,
 ): void {
   const values = [
@@ -103,10 +94,10 @@ function checkAdjustments(
   for (const [field, value] of values) {
     const problem = adjustmentRangeProblem(field, value);
     if (problem !== null)
-      throw new InvalidArgumentError(`${names[field]} ${problem}`, { field: names[field], value });
+      throw new InvalidArgumentError(`${nameOf(field)} ${problem}`, { field: nameOf(field), value });
   }
   const bias = options.logitBias ?? new Map<number, number>();
-  const name = names.logit_bias;
+  const name = nameOf('logit_bias');
   if (bias.size > LOGIT_BIAS_ENTRIES_MAX)
     throw new InvalidArgumentError(`${name} lists ${bias.size} tokens, at most ${LOGIT_BIAS_ENTRIES_MAX}`, {
       field: name,
@@ -156,7 +147,7 @@ export function parseRequestedAdjustments(
     ...(repetitionPenalty === 0 || repetitionPenalty === 1 ? {} : { repetitionPenalty }),
     ...(logitBias.size === 0 ? {} : { logitBias }),
   };
-  checkAdjustments(adjustments as SamplingOptions, WIRE_NAMES, vocabSize);
+  checkAdjustments(adjustments as SamplingOptions, wireName, vocabSize);
   return adjustments;
 }
 
